@@ -1,0 +1,38 @@
+# spinexr-node: the two commands are `make serve` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.spinexr-install-stamp
+PYTEST_ARGS ?=
+
+.PHONY: serve test install system-deps lint format bench clean help
+
+help:
+	@echo "make serve   install (if needed) and run the node on the embedded default"
+	@echo "make test    install (if needed) and run the whole test suite"
+	@echo "make lint    ruff + mypy"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install.sh
+	@bash scripts/install.sh
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+serve: install
+	@$(VENV)/bin/spinexr-node serve
+
+test: install system-deps
+	SPINEXR_REQUIRE_TOOLS=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy node pipeline training
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,230 @@
+"""The ``spinexr-node`` command line: one CLI for every command.
+
+Errors from :mod:`spinexr.node.errors` become one clear line on stderr and the error's exit
+code (2 for invalid settings or usage).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from spinexr.node import __version__
+from spinexr.node.errors import ConfigError, SpinexrError
+from spinexr.node.settings import Settings, load_settings, masked_dict
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Context:
+    """What the group passes to commands: where the settings come from."""
+
+    def __init__(self, config_file: Path | None, log_level: str | None) -> None:
+        self.config_file = config_file
+        self.log_level = log_level
+        self._settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        """Load (once) and return the validated settings."""
+        if self._settings is None:
+            self._settings = load_settings(self.config_file)
+        return self._settings
+
+
+def edge(func: F) -> F:
+    """Translate our errors into one line on stderr and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            for line in exc.problems:
+                click.echo(f"error: {line}", err=True)
+            sys.exit(exc.exit_code)
+        except SpinexrError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Settings file (TOML). Default: $SPINEXR_CONFIG, else ./settings.toml if present.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+    help="Override node.log_level.",
+)
+@click.version_option(__version__, "--version", prog_name="spinexr-node")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, log_level: str | None) -> None:
+    """spinexr-node: a DICOM/DICOMweb AI node for spine radiographs (VinDr-SpineXR)."""
+    ctx.obj = Context(config_file, log_level.upper() if log_level else None)
+
+
+@cli.command()
+def version() -> None:
+    """Print the versions of the node and of its ML/DICOM stack."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    click.echo(f"spinexr-node {__version__}")
+    for dist in ("torch", "torchvision", "mmcv", "mmdet", "mmengine", "pydicom", "pynetdicom",
+                 "highdicom", "celery", "sqlalchemy"):
+        try:
+            click.echo(f"  {dist:<12} {dist_version(dist)}")
+        except PackageNotFoundError:
+            click.echo(f"  {dist:<12} not installed")
+
+
+# ---------------------------------------------------------------- config
+@cli.group()
+def config() -> None:
+    """Inspect the settings."""
+
+
+@config.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
+@pass_ctx
+@edge
+def config_check(obj: Context, as_json: bool) -> None:
+    """Validate the settings and print the effective values (secrets masked).
+
+    Exits 2 with one line per invalid value.
+    """
+    from spinexr.node.tomlout import dumps
+
+    settings = obj.settings()
+    data = masked_dict(settings)
+    data["_derived"] = {
+        "database_url": "********" if settings.database.url.get_secret_value()
+        else settings.database_url,
+        "queue": "embedded (SQLite broker, in-process worker)" if settings.embedded_queue
+        else "external broker",
+        "spool_dir": str(settings.storage.spool_dir),
+    }
+    click.echo(json.dumps(data, indent=2) if as_json else dumps(data), nl=not as_json)
+    click.echo("settings OK", err=True)
+
+
+# ---------------------------------------------------------------- db
+@cli.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_ctx
+@edge
+def db_upgrade(obj: Context, revision: str) -> None:
+    """Migrate the database to the newest (or given) revision."""
+    from spinexr.node.db.engine import make_engine
+    from spinexr.node.db.migrate import current_revision, upgrade
+
+    settings = obj.settings()
+    _configure_logging(settings, obj.log_level)
+    engine = make_engine(settings.database_url)
+    upgrade(engine, revision)
+    click.echo(f"database at revision {current_revision(engine)}")
+
+
+@db.command("current")
+@pass_ctx
+@edge
+def db_current(obj: Context) -> None:
+    """Print the database's schema revision and the one this code needs."""
+    from spinexr.node.db.engine import make_engine
+    from spinexr.node.db.migrate import current_revision, head_revision
+
+    engine = make_engine(obj.settings().database_url)
+    click.echo(f"database: {current_revision(engine) or 'empty'}; code: {head_revision()}")
+
+
+# ---------------------------------------------------------------- phantoms
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              required=True, help="Dataset folder to create (VinDr-SpineXR layout).")
+@click.option("--studies", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=click.Choice(["full", "small"]), default="full", show_default=True,
+              help="full: Rows×Columns in the thousands; small: about 512×384 for tests.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1), default=0.2, show_default=True)
+@click.option("--vindr-like", is_flag=True,
+              help="Write headers as the real dataset has them (hex UIDs, no SOP Class UID, "
+                   "no Modality).")
+@edge
+def phantoms(out_dir: Path, studies: int, seed: int, size: str, test_fraction: float,
+             vindr_like: bool) -> None:
+    """Write a synthetic spine radiograph dataset in the VinDr-SpineXR layout.
+
+    The images are phantoms: synthetic spines with drawn lesions, for tests and the demo
+    bundle. They are not patient data and teach nothing clinical.
+    """
+    from spinexr.training.phantoms import generate_dataset
+
+    summary = generate_dataset(out_dir, studies, seed, size=size, vindr_like=vindr_like,
+                               test_fraction=test_fraction, progress=True)
+    click.echo(str(summary))
+
+
+# ---------------------------------------------------------------- serve / worker
+@cli.command()
+@pass_ctx
+@edge
+def serve(obj: Context) -> None:
+    """Run the node: DICOM SCP, HTTP server and (embedded mode) the worker."""
+    from spinexr.node.server import run_server
+
+    settings = obj.settings()
+    _configure_logging(settings, obj.log_level)
+    run_server(settings)
+
+
+@cli.command()
+@click.option("--queues", default="inference,export", show_default=True,
+              help="Comma-separated Celery queues to consume.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (1 per GPU is the default for inference).")
+@pass_ctx
+@edge
+def worker(obj: Context, queues: str, concurrency: int) -> None:
+    """Run a Celery worker for the given queues (scaled-out mode)."""
+    from spinexr.node.queue.app import run_worker
+
+    settings = obj.settings()
+    _configure_logging(settings, obj.log_level)
+    run_worker(settings, [q.strip() for q in queues.split(",") if q.strip()], concurrency)
+
+
+def _configure_logging(settings: Settings, override: str | None) -> None:
+    from spinexr.node.logs import configure_logging
+
+    configure_logging(override or settings.node.log_level)
+
+
+def main() -> None:
+    """Entry point of the ``spinexr-node`` console script."""
+    cli(prog_name="spinexr-node")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Database: models, engine, migrations, job state machine."""

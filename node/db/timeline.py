@@ -1,0 +1,108 @@
+"""Job state moves and the per-study audit timeline, written in the caller's transaction."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from spinexr.node.db.models import AuditEvent, Job, Study, utcnow
+from spinexr.node.db.states import JobState, can_transition
+from spinexr.node.errors import InvalidTransition
+
+logger = logging.getLogger(__name__)
+
+
+def record(
+    session: Session,
+    study: Study,
+    event: str,
+    *,
+    job: Job | None = None,
+    detail: str | None = None,
+    from_state: JobState | None = None,
+    to_state: JobState | None = None,
+) -> AuditEvent:
+    """Add one event to a study's timeline (no commit; the caller's transaction owns it).
+
+    Parameters
+    ----------
+    session : Session
+        Open session.
+    study : Study
+        The study the event belongs to.
+    event : str
+        Short machine-readable name, e.g. ``instance_received`` or ``state``.
+    job : Job, optional
+        The job concerned.
+    detail : str, optional
+        Human-readable detail. Must not contain PHI (UIDs and counts only).
+    from_state, to_state : JobState, optional
+        For state moves.
+
+    Returns
+    -------
+    AuditEvent
+        The added event.
+    """
+    ev = AuditEvent(
+        study=study,
+        job_id=job.id if job is not None else None,
+        event=event,
+        detail=detail,
+        from_state=from_state.value if from_state else None,
+        to_state=to_state.value if to_state else None,
+        at=utcnow(),
+    )
+    session.add(ev)
+    return ev
+
+
+def transition(
+    session: Session,
+    job: Job,
+    new_state: JobState,
+    *,
+    detail: str | None = None,
+    error: str | None = None,
+) -> None:
+    """Move ``job`` to ``new_state`` and record it in the study's timeline.
+
+    Parameters
+    ----------
+    session : Session
+        Open session (not committed here).
+    job : Job
+        The job; its ``study`` relationship must be loadable.
+    new_state : JobState
+        Target state.
+    detail : str, optional
+        Timeline detail (no PHI).
+    error : str, optional
+        Stored as ``last_error`` (for ``failed``/``dead``).
+
+    Raises
+    ------
+    InvalidTransition
+        If the state machine does not allow the move.
+    """
+    old = job.state
+    if not can_transition(old, new_state):
+        raise InvalidTransition(f"job {job.id}: {old.value} → {new_state.value} is not allowed")
+    job.state = new_state
+    job.updated_at = utcnow()
+    if error is not None:
+        job.last_error = error
+    if not new_state.leased:
+        job.lease_owner = None
+        job.lease_expires_at = None
+    record(
+        session,
+        job.study,
+        "state",
+        job=job,
+        detail=detail or error,
+        from_state=old,
+        to_state=new_state,
+    )
+    logger.info("job %s: %s -> %s", job.id, old.value, new_state.value)

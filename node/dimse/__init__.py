@@ -1,0 +1,1 @@
+"""DIMSE: the C-STORE SCP (ingest) and SCU (export)."""

@@ -1,0 +1,33 @@
+"""The node's exception hierarchy, translated at the edges.
+
+SCP handlers map these to DIMSE statuses, HTTP handlers to status codes, Celery tasks to
+retry-or-fail, and the CLI to an exit code with one clear line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class SpinexrError(Exception):
+    """Root of every error the node raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(SpinexrError):
+    """Invalid settings; carries one readable line per problem."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class DatabaseError(SpinexrError):
+    """The database cannot be reached or is not at the expected schema revision."""
+
+
+class InvalidTransition(SpinexrError):
+    """A job was asked to move to a state its state machine does not allow."""

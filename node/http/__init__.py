@@ -1,0 +1,1 @@
+"""The node's HTTP server: STOW-RS, admin API and pages, health, metrics."""

@@ -1,0 +1,86 @@
+"""``spinexr-node serve``: one process with the SCP, the HTTP server and, when embedded,
+the worker."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from spinexr.node import __version__
+from spinexr.node.db.engine import make_engine
+from spinexr.node.db.migrate import current_revision, upgrade
+from spinexr.node.dimse.scp import start_scp
+from spinexr.node.errors import ConfigError
+from spinexr.node.http.app import create_app
+from spinexr.node.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_storage(settings: Settings) -> None:
+    """Create the data, spool and output folders.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``storage`` section.
+    """
+    for folder in (settings.storage.data_dir, settings.storage.spool_dir,
+                   settings.storage.output_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def check_bundle(settings: Settings) -> None:
+    """Say clearly whether a model bundle is configured.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``models`` section.
+
+    Raises
+    ------
+    ConfigError
+        If a bundle is configured but its folder does not exist.
+    """
+    bundle = settings.models.bundle
+    if bundle is None:
+        logger.warning(
+            "NO MODEL BUNDLE LOADED: studies are received and stored but not analysed. "
+            "Set models.bundle (SPINEXR_MODELS__BUNDLE) to a bundle folder."
+        )
+        return
+    if not (bundle / "manifest.json").is_file():
+        raise ConfigError([f"models.bundle: {bundle} is not a model bundle (no manifest.json)"])
+    logger.info("model bundle configured: %s", bundle)
+
+
+def run_server(settings: Settings) -> None:
+    """Run the node until interrupted (SIGINT/SIGTERM).
+
+    Parameters
+    ----------
+    settings : Settings
+        Validated settings.
+    """
+    logger.info("spinexr-node %s starting", __version__)
+    prepare_storage(settings)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    logger.info("database %s at revision %s", engine.url.get_backend_name(),
+                current_revision(engine))
+    check_bundle(settings)
+    logger.info("queue: %s", "embedded" if settings.embedded_queue else "external broker")
+    scp = start_scp(settings)
+    try:
+        config = uvicorn.Config(
+            create_app(settings), host=settings.http.host, port=settings.http.port,
+            log_level="warning", access_log=False,
+        )
+        logger.info("HTTP server on %s:%d", settings.http.host, settings.http.port)
+        uvicorn.Server(config).run()
+    finally:
+        scp.shutdown()
+        engine.dispose()
+        logger.info("spinexr-node stopped")

@@ -1,0 +1,441 @@
+"""The node's one typed settings object.
+
+Settings come from, in increasing priority: the defaults below, a TOML file
+(``--config FILE``, else ``$SPINEXR_CONFIG``, else ``./settings.toml`` when present) and
+environment variables ``SPINEXR_<SECTION>__<KEY>`` (lists and tables as JSON, e.g.
+``SPINEXR_DESTINATIONS='[{"name": "pacs", ...}]'``). Nothing else in the code base reads
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from spinexr.node.errors import ConfigError
+
+ENV_PREFIX = "SPINEXR_"
+ENV_CONFIG_FILE = "SPINEXR_CONFIG"
+DEFAULT_CONFIG_FILE = Path("settings.toml")
+
+_AE_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _-.+:/@")
+
+
+def _check_ae_title(value: str) -> str:
+    """Validate a DICOM AE title (PS3.5 AE VR: 1-16 characters, no backslash/control)."""
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("AE title must not be empty")
+    if len(stripped) > 16:
+        raise ValueError(f"AE title {stripped!r} is longer than 16 characters")
+    if not set(stripped) <= _AE_CHARS:
+        raise ValueError(f"AE title {stripped!r} contains characters not allowed in an AE")
+    return stripped
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NodeSection(_Section):
+    """Identity of this node: names that go into every output object."""
+
+    name: str = "spinexr-node"
+    uid_root: str = Field(
+        default="1.2.826.0.1.3680043.10.1404",
+        description="UID root for every UID the node creates (outputs, device UID).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root(cls, value: str) -> str:
+        parts = value.split(".")
+        ok = all(p.isdigit() and (p == "0" or not p.startswith("0")) for p in parts)
+        if not value or not ok:
+            raise ValueError(f"{value!r} is not a valid UID root (digits and dots, no leading 0)")
+        if len(value) > 40:
+            raise ValueError("UID root must be at most 40 characters to leave room for suffixes")
+        return value
+
+
+class TlsSection(_Section):
+    """Optional DICOM TLS for the SCP."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = Field(default=None, description="CA bundle for client certificates.")
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> TlsSection:
+        if self.enabled and (self.cert_file is None or self.key_file is None):
+            raise ValueError("tls.enabled needs cert_file and key_file")
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("tls.require_client_cert needs ca_file")
+        return self
+
+
+class DicomSection(_Section):
+    """The DIMSE SCP (C-ECHO, C-STORE)."""
+
+    ae_title: str = "SPINEXR"
+    host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for the PACS on the network
+    port: int = Field(default=11112, ge=1, le=65535)
+    max_pdu: int = Field(default=131072, ge=4096, le=2**26)
+    max_associations: int = Field(default=10, ge=1, le=1000)
+    allowed_calling_aets: list[str] = Field(
+        default_factory=list, description="Empty = any calling AE title."
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list, description="IP addresses or CIDR networks; empty = any."
+    )
+    acse_timeout: float = Field(default=30, gt=0)
+    dimse_timeout: float = Field(default=60, gt=0)
+    network_timeout: float = Field(default=60, gt=0)
+    max_dataset_bytes: int = Field(default=512 * 2**20, ge=2**16)
+    max_decompressed_bytes: int = Field(default=1024 * 2**20, ge=2**16)
+    max_sequence_depth: int = Field(default=16, ge=1, le=256)
+    tls: TlsSection = Field(default_factory=TlsSection)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _aets(cls, value: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in value]
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or network") from exc
+        return value
+
+
+class HttpSection(_Section):
+    """The HTTP server: STOW-RS, admin API and pages, health, metrics."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - STOW-RS clients reach the node over the network
+    port: int = Field(default=8042, ge=1, le=65535)
+    api_token: SecretStr = Field(
+        default=SecretStr(""), description="Bearer token for the admin API and STOW-RS."
+    )
+
+
+class StorageSection(_Section):
+    """Where received files, outputs and the embedded database live."""
+
+    data_dir: Path = Path("var")
+    min_free_mb: int = Field(
+        default=1024, ge=0, description="Below this free space C-STORE answers 0xA700."
+    )
+
+    @property
+    def spool_dir(self) -> Path:
+        """Folder for received instances."""
+        return self.data_dir / "spool"
+
+    @property
+    def output_dir(self) -> Path:
+        """Folder for built output objects (SR, GSPS, ...)."""
+        return self.data_dir / "outputs"
+
+
+class DatabaseSection(_Section):
+    """SQLAlchemy URL; empty = a SQLite file in ``storage.data_dir``."""
+
+    url: SecretStr = SecretStr("")
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url and not url.startswith(("sqlite", "postgresql")):
+            raise ValueError("database.url must be a sqlite:// or postgresql:// URL (or empty)")
+        return value
+
+
+class QueueSection(_Section):
+    """Celery broker; empty = embedded durable broker (SQLite) with an in-process worker."""
+
+    broker_url: SecretStr = SecretStr("")
+    visibility_timeout: int = Field(default=7200, ge=60)
+    task_time_limit: int = Field(default=1800, ge=10)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    lease_seconds: int = Field(default=600, ge=10)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _scheme(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url and not url.startswith(("redis://", "rediss://", "sqla+", "memory://")):
+            raise ValueError("queue.broker_url must be redis://, rediss://, sqla+... or empty")
+        return value
+
+
+class StudySection(_Section):
+    """Study assembly and routing rules."""
+
+    completion_seconds: float = Field(
+        default=30, gt=0, description="A study is complete after this long with no new image."
+    )
+    accepted_modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
+    accepted_body_parts: list[str] = Field(
+        default_factory=list,
+        description="BodyPartExamined values to analyse; empty = any (spine is checked by "
+        "the PACS routing rule).",
+    )
+    urgent_calling_aets: list[str] = Field(default_factory=list)
+
+
+class ModelsSection(_Section):
+    """The model bundle and where it runs."""
+
+    bundle: Path | None = Field(default=None, description="Bundle folder; empty = none.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    display_threshold: float = Field(default=0.3, ge=0, le=1)
+    fusion: Literal["paper", "paper+average"] = "paper"
+
+    @field_validator("bundle", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+
+class OutputSection(_Section):
+    """Which objects the node builds for each analysed study (the site profile)."""
+
+    sr: bool = True
+    gsps: bool = True
+    kos: bool = False
+    secondary_capture: bool = False
+    series_description_prefix: str = "AI spinexr"
+
+
+ObjectKind = Literal["sr", "gsps", "kos", "sc"]
+
+
+class Destination(_Section):
+    """A PACS (or other peer) that receives results."""
+
+    name: str = Field(min_length=1, max_length=64)
+    kind: Literal["dimse", "stowrs"] = "dimse"
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    url: str | None = None
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    objects: list[ObjectKind] = Field(default_factory=lambda: ["sr", "gsps"])
+    verify: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> Destination:
+        if self.kind == "dimse":
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) in (None, "")]
+            if missing:
+                raise ValueError(f"dimse destination {self.name!r} needs {', '.join(missing)}")
+            assert self.ae_title is not None
+            self.ae_title = _check_ae_title(self.ae_title)
+        elif not self.url or not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"stowrs destination {self.name!r} needs an http(s) url")
+        return self
+
+
+class Settings(BaseSettings):
+    """All settings of a spinexr-node process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+        validate_assignment=True,
+    )
+
+    node: NodeSection = Field(default_factory=NodeSection)
+    dicom: DicomSection = Field(default_factory=DicomSection)
+    http: HttpSection = Field(default_factory=HttpSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    database: DatabaseSection = Field(default_factory=DatabaseSection)
+    queue: QueueSection = Field(default_factory=QueueSection)
+    study: StudySection = Field(default_factory=StudySection)
+    models: ModelsSection = Field(default_factory=ModelsSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    destinations: list[Destination] = Field(default_factory=list)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: list[Destination]) -> list[Destination]:
+        names = [d.name for d in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique: {', '.join(dupes)}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, then the TOML file (given as init arguments)."""
+        return (env_settings, init_settings)
+
+    @property
+    def database_url(self) -> str:
+        """The effective SQLAlchemy URL (SQLite in the data folder when none is set)."""
+        url = self.database.url.get_secret_value()
+        if url:
+            return url
+        return f"sqlite:///{(self.storage.data_dir / 'spinexr.db').resolve()}"
+
+    @property
+    def embedded_queue(self) -> bool:
+        """True when no broker is configured (embedded durable broker, in-process worker)."""
+        return not self.queue.broker_url.get_secret_value()
+
+
+def resolve_config_file(config_file: Path | None) -> Path | None:
+    """Return the TOML file to read: explicit, ``$SPINEXR_CONFIG``, ``./settings.toml``.
+
+    Parameters
+    ----------
+    config_file : Path or None
+        A path given on the command line.
+
+    Returns
+    -------
+    Path or None
+        The file, or None when no file is used.
+
+    Raises
+    ------
+    ConfigError
+        If an explicitly named file does not exist.
+    """
+    if config_file is None and os.environ.get(ENV_CONFIG_FILE):
+        config_file = Path(os.environ[ENV_CONFIG_FILE])
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError([f"config file {config_file} does not exist"])
+        return config_file
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    head = [str(p) for p in loc[:2] if isinstance(p, str)]
+    return ENV_PREFIX + "__".join(head).upper()
+
+
+def _format_error(err: Any, source: Path | None) -> str:
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc) or "(settings)"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    env_name = _env_name(loc)
+    if env_name != ENV_PREFIX and env_name in {k.upper() for k in os.environ}:
+        origin = f" (from environment {env_name})"
+    elif source is not None:
+        origin = f" (from {source})"
+    else:
+        origin = ""
+    value = err.get("input")
+    shown = ""
+    if err["type"] not in ("missing", "extra_forbidden") and not isinstance(value, dict | list):
+        shown = f", got {value!r}" if "secret" not in where and "token" not in where else ""
+    if err["type"] == "extra_forbidden":
+        msg = "unknown setting"
+    return f"{where}: {msg}{shown}{origin}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate the settings.
+
+    Parameters
+    ----------
+    config_file : Path or None
+        TOML file; see :func:`resolve_config_file` for the default.
+    **overrides
+        Section tables that replace those from the file (used by tests).
+
+    Returns
+    -------
+    Settings
+        The validated settings.
+
+    Raises
+    ------
+    ConfigError
+        With one readable line per invalid value.
+    """
+    path = resolve_config_file(config_file)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e, path) for e in exc.errors()]) from exc
+
+
+def masked_dict(settings: Settings) -> dict[str, Any]:
+    """Return the effective settings as plain data with every secret masked.
+
+    Parameters
+    ----------
+    settings : Settings
+        Loaded settings.
+
+    Returns
+    -------
+    dict
+        JSON/TOML-serialisable settings; secrets read ``"********"`` when set, ``""`` if not.
+    """
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "********" if value.get_secret_value() else ""
+        if isinstance(value, BaseModel):
+            return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    out = walk(settings)
+    assert isinstance(out, dict)
+    return out

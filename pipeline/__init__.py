@@ -1,0 +1,1 @@
+"""Inference library for the VinDr-SpineXR method (no networking, no database)."""

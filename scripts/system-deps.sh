@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests and real peers need (Debian/Ubuntu):
+#   dcmtk (storescu/storescp/dcmdump), dicom3tools (dciodvfy), postgresql, redis-server,
+#   orthanc + orthanc-dicomweb.
+# Skips what is already there; needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+say() { printf '[system-deps %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+declare -A CHECK=(
+  [dcmtk]="command -v storescp"
+  [dicom3tools]="command -v dciodvfy"
+  [postgresql]="ls /usr/lib/postgresql/*/bin/initdb"
+  [redis-server]="command -v redis-server"
+  [orthanc]="command -v Orthanc"
+  [orthanc-dicomweb]="ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+)
+missing=()
+for pkg in "${!CHECK[@]}"; do
+  if ! eval "${CHECK[$pkg]}" >/dev/null 2>&1; then missing+=("$pkg"); fi
+done
+if ((${#missing[@]} == 0)); then
+  say "system packages present"
+  exit 0
+fi
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null; then SUDO="sudo"; else
+    say "missing ${missing[*]} and not root: install them with apt-get, then re-run"
+    exit 1
+  fi
+fi
+say "installing ${missing[*]} (about 2 minutes)"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# --no-install-recommends: dicom3tools would otherwise pull in ghostscript and friends.
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Debian starts these services on install; the tests start their own on loopback.
+for svc in postgresql redis-server orthanc; do
+  $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done
+say "done"

@@ -1,0 +1,1 @@
+"""Datasets, synthetic phantoms, training, evaluation and model bundle export."""
