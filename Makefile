@@ -28,7 +28,7 @@ test: install system-deps
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy node pipeline training
+	bash scripts/typecheck.sh
 
 format: install
 	$(VENV)/bin/ruff format .

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
-
 from spinexr.node import __version__
 from spinexr.node.errors import ConfigError, SpinexrError
 from spinexr.node.settings import Settings, load_settings, masked_dict
@@ -87,8 +85,18 @@ def version() -> None:
     from importlib.metadata import version as dist_version
 
     click.echo(f"spinexr-node {__version__}")
-    for dist in ("torch", "torchvision", "mmcv", "mmdet", "mmengine", "pydicom", "pynetdicom",
-                 "highdicom", "celery", "sqlalchemy"):
+    for dist in (
+        "torch",
+        "torchvision",
+        "mmcv",
+        "mmdet",
+        "mmengine",
+        "pydicom",
+        "pynetdicom",
+        "highdicom",
+        "celery",
+        "sqlalchemy",
+    ):
         try:
             click.echo(f"  {dist:<12} {dist_version(dist)}")
         except PackageNotFoundError:
@@ -115,9 +123,11 @@ def config_check(obj: Context, as_json: bool) -> None:
     settings = obj.settings()
     data = masked_dict(settings)
     data["_derived"] = {
-        "database_url": "********" if settings.database.url.get_secret_value()
+        "database_url": "********"
+        if settings.database.url.get_secret_value()
         else settings.database_url,
-        "queue": "embedded (SQLite broker, in-process worker)" if settings.embedded_queue
+        "queue": "embedded (SQLite broker, in-process worker)"
+        if settings.embedded_queue
         else "external broker",
         "spool_dir": str(settings.storage.spool_dir),
     }
@@ -161,19 +171,37 @@ def db_current(obj: Context) -> None:
 
 # ---------------------------------------------------------------- phantoms
 @cli.command()
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
-              required=True, help="Dataset folder to create (VinDr-SpineXR layout).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Dataset folder to create (VinDr-SpineXR layout).",
+)
 @click.option("--studies", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", type=click.Choice(["full", "small"]), default="full", show_default=True,
-              help="full: Rows×Columns in the thousands; small: about 512×384 for tests.")
+@click.option(
+    "--size",
+    type=click.Choice(["full", "small"]),
+    default="full",
+    show_default=True,
+    help="full: Rows×Columns in the thousands; small: about 512×384 for tests.",
+)
 @click.option("--test-fraction", type=click.FloatRange(0, 1), default=0.2, show_default=True)
-@click.option("--vindr-like", is_flag=True,
-              help="Write headers as the real dataset has them (hex UIDs, no SOP Class UID, "
-                   "no Modality).")
+@click.option(
+    "--vindr-like",
+    is_flag=True,
+    help="Write headers as the real dataset has them (hex UIDs, no SOP Class UID, no Modality).",
+)
 @edge
-def phantoms(out_dir: Path, studies: int, seed: int, size: str, test_fraction: float,
-             vindr_like: bool) -> None:
+def phantoms(
+    out_dir: Path,
+    studies: int,
+    seed: int,
+    size: Literal["full", "small"],
+    test_fraction: float,
+    vindr_like: bool,
+) -> None:
     """Write a synthetic spine radiograph dataset in the VinDr-SpineXR layout.
 
     The images are phantoms: synthetic spines with drawn lesions, for tests and the demo
@@ -181,8 +209,15 @@ def phantoms(out_dir: Path, studies: int, seed: int, size: str, test_fraction: f
     """
     from spinexr.training.phantoms import generate_dataset
 
-    summary = generate_dataset(out_dir, studies, seed, size=size, vindr_like=vindr_like,
-                               test_fraction=test_fraction, progress=True)
+    summary = generate_dataset(
+        out_dir,
+        studies,
+        seed,
+        size=size,
+        vindr_like=vindr_like,
+        test_fraction=test_fraction,
+        progress=True,
+    )
     click.echo(str(summary))
 
 
@@ -200,10 +235,19 @@ def serve(obj: Context) -> None:
 
 
 @cli.command()
-@click.option("--queues", default="inference,export", show_default=True,
-              help="Comma-separated Celery queues to consume.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes (1 per GPU is the default for inference).")
+@click.option(
+    "--queues",
+    default="inference,export",
+    show_default=True,
+    help="Comma-separated Celery queues to consume.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes (1 per GPU is the default for inference).",
+)
 @pass_ctx
 @edge
 def worker(obj: Context, queues: str, concurrency: int) -> None:

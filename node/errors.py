@@ -29,5 +29,5 @@ class DatabaseError(SpinexrError):
     """The database cannot be reached or is not at the expected schema revision."""
 
 
-class InvalidTransition(SpinexrError):
+class InvalidTransitionError(SpinexrError):
     """A job was asked to move to a state its state machine does not allow."""

@@ -1,12 +1,14 @@
-"""``spinexr-node serve``: one process with the SCP, the HTTP server and, when embedded,
-the worker."""
+"""``spinexr-node serve``: the SCP, the HTTP server and, when embedded, the worker."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
-
 from spinexr.node import __version__
 from spinexr.node.db.engine import make_engine
 from spinexr.node.db.migrate import current_revision, upgrade
@@ -26,8 +28,11 @@ def prepare_storage(settings: Settings) -> None:
     settings : Settings
         ``storage`` section.
     """
-    for folder in (settings.storage.data_dir, settings.storage.spool_dir,
-                   settings.storage.output_dir):
+    for folder in (
+        settings.storage.data_dir,
+        settings.storage.spool_dir,
+        settings.storage.output_dir,
+    ):
         folder.mkdir(parents=True, exist_ok=True)
 
 
@@ -56,6 +61,19 @@ def check_bundle(settings: Settings) -> None:
     logger.info("model bundle configured: %s", bundle)
 
 
+class _HttpServer(uvicorn.Server):
+    """Uvicorn server whose signals are handled by :func:`run_server`.
+
+    Uvicorn's own handling re-raises SIGTERM after its shutdown, which would kill the
+    process before the SCP and the worker are stopped.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave signal handling to the caller."""
+        yield
+
+
 def run_server(settings: Settings) -> None:
     """Run the node until interrupted (SIGINT/SIGTERM).
 
@@ -68,18 +86,30 @@ def run_server(settings: Settings) -> None:
     prepare_storage(settings)
     engine = make_engine(settings.database_url)
     upgrade(engine)
-    logger.info("database %s at revision %s", engine.url.get_backend_name(),
-                current_revision(engine))
+    logger.info(
+        "database %s at revision %s", engine.url.get_backend_name(), current_revision(engine)
+    )
     check_bundle(settings)
     logger.info("queue: %s", "embedded" if settings.embedded_queue else "external broker")
     scp = start_scp(settings)
     try:
         config = uvicorn.Config(
-            create_app(settings), host=settings.http.host, port=settings.http.port,
-            log_level="warning", access_log=False,
+            create_app(settings),
+            host=settings.http.host,
+            port=settings.http.port,
+            log_level="warning",
+            access_log=False,
         )
+        http = _HttpServer(config)
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            logger.info("%s received, shutting down", signal.Signals(signum).name)
+            http.should_exit = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
         logger.info("HTTP server on %s:%d", settings.http.host, settings.http.port)
-        uvicorn.Server(config).run()
+        http.run()
     finally:
         scp.shutdown()
         engine.dispose()

@@ -25,7 +25,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
 from spinexr.node.errors import ConfigError
 
 ENV_PREFIX = "SPINEXR_"
@@ -95,7 +94,7 @@ class DicomSection(_Section):
     """The DIMSE SCP (C-ECHO, C-STORE)."""
 
     ae_title: str = "SPINEXR"
-    host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for the PACS on the network
+    host: str = "0.0.0.0"
     port: int = Field(default=11112, ge=1, le=65535)
     max_pdu: int = Field(default=131072, ge=4096, le=2**26)
     max_associations: int = Field(default=10, ge=1, le=1000)
@@ -137,7 +136,7 @@ class DicomSection(_Section):
 class HttpSection(_Section):
     """The HTTP server: STOW-RS, admin API and pages, health, metrics."""
 
-    host: str = "0.0.0.0"  # noqa: S104 - STOW-RS clients reach the node over the network
+    host: str = "0.0.0.0"
     port: int = Field(default=8042, ge=1, le=65535)
     api_token: SecretStr = Field(
         default=SecretStr(""), description="Bearer token for the admin API and STOW-RS."
@@ -236,6 +235,7 @@ class OutputSection(_Section):
 
 
 ObjectKind = Literal["sr", "gsps", "kos", "sc"]
+_DEFAULT_OBJECTS: tuple[ObjectKind, ...] = ("sr", "gsps")
 
 
 class Destination(_Section):
@@ -250,8 +250,13 @@ class Destination(_Section):
     token: SecretStr | None = None
     username: str | None = None
     password: SecretStr | None = None
-    objects: list[ObjectKind] = Field(default_factory=lambda: ["sr", "gsps"])
+    objects: list[ObjectKind] = Field(default_factory=lambda: list(_DEFAULT_OBJECTS))
     verify: bool = False
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str | None) -> str | None:
+        return None if value in (None, "") else _check_ae_title(value)
 
     @model_validator(mode="after")
     def _complete(self) -> Destination:
@@ -259,8 +264,6 @@ class Destination(_Section):
             missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) in (None, "")]
             if missing:
                 raise ValueError(f"dimse destination {self.name!r} needs {', '.join(missing)}")
-            assert self.ae_title is not None
-            self.ae_title = _check_ae_title(self.ae_title)
         elif not self.url or not self.url.startswith(("http://", "https://")):
             raise ValueError(f"stowrs destination {self.name!r} needs an http(s) url")
         return self

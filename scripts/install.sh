@@ -69,7 +69,7 @@ else
     START=$SECONDS
     while kill -0 "$PID" 2>/dev/null; do
       sleep 30
-      step="$(grep -oE '^\[[0-9]+/[0-9]+\]' "$LOG" | tail -n1 | tr -d '[]' || true)"
+      step="$(grep -oE '\[[0-9]+/[0-9]+\]' "$LOG" | tail -n1 | tr -d '[]' || true)"
       el=$((SECONDS - START))
       if [[ -n "$step" ]]; then
         done_n="${step%/*}"; total_n="${step#*/}"

@@ -8,34 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-
-def tools_required() -> bool:
-    return os.environ.get("SPINEXR_REQUIRE_TOOLS") == "1"
-
-
-def require_tool(name: str) -> str:
-    """Return the path of an executable, or skip (fail when tools are required)."""
-    path = shutil.which(name)
-    if path is None:
-        msg = f"{name} is not installed (scripts/system-deps.sh installs it)"
-        if tools_required():
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from testsupport import free_port, tools_required
 
 
 def _pg_bindir() -> Path | None:
@@ -47,7 +27,7 @@ def _pg_bindir() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """Start a throw-away PostgreSQL server on 127.0.0.1 and yield its URL."""
     bindir = _pg_bindir()
     if bindir is None:
@@ -55,7 +35,9 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if tools_required():
             pytest.fail(msg)
         pytest.skip(msg)
-    root = tmp_path_factory.mktemp("pg")
+    # Not under pytest's tmp folder: its parents are private to root, and the server runs
+    # as the postgres user.
+    root = Path(tempfile.mkdtemp(prefix="spinexr-pg-"))
     data, sock = root / "data", root / "sock"
     sock.mkdir()
     as_user: list[str] = []
@@ -63,27 +45,59 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(root, "postgres")
         shutil.chown(sock, "postgres")
-        os.chmod(root, 0o755)
+        os.chmod(root, 0o700)
     port = free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust",
-                    "-U", "postgres", "--no-sync"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
     log = root / "pg.log"
     if as_user:
         log.touch()
         shutil.chown(log, "postgres")
     subprocess.run(
-        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "start",
-         "-o", f"-h 127.0.0.1 -p {port} -k {sock} -F"],
-        check=True, capture_output=True,
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "start",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {sock} -F",
+        ],
+        check=True,
+        capture_output=True,
     )
     try:
         deadline = time.monotonic() + 20
-        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                capture_output=True,
+            ).returncode
+            != 0
+        ):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not start: {log.read_text()}")
             time.sleep(0.2)
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)

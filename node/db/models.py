@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from spinexr.node.db.states import ExportStatus, JobState, OutputKind, Priority
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -29,8 +30,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-
-from spinexr.node.db.states import ExportStatus, JobState, OutputKind, Priority
 
 UID = String(64)
 """A DICOM UID (PS3.5: at most 64 characters)."""
@@ -236,9 +235,7 @@ class ExportAttempt(Base):
     )
     destination: Mapped[str] = mapped_column(String(64))
     attempt: Mapped[int] = mapped_column(Integer, default=1)
-    status: Mapped[ExportStatus] = mapped_column(
-        _enum(ExportStatus), default=ExportStatus.PENDING
-    )
+    status: Mapped[ExportStatus] = mapped_column(_enum(ExportStatus), default=ExportStatus.PENDING)
     dimse_status: Mapped[int | None] = mapped_column(Integer)
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)

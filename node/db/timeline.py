@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.orm import Session
-
 from spinexr.node.db.models import AuditEvent, Job, Study, utcnow
 from spinexr.node.db.states import JobState, can_transition
-from spinexr.node.errors import InvalidTransition
+from spinexr.node.errors import InvalidTransitionError
+from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +82,14 @@ def transition(
 
     Raises
     ------
-    InvalidTransition
+    InvalidTransitionError
         If the state machine does not allow the move.
     """
     old = job.state
     if not can_transition(old, new_state):
-        raise InvalidTransition(f"job {job.id}: {old.value} → {new_state.value} is not allowed")
+        raise InvalidTransitionError(
+            f"job {job.id}: {old.value} → {new_state.value} is not allowed"
+        )
     job.state = new_state
     job.updated_at = utcnow()
     if error is not None:

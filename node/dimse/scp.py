@@ -7,7 +7,6 @@ import logging
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-
 from spinexr.node.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,5 +41,6 @@ def start_scp(settings: Settings) -> ThreadedAssociationServer:
     server = ae.start_server(
         (cfg.host, cfg.port), block=False, evt_handlers=[(evt.EVT_C_ECHO, _on_echo)]
     )
+    assert server is not None  # block=False always returns the server
     logger.info("DICOM SCP %s listening on %s:%d", cfg.ae_title, cfg.host, cfg.port)
     return server

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-
 from spinexr.node import __version__
 from spinexr.node.settings import Settings
 

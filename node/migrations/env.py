@@ -1,10 +1,9 @@
 """Alembic environment: runs on the engine handed over in ``config.attributes``."""
 
 from alembic import context
-from sqlalchemy import create_engine
-
 from spinexr.node.db.engine import normalise_url
 from spinexr.node.db.models import Base
+from sqlalchemy import create_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -24,7 +23,7 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = config.attributes.get("engine")
     if engine is None:
-        engine = create_engine(normalise_url(config.get_main_option("sqlalchemy.url")))
+        engine = create_engine(normalise_url(config.get_main_option("sqlalchemy.url") or ""))
     with engine.connect() as connection:
         context.configure(
             connection=connection,

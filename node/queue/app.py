@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from celery import Celery
 from kombu import Queue
-
 from spinexr.node.settings import Settings
 
 INFERENCE_QUEUE = "inference"
@@ -82,6 +81,18 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int) -> None:
     """
     app = make_celery(settings)
     pool = "solo" if concurrency == 1 else "prefork"
-    app.worker_main(["worker", "--queues", ",".join(queues), "--pool", pool,
-                     "--concurrency", str(concurrency), "--loglevel", settings.node.log_level,
-                     "--without-gossip", "--without-mingle"])
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            ",".join(queues),
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            settings.node.log_level,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

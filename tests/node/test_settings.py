@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from spinexr.node.cli import cli
 from spinexr.node.errors import ConfigError
 from spinexr.node.settings import load_settings, masked_dict
@@ -43,15 +42,19 @@ def test_repository_settings_file_is_valid() -> None:
     assert s.study.completion_seconds > 0
 
 
-def test_toml_file_then_environment_override(monkeypatch: pytest.MonkeyPatch,
-                                             tmp_path: Path) -> None:
-    cfg = write(tmp_path / "site.toml", """
+def test_toml_file_then_environment_override(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = write(
+        tmp_path / "site.toml",
+        """
 [dicom]
 ae_title = "FROMFILE"
 port = 4242
 [study]
 completion_seconds = 12.5
-""")
+""",
+    )
     s = load_settings(cfg)
     assert (s.dicom.ae_title, s.dicom.port, s.study.completion_seconds) == ("FROMFILE", 4242, 12.5)
     monkeypatch.setenv("SPINEXR_DICOM__PORT", "104")
@@ -77,29 +80,45 @@ def test_config_file_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path:
         ("SPINEXR_DICOM__AE_TITLE", "NODE1", lambda s: s.dicom.ae_title == "NODE1"),
         ("SPINEXR_HTTP__PORT", "8081", lambda s: s.http.port == 8081),
         ("SPINEXR_STORAGE__DATA_DIR", "/srv/x", lambda s: s.storage.data_dir == Path("/srv/x")),
-        ("SPINEXR_DATABASE__URL", "postgresql://u:pw@db/spx",
-         lambda s: s.database_url == "postgresql://u:pw@db/spx"),
-        ("SPINEXR_QUEUE__BROKER_URL", "redis://127.0.0.1:6379/0",
-         lambda s: not s.embedded_queue),
+        (
+            "SPINEXR_DATABASE__URL",
+            "postgresql://u:pw@db/spx",
+            lambda s: s.database_url == "postgresql://u:pw@db/spx",
+        ),
+        ("SPINEXR_QUEUE__BROKER_URL", "redis://127.0.0.1:6379/0", lambda s: not s.embedded_queue),
         ("SPINEXR_STUDY__COMPLETION_SECONDS", "3", lambda s: s.study.completion_seconds == 3),
         ("SPINEXR_MODELS__BUNDLE", "/opt/bundle", lambda s: s.models.bundle == Path("/opt/bundle")),
-        ("SPINEXR_DICOM__ALLOWED_CALLING_AETS", '["PACS1", "PACS2"]',
-         lambda s: s.dicom.allowed_calling_aets == ["PACS1", "PACS2"]),
+        (
+            "SPINEXR_DICOM__ALLOWED_CALLING_AETS",
+            '["PACS1", "PACS2"]',
+            lambda s: s.dicom.allowed_calling_aets == ["PACS1", "PACS2"],
+        ),
         ("SPINEXR_DICOM__TLS__ENABLED", "false", lambda s: s.dicom.tls.enabled is False),
     ],
 )
-def test_every_documented_setting_is_overridable(monkeypatch: pytest.MonkeyPatch, var: str,
-                                                 value: str, check) -> None:
+def test_every_documented_setting_is_overridable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, check
+) -> None:
     monkeypatch.setenv(var, value)
     assert check(load_settings())
 
 
 def test_destinations_as_json_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SPINEXR_DESTINATIONS", json.dumps([
-        {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104},
-        {"name": "web", "kind": "stowrs", "url": "https://pacs/dicom-web", "token": "s3cret",
-         "objects": ["sr"]},
-    ]))
+    monkeypatch.setenv(
+        "SPINEXR_DESTINATIONS",
+        json.dumps(
+            [
+                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104},
+                {
+                    "name": "web",
+                    "kind": "stowrs",
+                    "url": "https://pacs/dicom-web",
+                    "token": "s3cret",
+                    "objects": ["sr"],
+                },
+            ]
+        ),
+    )
     s = load_settings()
     assert [d.name for d in s.destinations] == ["pacs", "web"]
     assert s.destinations[1].token is not None
@@ -121,7 +140,9 @@ def problems(**kwargs) -> list[str]:
 
 
 def test_invalid_values_give_one_line_each(tmp_path: Path) -> None:
-    cfg = write(tmp_path / "bad.toml", """
+    cfg = write(
+        tmp_path / "bad.toml",
+        """
 [dicom]
 ae_title = "THIS-AE-TITLE-IS-TOO-LONG"
 port = 70000
@@ -129,7 +150,8 @@ port = 70000
 completion_seconds = -1
 [models]
 display_threshold = 2
-""")
+""",
+    )
     lines = problems(config_file=cfg)
     assert len(lines) == 4, lines
     joined = "\n".join(lines)
@@ -193,7 +215,8 @@ def test_uid_root_validated() -> None:
 
 # ------------------------------------------------------------------ CLI
 def test_config_check_prints_effective_settings_with_secrets_masked(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("SPINEXR_HTTP__API_TOKEN", "topsecret")
     monkeypatch.setenv("SPINEXR_DATABASE__URL", "postgresql://u:dbpassword@db/x")
     result = CliRunner().invoke(cli, ["config", "check"])

@@ -5,19 +5,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
 from spinexr.node.db.engine import make_engine, make_session_factory
 from spinexr.node.db.migrate import upgrade
 from spinexr.node.db.models import AuditEvent, Instance, Job, Study
 from spinexr.node.db.states import TRANSITIONS, JobState, can_transition
 from spinexr.node.db.timeline import transition
-from spinexr.node.errors import InvalidTransition
+from spinexr.node.errors import InvalidTransitionError
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-HAPPY_PATH = [JobState.COMPLETE, JobState.QUEUED, JobState.ANALYZING, JobState.BUILT,
-              JobState.EXPORTING, JobState.EXPORTED, JobState.VERIFIED]
+HAPPY_PATH = [
+    JobState.COMPLETE,
+    JobState.QUEUED,
+    JobState.ANALYZING,
+    JobState.BUILT,
+    JobState.EXPORTING,
+    JobState.EXPORTED,
+    JobState.VERIFIED,
+]
 
 
 def _engines(tmp_path: Path, request: pytest.FixtureRequest) -> Engine:
@@ -62,14 +68,15 @@ def test_happy_path_is_recorded_in_the_timeline(session: Session) -> None:
 
 def test_invalid_transition_is_refused_and_nothing_recorded(session: Session) -> None:
     job = new_job(session)
-    with pytest.raises(InvalidTransition, match="received → exported"):
+    with pytest.raises(InvalidTransitionError, match="received → exported"):
         transition(session, job, JobState.EXPORTED)
     assert job.state is JobState.RECEIVED
     assert session.scalars(select(AuditEvent)).all() == []
 
 
 def test_failure_keeps_the_error_and_leaving_a_leased_state_drops_the_lease(
-        session: Session) -> None:
+    session: Session,
+) -> None:
     job = new_job(session)
     for state in (JobState.COMPLETE, JobState.QUEUED, JobState.ANALYZING):
         transition(session, job, state)
@@ -106,10 +113,16 @@ def test_idempotency_key_is_unique(session: Session) -> None:
 
 def test_instance_versions_unique_per_sop_instance(session: Session) -> None:
     job = new_job(session)
-    common = dict(study_id=job.study_id, series_instance_uid="1.2.3.4.1",
-                  sop_instance_uid="1.2.3.4.1.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-                  transfer_syntax_uid="1.2.840.10008.1.2.1", path="x", size_bytes=10,
-                  sha256="0" * 64)
+    common = dict(
+        study_id=job.study_id,
+        series_instance_uid="1.2.3.4.1",
+        sop_instance_uid="1.2.3.4.1.1",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path="x",
+        size_bytes=10,
+        sha256="0" * 64,
+    )
     session.add(Instance(version=1, **common))
     session.add(Instance(version=2, **common))
     session.commit()
