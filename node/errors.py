@@ -31,3 +31,16 @@ class DatabaseError(SpinexrError):
 
 class InvalidTransitionError(SpinexrError):
     """A job was asked to move to a state its state machine does not allow."""
+
+
+class IngestError(SpinexrError):
+    """A received instance cannot be accepted.
+
+    ``reason`` is a short code the SCP and STOW-RS map to a status: ``unparseable``,
+    ``missing_uid``, ``too_deep``, ``too_large``, ``unsupported_sop_class``,
+    ``out_of_resources``, ``not_authorised``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)

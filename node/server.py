@@ -10,11 +10,14 @@ from types import FrameType
 
 import uvicorn
 from spinexr.node import __version__
-from spinexr.node.db.engine import make_engine
+from spinexr.node.db.engine import make_engine, make_session_factory
 from spinexr.node.db.migrate import current_revision, upgrade
-from spinexr.node.dimse.scp import start_scp
+from spinexr.node.dimse.scp import StoreSCP
 from spinexr.node.errors import ConfigError
 from spinexr.node.http.app import create_app
+from spinexr.node.ingest.assembler import StudyAssembler, model_identity
+from spinexr.node.ingest.service import IngestService
+from spinexr.node.ingest.spool import Spool
 from spinexr.node.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -91,10 +94,19 @@ def run_server(settings: Settings) -> None:
     )
     check_bundle(settings)
     logger.info("queue: %s", "embedded" if settings.embedded_queue else "external broker")
-    scp = start_scp(settings)
+    if not settings.http.api_token.get_secret_value():
+        logger.warning("http.api_token is empty: STOW-RS and the admin API accept anyone")
+    sessions = make_session_factory(engine)
+    spool = Spool(settings.storage.spool_dir)
+    spool.clean_incomplete()
+    ingest = IngestService(settings, sessions, spool)
+    assembler = StudyAssembler(settings, sessions, model_identity(settings.models.bundle))
+    scp = StoreSCP(settings, ingest)
+    scp.start()
+    assembler.start()
     try:
         config = uvicorn.Config(
-            create_app(settings),
+            create_app(settings, ingest),
             host=settings.http.host,
             port=settings.http.port,
             log_level="warning",
@@ -111,6 +123,7 @@ def run_server(settings: Settings) -> None:
         logger.info("HTTP server on %s:%d", settings.http.host, settings.http.port)
         http.run()
     finally:
-        scp.shutdown()
+        scp.stop()
+        assembler.stop()
         engine.dispose()
         logger.info("spinexr-node stopped")

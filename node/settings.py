@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from spinexr.node.errors import ConfigError
+from spinexr.node.sopclasses import ANALYSABLE_SOP_CLASSES
 
 ENV_PREFIX = "SPINEXR_"
 ENV_CONFIG_FILE = "SPINEXR_CONFIG"
@@ -201,13 +203,30 @@ class StudySection(_Section):
     completion_seconds: float = Field(
         default=30, gt=0, description="A study is complete after this long with no new image."
     )
+    accepted_sop_classes: list[str] = Field(
+        default_factory=lambda: [str(u) for u in ANALYSABLE_SOP_CLASSES],
+        description="SOP classes that are analysed (CR, DX For Presentation/Processing).",
+    )
     accepted_modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
-    accepted_body_parts: list[str] = Field(
-        default_factory=list,
-        description="BodyPartExamined values to analyse; empty = any (spine is checked by "
-        "the PACS routing rule).",
+    body_part_regex: str = Field(
+        default="", description="BodyPartExamined must match (case-insensitive); empty = any."
+    )
+    study_description_regex: str = Field(
+        default="", description="StudyDescription must match (case-insensitive); empty = any."
+    )
+    analyse_calling_aets: list[str] = Field(
+        default_factory=list, description="Only studies from these AEs are analysed; empty = any."
     )
     urgent_calling_aets: list[str] = Field(default_factory=list)
+
+    @field_validator("body_part_regex", "study_description_regex")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
 
 
 class ModelsSection(_Section):

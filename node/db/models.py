@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from spinexr.node.db.states import ExportStatus, JobState, OutputKind, Priority
+from spinexr.node.db.states import ExportStatus, JobState, OutputKind, Priority, StudyStatus
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -103,6 +103,12 @@ class Study(Base):
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(16), default="dimse")
     priority: Mapped[int] = mapped_column(Integer, default=int(Priority.ROUTINE))
+    status: Mapped[StudyStatus] = mapped_column(
+        _enum(StudyStatus), default=StudyStatus.RECEIVING, index=True
+    )
+    decision: Mapped[str | None] = mapped_column(
+        String(128), doc="Rule decision: 'analyse' or 'not for analysis: <rule>'."
+    )
     first_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
@@ -140,6 +146,9 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(16), default="dimse")
+    decision: Mapped[str] = mapped_column(
+        String(128), default="analyse", doc="'analyse' or 'not for analysis: <rule>'."
+    )
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     study: Mapped[Study] = relationship(back_populates="instances")

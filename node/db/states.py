@@ -81,6 +81,13 @@ def can_transition(current: JobState, new: JobState) -> bool:
     return new in TRANSITIONS[current]
 
 
+class StudyStatus(enum.StrEnum):
+    """Assembly state of a study: instances arriving, or quiet long enough to analyse."""
+
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+
+
 class ExportStatus(enum.StrEnum):
     """Outcome of one export attempt of one object to one destination."""
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from spinexr.node import __version__
+from spinexr.node.ingest.service import IngestService
 from spinexr.node.settings import Settings
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, ingest: IngestService | None = None) -> FastAPI:
     """Build the HTTP application for ``settings``.
 
     Parameters
     ----------
     settings : Settings
         Validated settings.
+    ingest : IngestService, optional
+        When given, STOW-RS routes are mounted.
 
     Returns
     -------
@@ -28,4 +31,8 @@ def create_app(settings: Settings) -> FastAPI:
         """Process is up."""
         return {"status": "ok", "version": __version__}
 
+    if ingest is not None:
+        from spinexr.node.http.stow import make_router
+
+        app.include_router(make_router(ingest))
     return app

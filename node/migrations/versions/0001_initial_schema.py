@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 11:15:15.152039
+Create Date: 2026-11-23 11:19:34.692426
 """
 
 from collections.abc import Sequence
@@ -26,6 +26,12 @@ def upgrade() -> None:
         sa.Column("calling_ae", sa.String(length=16), nullable=True),
         sa.Column("source", sa.String(length=16), nullable=False),
         sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum("receiving", "complete", name="studystatus", native_enum=False, length=16),
+            nullable=False,
+        ),
+        sa.Column("decision", sa.String(length=128), nullable=True),
         sa.Column("first_received_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_received_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
@@ -36,6 +42,7 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_studies_accession_number"), ["accession_number"], unique=False
         )
+        batch_op.create_index(batch_op.f("ix_studies_status"), ["status"], unique=False)
 
     op.create_table(
         "instances",
@@ -51,6 +58,7 @@ def upgrade() -> None:
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("calling_ae", sa.String(length=16), nullable=True),
         sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("decision", sa.String(length=128), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["study_id"],
@@ -261,6 +269,7 @@ def downgrade() -> None:
 
     op.drop_table("instances")
     with op.batch_alter_table("studies", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_studies_status"))
         batch_op.drop_index(batch_op.f("ix_studies_accession_number"))
 
     op.drop_table("studies")

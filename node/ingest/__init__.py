@@ -1,0 +1,1 @@
+"""Ingest: durable storage of received instances, rules, loop prevention, study assembly."""

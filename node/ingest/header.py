@@ -1,0 +1,124 @@
+"""Reading and checking the header of a received instance (never its pixels)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from spinexr.node.errors import IngestError
+
+UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    """Return whether ``value`` is a syntactically valid DICOM UID (PS3.5 9.1)."""
+    return 0 < len(value) <= 64 and bool(UID_RE.match(value))
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The attributes ingest needs; nothing here is logged except UIDs."""
+
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    body_part_examined: str
+    study_description: str
+    accession_number: str
+    manufacturer: str
+    software_versions: str
+    expected_pixel_bytes: int
+
+
+def _depth(ds: Dataset, limit: int, level: int = 1) -> int:
+    deepest = level - 1
+    for elem in ds:
+        if elem.VR == "SQ":
+            if level > limit:
+                return level
+            for item in elem.value:
+                deepest = max(deepest, _depth(item, limit, level + 1))
+                if deepest > limit:
+                    return deepest
+    return max(deepest, level - 1)
+
+
+def read_header(
+    path: Path, *, max_sequence_depth: int, max_decompressed_bytes: int
+) -> InstanceHeader:
+    """Parse a Part-10 file up to (not including) its pixel data and check it.
+
+    Parameters
+    ----------
+    path : Path
+        The file as received.
+    max_sequence_depth : int
+        Deepest sequence nesting accepted.
+    max_decompressed_bytes : int
+        Largest pixel data (Rows × Columns × Frames × Samples × BitsAllocated / 8) accepted;
+        guards against decompression bombs before anything decodes the pixels.
+
+    Returns
+    -------
+    InstanceHeader
+        The attributes ingest uses.
+
+    Raises
+    ------
+    IngestError
+        ``reason`` ``"unparseable"``, ``"missing_uid"``, ``"too_deep"`` or ``"too_large"``.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        depth = _depth(ds, max_sequence_depth)
+    except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
+        raise IngestError("unparseable", f"dataset cannot be parsed: {type(exc).__name__}") from exc
+    except RecursionError as exc:
+        raise IngestError("too_deep", "sequence nesting exceeds the parser's limit") from exc
+    if depth > max_sequence_depth:
+        raise IngestError("too_deep", f"sequence nesting {depth} > limit {max_sequence_depth}")
+
+    def text(keyword: str) -> str:
+        value = ds.get(keyword, "")
+        return "" if value is None else str(value).strip()
+
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+    except (TypeError, ValueError) as exc:
+        raise IngestError("unparseable", "image pixel module values are not numbers") from exc
+    expected = rows * cols * frames * samples * max(bits, 8) // 8
+    if expected > max_decompressed_bytes:
+        raise IngestError(
+            "too_large",
+            f"pixel data would decode to {expected} bytes > limit {max_decompressed_bytes}",
+        )
+    header = InstanceHeader(
+        sop_class_uid=text("SOPClassUID")
+        or str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or ""),
+        transfer_syntax_uid=str(getattr(ds.file_meta, "TransferSyntaxUID", "") or ""),
+        sop_instance_uid=text("SOPInstanceUID"),
+        study_instance_uid=text("StudyInstanceUID"),
+        series_instance_uid=text("SeriesInstanceUID"),
+        modality=text("Modality").upper(),
+        body_part_examined=text("BodyPartExamined").upper(),
+        study_description=text("StudyDescription"),
+        accession_number=text("AccessionNumber")[:16],
+        manufacturer=text("Manufacturer"),
+        software_versions=text("SoftwareVersions"),
+        expected_pixel_bytes=expected,
+    )
+    for name in ("sop_instance_uid", "study_instance_uid", "series_instance_uid"):
+        value = getattr(header, name)
+        if not value or len(value) > 64:
+            raise IngestError("missing_uid", f"{name} is missing or longer than 64 characters")
+    return header

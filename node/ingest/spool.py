@@ -1,0 +1,167 @@
+"""The spool: received files written durably (temp file, fsync, atomic rename, dir fsync)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from spinexr.node.ingest.header import is_valid_uid
+
+logger = logging.getLogger(__name__)
+
+TMP_DIR = ".incoming"
+
+
+def safe_component(uid: str) -> str:
+    """Return a path component for a UID that cannot escape the spool.
+
+    Valid UIDs (digits and dots) are used as they are; anything else (``..``, slashes,
+    the 32-hex ids of de-identified data sets) becomes ``x`` + a SHA-256 prefix.
+
+    Parameters
+    ----------
+    uid : str
+        A UID as received.
+
+    Returns
+    -------
+    str
+        A safe file or folder name.
+    """
+    if is_valid_uid(uid) and uid not in (".", ".."):
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    """A file written to the spool's temporary area, not yet in place."""
+
+    tmp_path: Path
+    size: int
+    sha256: str
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Received instances on disk under ``root/<study>/<sop>[.vN].dcm``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / TMP_DIR
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def clean_incomplete(self) -> int:
+        """Delete half-written files left by a crash (they were never acknowledged).
+
+        Returns
+        -------
+        int
+            Number of files removed.
+        """
+        removed = 0
+        for path in self.tmp.iterdir():
+            path.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            logger.warning("removed %d incomplete file(s) from the spool", removed)
+        return removed
+
+    def free_bytes(self) -> int:
+        """Return free space on the spool's file system."""
+        return shutil.disk_usage(self.root).free
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[tuple[BinaryIO, Path]]:
+        """Open a new temporary file; it is removed if the block raises."""
+        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        try:
+            with open(tmp, "wb") as fh:
+                yield fh, tmp
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def write_parts(self, parts: Iterable[bytes | memoryview]) -> SpooledFile:
+        """Write ``parts`` to a temporary file and hash them (not yet fsynced).
+
+        Parameters
+        ----------
+        parts : iterable of bytes or memoryview
+            The file's content in pieces.
+
+        Returns
+        -------
+        SpooledFile
+            The temporary file with its size and SHA-256.
+        """
+        digest = hashlib.sha256()
+        size = 0
+        with self.writer() as (fh, tmp):
+            for part in parts:
+                fh.write(part)
+                digest.update(part)
+                size += len(part)
+        return SpooledFile(tmp, size, digest.hexdigest())
+
+    def relative_path(self, study_uid: str, sop_uid: str, version: int) -> Path:
+        """Return the final path (relative to the root) of an instance version."""
+        suffix = "" if version == 1 else f".v{version}"
+        return Path(safe_component(study_uid)) / f"{safe_component(sop_uid)}{suffix}.dcm"
+
+    def sync(self, spooled: SpooledFile) -> None:
+        """Fsync a temporary file's content (the slow part, done outside any lock)."""
+        fd = os.open(spooled.tmp_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def place(self, spooled: SpooledFile, relative: Path) -> Path:
+        """Move a synced temporary file into place atomically and make the move durable.
+
+        ``os.replace`` into the study folder, then fsync of that folder (and of the root
+        when the study folder is new).
+
+        Parameters
+        ----------
+        spooled : SpooledFile
+            From :meth:`write_parts`, after :meth:`sync`.
+        relative : Path
+            From :meth:`relative_path`.
+
+        Returns
+        -------
+        Path
+            The absolute final path.
+        """
+        final = self.root / relative
+        if not final.resolve().is_relative_to(self.root.resolve()):
+            raise ValueError("spool path escapes the spool")
+        folder = final.parent
+        new_folder = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(spooled.tmp_path, final)
+        _fsync_dir(folder)
+        if new_folder:
+            _fsync_dir(self.root)
+        return final
+
+    def discard(self, spooled: SpooledFile) -> None:
+        """Delete a temporary file that will not be kept."""
+        spooled.tmp_path.unlink(missing_ok=True)
