@@ -221,6 +221,144 @@ def phantoms(
     click.echo(str(summary))
 
 
+# ---------------------------------------------------------------- studies
+def _sessions(settings: Settings) -> Any:
+    from spinexr.node.db.engine import make_engine, make_session_factory
+    from spinexr.node.db.migrate import require_head
+
+    engine = make_engine(settings.database_url)
+    require_head(engine)
+    return make_session_factory(engine)
+
+
+@cli.group()
+def studies() -> None:
+    """Inspect and complete received studies."""
+
+
+@studies.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@pass_ctx
+@edge
+def studies_list(obj: Context, as_json: bool, limit: int) -> None:
+    """List studies, newest first: UID, instances, state, rule decision."""
+    from spinexr.node.inspect import list_studies
+
+    rows = list_studies(_sessions(obj.settings()), limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no studies")
+        return
+    click.echo(f"{'study UID':<64} {'inst':>4} {'status':<9} {'job':<10} decision")
+    for r in rows:
+        click.echo(
+            f"{r['study_instance_uid']:<64} {r['instances']:>4} {r['status']:<9} "
+            f"{r['job_state'] or '-':<10} {r['decision']}"
+        )
+
+
+@studies.command("show")
+@click.argument("uid")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+@edge
+def studies_show(obj: Context, uid: str, as_json: bool) -> None:
+    """Show a study's instances, jobs and audit timeline."""
+    from spinexr.node.inspect import show_study
+
+    data = show_study(_sessions(obj.settings()), uid)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(
+        f"study {data['study_instance_uid']}  status {data['status']}  decision {data['decision']}"
+    )
+    click.echo(f"instances ({len(data['instances'])}):")
+    for i in data["instances"]:
+        click.echo(f"  {i['sop_instance_uid']} v{i['version']} {i['size_bytes']} B {i['decision']}")
+    click.echo("jobs:")
+    for j in data["jobs"]:
+        click.echo(
+            f"  job {j['id']} {j['state']} attempts {j['attempts']}"
+            + (f" error: {j['last_error']}" if j["last_error"] else "")
+        )
+    click.echo("timeline:")
+    for e in data["timeline"]:
+        move = f"{e['from_state'] or ''} -> {e['to_state']}" if e["to_state"] else ""
+        click.echo(f"  {e['at']} {e['event']:<12} {move:<24} {e['detail'] or ''}")
+
+
+@studies.command("complete")
+@click.argument("uid")
+@pass_ctx
+@edge
+def studies_complete(obj: Context, uid: str) -> None:
+    """Mark a study complete now (creates its job if it has something to analyse)."""
+    from spinexr.node.ingest.assembler import StudyAssembler, model_identity
+
+    settings = obj.settings()
+    assembler = StudyAssembler(
+        settings, _sessions(settings), model_identity(settings.models.bundle)
+    )
+    job = assembler.force_complete(uid)
+    click.echo(f"study complete; job {job} created" if job else "study complete; no new job")
+
+
+# ---------------------------------------------------------------- send / echo
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--to", "to", required=True, help="Peer address HOST:PORT.")
+@click.option("--calling", default="SPINEXR", show_default=True, help="Our AE title.")
+@click.option("--called", default="ANY-SCP", show_default=True, help="The peer's AE title.")
+@click.option("--max-pdu", type=int, default=131072, show_default=True)
+@edge
+def send(paths: tuple[Path, ...], to: str, calling: str, called: str, max_pdu: int) -> None:
+    """C-STORE DICOM files (or folders) to a peer, with progress and a status summary."""
+    from collections import Counter
+
+    from spinexr.node.dimse.scu import Progress, SendResult, expand_paths, parse_address, send_files
+
+    host, port = parse_address(to)
+    files = expand_paths(paths)
+    progress = Progress(len(files), sum(f.stat().st_size for f in files))
+
+    def report(result: SendResult) -> None:
+        line = progress.update(result.path.stat().st_size)
+        if not result.ok:
+            status = f"0x{result.status:04X}" if result.status is not None else "-"
+            click.echo(f"FAILED {result.path} status {status} {result.error or ''}", err=True)
+        if line:
+            click.echo(line, err=True)
+
+    results = send_files(
+        files, host, port, calling=calling, called=called, max_pdu=max_pdu, on_result=report
+    )
+    counts = Counter(f"0x{r.status:04X}" if r.status is not None else "error" for r in results)
+    click.echo("status summary: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("address")
+@click.option("--calling", default="SPINEXR", show_default=True)
+@click.option("--called", default="ANY-SCP", show_default=True)
+@edge
+def echo(address: str, calling: str, called: str) -> None:
+    """C-ECHO a peer at HOST:PORT."""
+    from spinexr.node.dimse.scu import echo as c_echo
+    from spinexr.node.dimse.scu import parse_address
+
+    host, port = parse_address(address)
+    status = c_echo(host, port, calling=calling, called=called)
+    click.echo(f"C-ECHO {called}@{host}:{port}: status 0x{status:04X}")
+    if status != 0:
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------- serve / worker
 @cli.command()
 @pass_ctx

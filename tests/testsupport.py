@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +35,84 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- a live node
+
+EXE = Path(sys.executable).parent / "spinexr-node"
+
+
+def node_env(data_dir: Path, dicom_port: int, http_port: int, **extra: str) -> dict[str, str]:
+    """Environment for a `spinexr-node` process on loopback with its own data folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPINEXR_")}
+    env.update(
+        SPINEXR_DICOM__HOST="127.0.0.1",
+        SPINEXR_DICOM__PORT=str(dicom_port),
+        SPINEXR_HTTP__HOST="127.0.0.1",
+        SPINEXR_HTTP__PORT=str(http_port),
+        SPINEXR_STORAGE__DATA_DIR=str(data_dir),
+        SPINEXR_STORAGE__MIN_FREE_MB="1",
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class NodeProcess:
+    """A `spinexr-node serve` subprocess started by a test."""
+
+    data_dir: Path
+    dicom_port: int
+    http_port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None)
+
+    def start(self, timeout: float = 60) -> NodeProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [str(EXE), "serve"],
+            env=self.env,
+            cwd=self.data_dir.parent,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                url = f"http://127.0.0.1:{self.http_port}/healthz"
+                with urllib.request.urlopen(url, timeout=2):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"serve did not start:\n{self.log()}") from None
+                time.sleep(0.2)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+def make_node(tmp: Path, **extra: str) -> NodeProcess:
+    """A node (not yet started) with free ports and its data under ``tmp/var``."""
+    data, dport, hport = tmp / "var", free_port(), free_port()
+    return NodeProcess(data, dport, hport, node_env(data, dport, hport, **extra), tmp / "serve.log")

@@ -1,0 +1,203 @@
+"""C-ECHO and C-STORE SCU: the replay helper (``send``/``echo``) and the exporter's transport."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from spinexr.node.errors import SpinexrError
+from spinexr.node.sopclasses import TRANSFER_SYNTAXES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """Outcome of one C-STORE."""
+
+    path: Path
+    sop_instance_uid: str
+    status: int | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True for success (0x0000) and warnings (0xB000-0xBFFF)."""
+        return self.status is not None and (self.status == 0 or 0xB000 <= self.status <= 0xBFFF)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT``.
+
+    Parameters
+    ----------
+    text : str
+        Address as typed.
+
+    Returns
+    -------
+    tuple of (str, int)
+        Host and port.
+
+    Raises
+    ------
+    SpinexrError
+        If the text is not HOST:PORT.
+    """
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SpinexrError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def expand_paths(paths: Iterable[Path]) -> list[Path]:
+    """Files given directly, plus every file under folders given (sorted)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file()))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise SpinexrError(f"{p} does not exist")
+    return out
+
+
+def echo(
+    host: str, port: int, *, calling: str = "SPINEXR", called: str = "ANY-SCP", timeout: float = 30
+) -> int:
+    """Send a C-ECHO and return its status.
+
+    Raises
+    ------
+    SpinexrError
+        If no association could be made.
+    """
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=called)
+    if not assoc.is_established:
+        raise SpinexrError(f"association with {called}@{host}:{port} was rejected or failed")
+    try:
+        status = assoc.send_c_echo()
+        if not status:
+            raise SpinexrError("no C-ECHO response (timeout or abort)")
+        return int(status.Status)
+    finally:
+        assoc.release()
+
+
+def send_files(
+    files: Sequence[Path],
+    host: str,
+    port: int,
+    *,
+    calling: str = "SPINEXR",
+    called: str = "ANY-SCP",
+    max_pdu: int = 131072,
+    timeout: float = 60,
+    on_result: Callable[[SendResult], None] | None = None,
+) -> list[SendResult]:
+    """C-STORE files over one association, proposing each file's own transfer syntax.
+
+    Parameters
+    ----------
+    files : sequence of Path
+        DICOM files.
+    host, port : str, int
+        Peer address.
+    calling, called : str
+        AE titles.
+    max_pdu : int
+        Our maximum PDU size.
+    timeout : float
+        ACSE/DIMSE/network timeouts in seconds.
+    on_result : callable, optional
+        Called after each file (progress reporting).
+
+    Returns
+    -------
+    list of SendResult
+        One per file, in order.
+
+    Raises
+    ------
+    SpinexrError
+        If the association cannot be made.
+    """
+    headers: list[tuple[Path, pydicom.Dataset | None, str | None]] = []
+    contexts: dict[str, set[str]] = {}
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            sop_class = str(ds.SOPClassUID)
+            ts = str(ds.file_meta.TransferSyntaxUID)
+            contexts.setdefault(sop_class, set()).add(ts)
+            headers.append((path, ds, None))
+        except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
+            headers.append((path, None, f"not a sendable DICOM file: {type(exc).__name__}"))
+    ae = AE(ae_title=calling)
+    ae.maximum_pdu_size = max_pdu
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    for sop_class, syntaxes in contexts.items():
+        # Each file's own syntax first, uncompressed as fallback; at most 128 contexts.
+        wanted = sorted(syntaxes) + [s for s in TRANSFER_SYNTAXES[:2] if s not in syntaxes]
+        ae.add_requested_context(sop_class, wanted)
+    results: list[SendResult] = []
+    assoc = ae.associate(host, port, ae_title=called) if contexts else None
+    if assoc is not None and not assoc.is_established:
+        raise SpinexrError(f"association with {called}@{host}:{port} was rejected or failed")
+    try:
+        for path, header, error in headers:
+            if header is None or assoc is None:
+                result = SendResult(path, "", None, error)
+            else:
+                uid = str(header.SOPInstanceUID)
+                try:
+                    status = assoc.send_c_store(path)
+                    code = int(status.Status) if status else None
+                    result = SendResult(path, uid, code, None if status else "no response")
+                except (ValueError, RuntimeError, OSError) as exc:
+                    result = SendResult(path, uid, None, f"{type(exc).__name__}: {exc}")
+                if not assoc.is_established:
+                    assoc = None
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    finally:
+        if assoc is not None and assoc.is_established:
+            assoc.release()
+    return results
+
+
+class Progress:
+    """Periodic progress lines (count, MB/s, ETA) for long sends."""
+
+    def __init__(self, total: int, total_bytes: int, every: float = 2.0) -> None:
+        self.total, self.total_bytes, self.every = total, total_bytes, every
+        self.done = self.bytes = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, nbytes: int) -> str | None:
+        """Count one file; return a line to print when one is due."""
+        self.done += 1
+        self.bytes += nbytes
+        now = time.monotonic()
+        if now - self.last < self.every and self.done < self.total:
+            return None
+        self.last = now
+        elapsed = max(now - self.start, 1e-6)
+        rate = self.bytes / elapsed
+        eta = (self.total_bytes - self.bytes) / rate if rate else 0
+        return (
+            f"sent {self.done}/{self.total} files, {self.bytes / 2**20:.1f} MiB, "
+            f"{rate / 2**20:.1f} MiB/s, {self.done / elapsed:.1f} files/s, ETA {eta:.0f} s"
+        )
