@@ -89,7 +89,9 @@ class StoreSCP:
     # ------------------------------------------------------------------ policy
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
-        calling = assoc.requestor.ae_title.strip()
+        # ae_title is filled in only during negotiation; read the request itself.
+        primitive = assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title if primitive else "").strip()
         address = assoc.requestor.address
         cfg = self.settings.dicom
         reject: tuple[int, int, int] | None = None
@@ -112,6 +114,7 @@ class StoreSCP:
         if reject is not None:
             logger.warning("association from %s (%s) rejected: %s", calling, address, why)
             assoc.acse.send_reject(*reject)
+            assoc.kill()  # as pynetdicom does after its own rejections: flushes the A-ASSOCIATE-RJ
 
     def _on_echo(self, event: evt.Event) -> int:
         logger.info("C-ECHO from %s", event.assoc.requestor.ae_title.strip())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from spinexr.node.errors import IngestError
 
+_BROKEN_STREAM = ("End of file reached", "Expected explicit VR", "Unknown VR", "Unexpected")
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
@@ -76,7 +78,13 @@ def read_header(
         ``reason`` ``"unparseable"``, ``"missing_uid"``, ``"too_deep"`` or ``"too_large"``.
     """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        # pydicom reads truncated or mis-encoded data leniently and only warns.
+        broken = [w for w in caught if any(s in str(w.message) for s in _BROKEN_STREAM)]
+        if broken:
+            raise ValueError(str(broken[0].message))
         depth = _depth(ds, max_sequence_depth)
     except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
         raise IngestError("unparseable", f"dataset cannot be parsed: {type(exc).__name__}") from exc

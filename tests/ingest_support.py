@@ -1,0 +1,84 @@
+"""Ingest test support: an in-process stack (settings, SQLite, spool, service) and small
+phantom files. Importable as ``ingest_support`` (``tests/`` is on pytest's path)."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.uid import generate_uid
+from spinexr.node.db.engine import make_engine, make_session_factory
+from spinexr.node.db.migrate import upgrade
+from spinexr.node.dimse.scp import StoreSCP
+from spinexr.node.ingest.service import IngestService
+from spinexr.node.ingest.spool import Spool
+from spinexr.node.settings import Settings, load_settings
+from spinexr.training.phantoms import make_phantom_image, write
+from sqlalchemy.orm import Session, sessionmaker
+from testsupport import free_port
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    spool: Spool
+    ingest: IngestService
+    port: int = 0
+    scp: StoreSCP | None = None
+
+
+def build_stack(tmp_path: Path, **sections: Any) -> Stack:
+    for key in [k for k in os.environ if k.startswith("SPINEXR_")]:
+        del os.environ[key]
+    port = free_port()
+    dicom = {"host": "127.0.0.1", "port": port, **sections.pop("dicom", {})}
+    storage = {"data_dir": str(tmp_path / "var"), "min_free_mb": 1, **sections.pop("storage", {})}
+    settings = load_settings(None, dicom=dicom, storage=storage, **sections)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    spool = Spool(settings.storage.spool_dir)
+    return Stack(settings, sessions, spool, IngestService(settings, sessions, spool), port)
+
+
+def phantom_bytes(
+    seed: int = 0,
+    *,
+    study_uid: str | None = None,
+    compressed: bool = False,
+    sop_class: str = "DX",
+    view: str = "AP",
+    **kw: object,
+) -> tuple[bytes, pydicom.Dataset]:
+    ds, _ = make_phantom_image(
+        seed,
+        view=view,
+        sop_class=sop_class,
+        compressed=compressed,
+        size=(256, 192),
+        study_uid=study_uid,
+        **kw,
+    )
+    buf = io.BytesIO()
+    write(ds, buf)
+    return buf.getvalue(), ds
+
+
+def write_study(folder: Path, study_uid: str | None = None, seed: int = 0) -> list[Path]:
+    """An AP and a lateral view of one study, one uncompressed and one JPEG 2000."""
+    study_uid = study_uid or generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (view, compressed, sop) in enumerate([("AP", False, "DX"), ("LAT", True, "CR")]):
+        data, ds = phantom_bytes(
+            seed + i, study_uid=study_uid, compressed=compressed, sop_class=sop, view=view
+        )
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
