@@ -53,6 +53,7 @@ def phantom_bytes(
     compressed: bool = False,
     sop_class: str = "DX",
     view: str = "AP",
+    size: tuple[int, int] = (256, 192),
     **kw: object,
 ) -> tuple[bytes, pydicom.Dataset]:
     ds, _ = make_phantom_image(
@@ -60,7 +61,7 @@ def phantom_bytes(
         view=view,
         sop_class=sop_class,
         compressed=compressed,
-        size=(256, 192),
+        size=size,
         study_uid=study_uid,
         **kw,
     )
