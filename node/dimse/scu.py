@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -162,7 +163,7 @@ def send_files(
             else:
                 uid = str(header.SOPInstanceUID)
                 try:
-                    status = assoc.send_c_store(path)
+                    status = assoc.send_c_store(_sendable(path, header, assoc))
                     code = int(status.Status) if status else None
                     result = SendResult(path, uid, code, None if status else "no response")
                 except (ValueError, RuntimeError, OSError) as exc:
@@ -176,6 +177,24 @@ def send_files(
         if assoc is not None and assoc.is_established:
             assoc.release()
     return results
+
+
+def _sendable(path: Path, header: pydicom.Dataset, assoc: Any) -> Path | pydicom.Dataset:
+    """Return the file, or its decompressed dataset if the peer refused its syntax.
+
+    Many PACS accept only uncompressed transfer syntaxes.
+    """
+    ts = str(header.file_meta.TransferSyntaxUID)
+    sop = str(header.SOPClassUID)
+    accepted = {
+        cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == sop
+    }
+    if ts in accepted or not header.file_meta.TransferSyntaxUID.is_compressed:
+        return path
+    ds = pydicom.dcmread(path)
+    ds.decompress()
+    logger.info("peer refused %s for %s: sending it decompressed", ts, ds.SOPInstanceUID)
+    return ds
 
 
 class Progress:
