@@ -255,3 +255,67 @@ def test_tls_with_a_self_signed_pair(tmp_path: Path, monkeypatch) -> None:
         assert n(st) == 1
     finally:
         scp.stop()
+
+
+def test_tls_client_certificate_required(tmp_path: Path, monkeypatch) -> None:
+    openssl = require_tool("openssl")
+    monkeypatch.chdir(tmp_path)
+
+    def pair(name: str) -> tuple[Path, Path]:
+        cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+        subprocess.run(
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                f"/CN={name}",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return cert, key
+
+    (scert, skey), (ccert, ckey) = pair("node"), pair("pacs")
+    st = build_stack(
+        tmp_path,
+        dicom={
+            "tls": {
+                "enabled": True,
+                "cert_file": str(scert),
+                "key_file": str(skey),
+                "ca_file": str(ccert),
+                "require_client_cert": True,
+            }
+        },
+    )
+    scp = StoreSCP(st.settings, st.ingest)
+    scp.start()
+    try:
+        anonymous = ssl.create_default_context(cafile=str(scert))
+        ae = scu(st, [Verification])
+        no_cert = ae.associate(
+            "127.0.0.1", st.port, ae_title="SPINEXR", tls_args=(anonymous, "127.0.0.1")
+        )
+        assert not no_cert.is_established
+        with_cert = ssl.create_default_context(cafile=str(scert))
+        with_cert.load_cert_chain(ccert, ckey)
+        assoc = ae.associate(
+            "127.0.0.1", st.port, ae_title="SPINEXR", tls_args=(with_cert, "127.0.0.1")
+        )
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+    finally:
+        scp.stop()
