@@ -213,8 +213,12 @@ def build_dataset(display: npt.NDArray[np.uint16], spec: HeaderSpec) -> Dataset:
     mono1 = spec.photometric == "MONOCHROME1"
     stored = (MAX_STORED - display).astype(np.uint16) if mono1 else display
     center, width, bone_center, bone_width = _windows(display)
+    lut_center = center
     if mono1:
-        center, bone_center = MAX_STORED - center, MAX_STORED - bone_center
+        # Mirror of DICOM's LINEAR window under x -> 4095 - x: c -> 4096 - c (PS3.3
+        # C.11.2.1.2.1); the sigmoid LUT is symmetric about its centre: c -> 4095 - c.
+        center, bone_center = MAX_STORED + 1 - center, MAX_STORED + 1 - bone_center
+        lut_center = MAX_STORED - lut_center
 
     ds = Dataset()
     vindr = spec.vindr_like
@@ -319,7 +323,7 @@ def build_dataset(display: npt.NDArray[np.uint16], spec: HeaderSpec) -> Dataset:
     if not vindr:
         ds.RescaleType = "US"
         if spec.voi_lut_sequence:
-            ds.VOILUTSequence = DicomSequence([_voi_lut_item(center, width)])
+            ds.VOILUTSequence = DicomSequence([_voi_lut_item(lut_center, width)])
         if spec.sop_class == "DX":
             ds.AcquisitionContextSequence = DicomSequence([])
             ds.PresentationLUTShape = "INVERSE" if mono1 else "IDENTITY"

@@ -1,0 +1,474 @@
+"""Model bundle: a folder with ``manifest.json`` and the weight files it lists.
+
+The manifest plays the role of a torchvision weights entry: it names the classes (in
+``method.md`` order), the preprocessing, the classifier members, the detector, the operating
+threshold c* and how it was fitted, the display threshold, the metrics the bundle was
+validated with, the training data, whether it is a demo bundle (trained on synthetic
+phantoms) and the SHA-256 of every file. `verify_bundle` checks all of it against the code's
+constants before a model is built, with a distinct error per problem.
+
+The bundle's DICOM device UID is ``2.25.<int of the first 128 bits of the weights digest>``,
+where the weights digest is the SHA-256 of the sorted file hashes: it changes exactly when a
+weight or config file changes, whatever the files are called.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from spinexr.pipeline.classes import CLASS_NAMES
+from spinexr.pipeline.classifier import Arch
+from spinexr.pipeline.errors import (
+    BundleHashError,
+    ClassListError,
+    InvalidManifestError,
+    MissingBundleFileError,
+    PreprocessingMismatchError,
+)
+from spinexr.pipeline.preprocess import PREPROCESSING
+from spinexr.pipeline.results import FusionMode
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME: Final = "manifest.json"
+MANIFEST_SCHEMA_VERSION: Final = 1
+_CHUNK = 1 << 20
+
+
+def _relative_path(value: str) -> str:
+    """Accept a normalised POSIX path inside the bundle folder."""
+    if (
+        not value
+        or "\\" in value
+        or value.startswith("/")
+        or posixpath.normpath(value) != value
+        or value.split("/")[0] == ".."
+        or value == MANIFEST_NAME
+    ):
+        raise ValueError(f"{value!r} is not a normalised relative path inside the bundle")
+    return value
+
+
+RelPath = Annotated[str, AfterValidator(_relative_path)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Unit = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ClassifierMember(_Model):
+    """One DenseNet of the ensemble.
+
+    Attributes
+    ----------
+    arch : {"densenet121", "densenet169", "densenet201"}
+        Architecture.
+    weights : str
+        State dict file, relative to the bundle folder.
+    """
+
+    arch: Arch
+    weights: RelPath
+
+
+class DetectorEntry(_Model):
+    """The MMDetection detector.
+
+    Attributes
+    ----------
+    model : str
+        Model type, e.g. ``"sparse-rcnn"``.
+    config : str
+        Resolved MMDetection config file, relative to the bundle folder.
+    checkpoint : str
+        Checkpoint file, relative to the bundle folder.
+    """
+
+    model: str = Field(min_length=1)
+    config: RelPath
+    checkpoint: RelPath
+
+
+class Manifest(_Model):
+    """Contents of ``manifest.json`` (validated on construction).
+
+    Attributes
+    ----------
+    schema_version : int
+        `MANIFEST_SCHEMA_VERSION`.
+    name, version : str
+        Bundle identity (the version goes into every output object).
+    created : datetime.datetime
+        When the bundle was built.
+    classes : list of str
+        Display names in class-id order; must equal `CLASS_NAMES`.
+    preprocessing : dict
+        Must equal `spinexr.pipeline.preprocess.PREPROCESSING`.
+    classifier : list of ClassifierMember
+        Ensemble members (1 to 3, distinct architectures).
+    detector : DetectorEntry
+        The detector.
+    threshold : float
+        Operating threshold c* on the image probability of `fusion`'s mode.
+    threshold_method : str
+        How c* was fitted (e.g. ``"youden_j_on_validation"``).
+    display_threshold : float
+        Lowest displayed box score.
+    fusion : FusionMode
+        ``paper`` (default) or ``paper+average``.
+    metrics : dict
+        Metrics the bundle was validated with (free form).
+    training_data : dict
+        Description of the training data (free form).
+    demo : bool
+        Trained on synthetic phantoms; outputs must say so.
+    files : dict of str to str
+        Relative path → SHA-256 (lowercase hex) of every file besides the manifest.
+    """
+
+    schema_version: int = Field(ge=MANIFEST_SCHEMA_VERSION, le=MANIFEST_SCHEMA_VERSION)
+    name: str = Field(min_length=1, max_length=64)
+    version: str = Field(min_length=1, max_length=64)
+    created: dt.datetime
+    classes: list[str]
+    preprocessing: dict[str, Any]
+    classifier: list[ClassifierMember] = Field(min_length=1, max_length=3)
+    detector: DetectorEntry
+    threshold: Unit
+    threshold_method: str = Field(min_length=1)
+    display_threshold: Unit
+    fusion: FusionMode = FusionMode.PAPER
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    training_data: dict[str, Any] = Field(default_factory=dict)
+    demo: bool
+    files: dict[RelPath, Sha256] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_listed(self) -> Self:
+        archs = [m.arch for m in self.classifier]
+        if len(set(archs)) != len(archs):
+            raise ValueError(f"classifier members repeat an architecture: {archs}")
+        referenced = [m.weights for m in self.classifier]
+        referenced += [self.detector.config, self.detector.checkpoint]
+        unlisted = [p for p in referenced if p not in self.files]
+        if unlisted:
+            raise ValueError(f"files referenced but not listed in 'files': {unlisted}")
+        return self
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: manifest plus absolute paths and identity.
+
+    Attributes
+    ----------
+    directory : pathlib.Path
+        The bundle folder.
+    manifest : Manifest
+        Its manifest.
+    """
+
+    directory: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        """Bundle name."""
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        """Bundle version."""
+        return self.manifest.version
+
+    @property
+    def demo(self) -> bool:
+        """Whether the bundle was trained on synthetic phantoms."""
+        return self.manifest.demo
+
+    @property
+    def threshold(self) -> float:
+        """Operating threshold c*."""
+        return self.manifest.threshold
+
+    @property
+    def display_threshold(self) -> float:
+        """Lowest displayed box score."""
+        return self.manifest.display_threshold
+
+    @property
+    def fusion(self) -> FusionMode:
+        """Fusion mode c* was fitted for."""
+        return self.manifest.fusion
+
+    @property
+    def classifier_weights(self) -> dict[str, Path]:
+        """Architecture → absolute state-dict path, in manifest order."""
+        return {m.arch: self.directory / m.weights for m in self.manifest.classifier}
+
+    @property
+    def detector_config(self) -> Path:
+        """Absolute path of the detector config."""
+        return self.directory / self.manifest.detector.config
+
+    @property
+    def detector_checkpoint(self) -> Path:
+        """Absolute path of the detector checkpoint."""
+        return self.directory / self.manifest.detector.checkpoint
+
+    @property
+    def weights_digest(self) -> str:
+        """SHA-256 (hex) over the sorted file hashes."""
+        return weights_digest(self.manifest.files)
+
+    @property
+    def device_uid(self) -> str:
+        """DICOM UID of the model as a device, derived from `weights_digest`."""
+        return device_uid(self.weights_digest)
+
+
+def weights_digest(files: Mapping[str, str]) -> str:
+    """Return the SHA-256 (hex) of the sorted file hashes, one per line.
+
+    Parameters
+    ----------
+    files : mapping of str to str
+        Relative path → SHA-256 hex (paths do not enter the digest).
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    text = "\n".join(sorted(files.values()))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def device_uid(digest: str) -> str:
+    """Return ``2.25.<int of the first 32 hex digits of digest>`` (≤ 44 characters).
+
+    Parameters
+    ----------
+    digest : str
+        Hex digest (at least 32 digits).
+
+    Returns
+    -------
+    str
+        A valid DICOM UID (PS3.5 section B.2: UUID-derived, no leading zeros).
+    """
+    return f"2.25.{int(digest[:32], 16)}"
+
+
+def sha256_file(path: Path) -> str:
+    """Return the SHA-256 (hex) of a file, read in 1 MiB chunks.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(directory: Path) -> Manifest:
+    """Read and validate ``manifest.json`` (schema only; see `verify_bundle`).
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        The bundle folder.
+
+    Returns
+    -------
+    Manifest
+        The manifest.
+
+    Raises
+    ------
+    InvalidManifestError
+        When the file is missing, not JSON, or does not match the schema.
+    """
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise InvalidManifestError(f"{path} does not exist: not a model bundle") from exc
+    except OSError as exc:
+        raise InvalidManifestError(f"cannot read {path}: {exc}") from exc
+    try:
+        return Manifest.model_validate_json(text)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidManifestError(f"invalid {MANIFEST_NAME} in {directory}: {problems}") from exc
+
+
+def verify_bundle(directory: Path) -> Bundle:
+    """Load a bundle and check it against the code before any model is built.
+
+    Checks, in order: manifest schema; class list equals `CLASS_NAMES`; preprocessing
+    equals `PREPROCESSING`; every listed file exists; every SHA-256 matches.
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        The bundle folder.
+
+    Returns
+    -------
+    Bundle
+        The verified bundle.
+
+    Raises
+    ------
+    InvalidManifestError
+        The manifest is missing, not JSON or not valid.
+    ClassListError
+        The class list differs (the message shows expected and found).
+    PreprocessingMismatchError
+        The preprocessing differs (the message names each differing key).
+    MissingBundleFileError
+        A listed file is absent (named).
+    BundleHashError
+        A file's SHA-256 differs (named).
+    """
+    directory = Path(directory).resolve()
+    manifest = load_manifest(directory)
+    if list(manifest.classes) != list(CLASS_NAMES):
+        raise ClassListError(
+            f"bundle {manifest.name} {manifest.version} has the wrong class list: "
+            f"expected {list(CLASS_NAMES)}, found {manifest.classes}"
+        )
+    expected = json.loads(json.dumps(PREPROCESSING))
+    if manifest.preprocessing != expected:
+        diff = _dict_diff(expected, manifest.preprocessing)
+        raise PreprocessingMismatchError(
+            f"bundle {manifest.name} {manifest.version} was made for other preprocessing: {diff}"
+        )
+    missing = sorted(p for p in manifest.files if not (directory / p).is_file())
+    if missing:
+        raise MissingBundleFileError(
+            f"bundle {manifest.name} {manifest.version} is missing file(s): {', '.join(missing)}"
+        )
+    wrong = []
+    for rel, expected_hash in sorted(manifest.files.items()):
+        found = sha256_file(directory / rel)
+        if found != expected_hash:
+            wrong.append(f"{rel} (expected {expected_hash[:12]}…, found {found[:12]}…)")
+    if wrong:
+        raise BundleHashError(
+            f"bundle {manifest.name} {manifest.version}: SHA-256 mismatch for {'; '.join(wrong)}"
+        )
+    bundle = Bundle(directory=directory, manifest=manifest)
+    logger.info(
+        "bundle %s %s verified (device UID %s%s)",
+        bundle.name,
+        bundle.version,
+        bundle.device_uid,
+        ", demo" if bundle.demo else "",
+    )
+    return bundle
+
+
+def write_bundle(directory: Path, fields: Mapping[str, Any], files: Mapping[str, Path]) -> Bundle:
+    """Copy files into a bundle folder, hash them, write the manifest and verify.
+
+    ``schema_version``, ``classes``, ``preprocessing`` and ``created`` default to the code's
+    values and the current time; ``files`` is computed.
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        The bundle folder (created if needed).
+    fields : mapping
+        Manifest fields other than ``files`` (``name``, ``version``, ``classifier``,
+        ``detector``, ``threshold``, ``threshold_method``, ``display_threshold``, ``demo``,
+        optionally ``fusion``, ``metrics``, ``training_data``).
+    files : mapping of str to pathlib.Path
+        Relative path in the bundle → source file (copied unless it is already there).
+
+    Returns
+    -------
+    Bundle
+        The verified bundle.
+
+    Raises
+    ------
+    InvalidManifestError
+        When the fields do not make a valid manifest.
+    ValueError
+        When `fields` contains ``files``.
+    """
+    if "files" in fields:
+        raise ValueError("'files' is computed by write_bundle; pass the files separately")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hashes: dict[str, str] = {}
+    for rel, src in files.items():
+        dst = directory / _relative_path(rel)
+        if not dst.exists() or not dst.samefile(src):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        hashes[rel] = sha256_file(dst)
+    data: dict[str, Any] = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "classes": list(CLASS_NAMES),
+        "preprocessing": json.loads(json.dumps(PREPROCESSING)),
+        "created": dt.datetime.now(dt.UTC),
+        **fields,
+        "files": hashes,
+    }
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidManifestError(f"cannot write a valid manifest: {exc}") from exc
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    _atomic_write(directory / MANIFEST_NAME, text)
+    return verify_bundle(directory)
+
+
+def _dict_diff(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str:
+    parts = []
+    for key in sorted(set(expected) | set(found)):
+        e, f = expected.get(key, "<absent>"), found.get(key, "<absent>")
+        if e != f:
+            parts.append(f"{key}: expected {e!r}, found {f!r}")
+    return "; ".join(parts)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

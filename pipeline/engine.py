@@ -1,0 +1,435 @@
+"""The inference pipeline: DICOM datasets of one study → `StudyResult`.
+
+A `Pipeline` is built once per process from a verified `Bundle`; it loads the classifier
+ensemble and the detector once and keeps them warm. `Pipeline.analyze_study` processes the
+images in chunks (bounded memory): preprocess each image, one batched forward per classifier
+member, the detector on the chunk, then the fusion rule per image. An image that cannot be
+analysed (a `UnsupportedImageError`) gets an `ImageResult` with the reason and the rest of
+the study proceeds; other exceptions (out of memory, a broken model) propagate to the caller,
+which decides whether to retry the job.
+
+The detector adapter (`spinexr.pipeline.detector`, the only module that imports MMDetection)
+is imported lazily, when a pipeline is built without an injected detector.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from pydicom.dataset import Dataset
+from spinexr.pipeline.bundle import Bundle, verify_bundle
+from spinexr.pipeline.classes import LesionClass
+from spinexr.pipeline.classifier import ClassifierEnsemble, images_to_batch
+from spinexr.pipeline.errors import UnsupportedImageError
+from spinexr.pipeline.fusion import fuse_image, summarise_study
+from spinexr.pipeline.geometry import ResizeTransform
+from spinexr.pipeline.preprocess import MIN_SIZE, PreparedImage, prepare_image
+from spinexr.pipeline.results import (
+    Box,
+    ImageError,
+    ImageResult,
+    Outcome,
+    Provenance,
+    StudyResult,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 8
+"""Images decoded and held in memory at once."""
+
+
+class DetectionsLike(Protocol):
+    """What a detector returns per image (`spinexr.pipeline.detector.Detections`)."""
+
+    @property
+    def boxes(self) -> npt.NDArray[Any]:
+        """``(N, 4)`` xyxy in original pixels."""
+        ...
+
+    @property
+    def labels(self) -> npt.NDArray[Any]:
+        """``(N,)`` class ids."""
+        ...
+
+    @property
+    def scores(self) -> npt.NDArray[Any]:
+        """``(N,)`` scores in [0, 1]."""
+        ...
+
+
+class DetectorLike(Protocol):
+    """The interface of `spinexr.pipeline.detector.Detector` that the pipeline uses."""
+
+    def predict(
+        self, images: Sequence[np.ndarray], transforms: Sequence[ResizeTransform]
+    ) -> Sequence[DetectionsLike]:
+        """Detect on HxWx3 ``uint8`` detector inputs; boxes in original pixels."""
+        ...
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a torch device.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"`` picks the GPU when there is one.
+
+    Returns
+    -------
+    torch.device
+        The device.
+
+    Raises
+    ------
+    ValueError
+        When a GPU is asked for and none is available, or the name is not a device.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"not a torch device: {device!r}") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r} (auto, cpu, cuda or cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+    return dev
+
+
+class Pipeline:
+    """Classifier ensemble + detector + fusion, loaded once.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        A verified bundle (`verify_bundle`).
+    device : str
+        ``"auto"`` (GPU if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    detector : DetectorLike, optional
+        A detector to use instead of building the bundle's (tests, or a shared instance).
+    classifier : ClassifierEnsemble, optional
+        An ensemble to use instead of loading the bundle's weights.
+    chunk_size : int
+        Images held in memory at once.
+    min_size : int
+        Smallest accepted number of rows and of columns.
+    display_threshold : float, optional
+        Site override of the bundle's display threshold.
+    max_detections : int
+        Boxes per image kept by the detector.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        device: str = "auto",
+        detector: DetectorLike | None = None,
+        classifier: ClassifierEnsemble | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        min_size: int = MIN_SIZE,
+        display_threshold: float | None = None,
+        max_detections: int = 100,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+        if display_threshold is not None and not 0.0 <= display_threshold <= 1.0:
+            raise ValueError(f"display_threshold must be in [0, 1], got {display_threshold}")
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.chunk_size = chunk_size
+        self.min_size = min_size
+        self.threshold = bundle.threshold
+        self.display_threshold = (
+            bundle.display_threshold if display_threshold is None else display_threshold
+        )
+        self.fusion_mode = bundle.fusion
+        start = time.perf_counter()
+        if classifier is None:
+            classifier = ClassifierEnsemble.from_files(bundle.classifier_weights, self.device)
+        self.classifier = classifier.to(self.device).eval()
+        self.detector = detector if detector is not None else self._build_detector(max_detections)
+        logger.info(
+            "pipeline ready: bundle %s %s on %s in %.1f s",
+            bundle.name,
+            bundle.version,
+            self.device,
+            time.perf_counter() - start,
+        )
+
+    @classmethod
+    def from_directory(cls, directory: Path, **kwargs: Any) -> Pipeline:
+        """Verify the bundle in `directory` and build a pipeline from it.
+
+        Parameters
+        ----------
+        directory : pathlib.Path
+            The bundle folder.
+        **kwargs
+            Passed to `Pipeline`.
+
+        Returns
+        -------
+        Pipeline
+            Ready to analyse studies.
+        """
+        return cls(verify_bundle(directory), **kwargs)
+
+    def _build_detector(self, max_detections: int) -> DetectorLike:
+        from spinexr.pipeline.detector import Detector  # imports MMDetection on first use
+
+        return Detector(
+            self.bundle.detector_config,
+            self.bundle.detector_checkpoint,
+            device=str(self.device),
+            max_detections=max_detections,
+        )
+
+    @property
+    def provenance(self) -> Provenance:
+        """Bundle identity, software version and device, as written into results."""
+        return Provenance(
+            bundle_name=self.bundle.name,
+            bundle_version=self.bundle.version,
+            device_uid=self.bundle.device_uid,
+            weights_digest=self.bundle.weights_digest,
+            demo=self.bundle.demo,
+            software_version=_software_version(),
+            torch_device=str(self.device),
+        )
+
+    def warm_up(self) -> None:
+        """Run both models once on a blank image so the first study is not slowed down."""
+        transform = ResizeTransform((256, 256), (800, 800))
+        with torch.inference_mode():
+            self.classifier.predict(images_to_batch([np.zeros((224, 224, 3), np.uint8)]))
+            self.detector.predict([np.zeros((800, 800, 3), np.uint8)], [transform])
+
+    def analyze_study(
+        self, datasets: Sequence[Dataset], *, study_instance_uid: str | None = None
+    ) -> StudyResult:
+        """Analyse the images of one study.
+
+        Parameters
+        ----------
+        datasets : sequence of pydicom.dataset.Dataset
+            The study's images (with file meta); order is kept in the result.
+        study_instance_uid : str, optional
+            Defaults to the datasets' Study Instance UID.
+
+        Returns
+        -------
+        StudyResult
+            Per-image results, study-level conclusion, provenance and timings. The outcome
+            is ``FAILED`` (with the reasons) when no image could be analysed.
+        """
+        start = time.perf_counter()
+        study_uid = study_instance_uid or _study_uid(datasets)
+        timings: defaultdict[str, float] = defaultdict(float)
+        results: list[ImageResult] = []
+        with torch.inference_mode():
+            for first in range(0, len(datasets), self.chunk_size):
+                chunk = datasets[first : first + self.chunk_size]
+                results.extend(self._analyze_chunk(chunk, timings))
+        t = time.perf_counter()
+        summary = summarise_study(results, self.threshold)
+        timings["fusion"] += time.perf_counter() - t
+        timings["total"] = time.perf_counter() - start
+        result = StudyResult(
+            study_instance_uid=study_uid,
+            outcome=summary.outcome,
+            failure_reason=summary.failure_reason,
+            probability=summary.probability,
+            decision=summary.decision,
+            threshold=self.threshold,
+            display_threshold=self.display_threshold,
+            fusion_mode=self.fusion_mode,
+            flagged_classes=summary.flagged_classes,
+            images=results,
+            provenance=self.provenance,
+            timings=dict(timings),
+            analysed_at=dt.datetime.now(dt.UTC),
+        )
+        logger.info(
+            "study %s: %s (%d/%d images analysed, p=%s) in %.2f s",
+            study_uid,
+            result.outcome,
+            len(result.analysed_images),
+            len(results),
+            "n/a" if result.probability is None else f"{result.probability:.3f}",
+            timings["total"],
+        )
+        if result.outcome is Outcome.FAILED:
+            logger.warning("study %s failed: %s", study_uid, result.failure_reason)
+        return result
+
+    def _analyze_chunk(
+        self, datasets: Sequence[Dataset], timings: defaultdict[str, float]
+    ) -> list[ImageResult]:
+        """Analyse up to `chunk_size` images; results in input order."""
+        out: list[ImageResult | None] = [None] * len(datasets)
+        prepared: list[tuple[int, PreparedImage, float]] = []
+        for i, ds in enumerate(datasets):
+            t = time.perf_counter()
+            try:
+                image = prepare_image(ds, min_size=self.min_size)
+            except UnsupportedImageError as exc:
+                seconds = time.perf_counter() - t
+                logger.warning("image %s not analysed: %s", _sop_uid(ds), exc)
+                out[i] = _failed_result(ds, exc, seconds)
+                timings["preprocess"] += seconds
+                continue
+            seconds = time.perf_counter() - t
+            timings["preprocess"] += seconds
+            prepared.append((i, image, seconds))
+        if prepared:
+            n = len(prepared)
+            images = [p for _, p, _ in prepared]
+            ensemble = self.classifier.predict(
+                images_to_batch([p.classifier_input for p in images])
+            )
+            for arch, s in ensemble.seconds.items():
+                timings[f"classifier.{arch}"] += s
+            t = time.perf_counter()
+            detections = list(
+                self.detector.predict(
+                    [p.detector_input for p in images], [p.detector_transform for p in images]
+                )
+            )
+            _synchronize(self.device)
+            detector_seconds = time.perf_counter() - t
+            timings["detector"] += detector_seconds
+            if len(detections) != n:
+                raise RuntimeError(f"detector returned {len(detections)} results for {n} images")
+            for k, ((i, image, pre_s), dets) in enumerate(zip(prepared, detections, strict=True)):
+                t = time.perf_counter()
+                p = float(ensemble.probability[k])
+                fused = fuse_image(
+                    p,
+                    boxes_from_detections(dets, image.original_size),
+                    threshold=self.threshold,
+                    display_threshold=self.display_threshold,
+                    mode=self.fusion_mode,
+                )
+                fusion_seconds = time.perf_counter() - t
+                timings["fusion"] += fusion_seconds
+                image_timings = {"preprocess": pre_s, "detector": detector_seconds / n}
+                image_timings |= {f"classifier.{a}": s / n for a, s in ensemble.seconds.items()}
+                image_timings["fusion"] = fusion_seconds
+                spacing = image.pixel_spacing
+                out[i] = ImageResult(
+                    sop_instance_uid=image.sop_instance_uid,
+                    series_instance_uid=image.series_instance_uid,
+                    rows=image.original_size[0],
+                    columns=image.original_size[1],
+                    photometric=image.photometric,
+                    pixel_spacing_basis=spacing.basis,
+                    pixel_spacing_mm=(
+                        None
+                        if spacing.row_mm is None or spacing.column_mm is None
+                        else (spacing.row_mm, spacing.column_mm)
+                    ),
+                    classifier_probability=p,
+                    member_logits={a: float(v[k]) for a, v in ensemble.logits.items()},
+                    probability=fused.probability,
+                    decision=fused.decision,
+                    boxes=fused.boxes,
+                    timings=image_timings,
+                )
+        return [r for r in out if r is not None]
+
+
+def boxes_from_detections(detections: DetectionsLike, original_size: tuple[int, int]) -> list[Box]:
+    """Convert detector output to `Box` objects, clipped to the image.
+
+    Parameters
+    ----------
+    detections : DetectionsLike
+        Boxes (original pixels), labels and scores of one image.
+    original_size : tuple of int
+        (rows, columns) of the image.
+
+    Returns
+    -------
+    list of Box
+        One per detection (``displayed`` is set later by the fusion step).
+    """
+    rows, cols = original_size
+    boxes = np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(detections.labels).reshape(-1)
+    scores = np.asarray(detections.scores, dtype=np.float64).reshape(-1)
+    if not len(boxes) == len(labels) == len(scores):
+        raise ValueError("detections have different numbers of boxes, labels and scores")
+    out = []
+    for (x0, y0, x1, y1), label, score in zip(boxes, labels, scores, strict=True):
+        out.append(
+            Box(
+                label=LesionClass(int(label)),
+                score=float(np.clip(score, 0.0, 1.0)),
+                xmin=float(np.clip(x0, 0, cols)),
+                ymin=float(np.clip(y0, 0, rows)),
+                xmax=float(np.clip(x1, 0, cols)),
+                ymax=float(np.clip(y1, 0, rows)),
+            )
+        )
+    return out
+
+
+def _failed_result(ds: Dataset, exc: UnsupportedImageError, seconds: float) -> ImageResult:
+    series = ds.get("SeriesInstanceUID")
+    return ImageResult(
+        sop_instance_uid=_sop_uid(ds),
+        series_instance_uid=str(series) if series else None,
+        rows=_positive_int(ds.get("Rows")),
+        columns=_positive_int(ds.get("Columns")),
+        photometric=str(ds.get("PhotometricInterpretation") or "") or None,
+        timings={"preprocess": seconds},
+        error=ImageError(reason=exc.reason, message=exc.message),
+    )
+
+
+def _study_uid(datasets: Sequence[Dataset]) -> str:
+    uids = list(dict.fromkeys(str(ds.get("StudyInstanceUID") or "") for ds in datasets))
+    uids = [u for u in uids if u]
+    if len(uids) > 1:
+        logger.warning(
+            "datasets of one analysis belong to %d studies; using %s", len(uids), uids[0]
+        )
+    return uids[0] if uids else ""
+
+
+def _sop_uid(ds: Dataset) -> str:
+    return str(ds.get("SOPInstanceUID") or "")
+
+
+def _positive_int(value: object) -> int | None:
+    try:
+        number = int(str(value))
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 1 else None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _software_version() -> str:
+    try:
+        return importlib.metadata.version("spinexr-node")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
