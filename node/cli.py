@@ -359,6 +359,74 @@ def echo(address: str, calling: str, called: str) -> None:
         sys.exit(1)
 
 
+# ---------------------------------------------------------------- analyze
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Model bundle folder (default: models.bundle).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Folder for one result folder per study.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=None,
+    help="Default: models.device.",
+)
+@pass_ctx
+@edge
+def analyze(
+    obj: Context,
+    paths: tuple[Path, ...],
+    bundle_dir: Path | None,
+    out_dir: Path,
+    device: str | None,
+) -> None:
+    """Run the pipeline offline on DICOM files or folders, one JSON result per study."""
+    from spinexr.node.analyze import analyze_paths
+    from spinexr.pipeline.results import StudyResult
+    from tqdm import tqdm
+
+    settings = obj.settings()
+    _configure_logging(settings, obj.log_level or "WARNING")
+    bundle = bundle_dir or settings.models.bundle
+    if bundle is None:
+        raise ConfigError(["no bundle: give --bundle DIR or set models.bundle"])
+    bar = tqdm(desc="analysing", unit="img", dynamic_ncols=True)
+    rows: list[StudyResult] = []
+
+    def progress(result: StudyResult, images: int) -> None:
+        bar.update(images)
+        rows.append(result)
+
+    results, skipped = analyze_paths(
+        list(paths), bundle, out_dir, device=device or settings.models.device, on_study=progress
+    )
+    bar.close()
+    for s in skipped:
+        click.echo(f"skipped {s.path}: {s.reason}", err=True)
+    click.echo(f"{'study UID':<64} {'img':>3} {'outcome':<11} {'p':>5} {'s':>6}  flagged")
+    for r in results:
+        p = "-" if r.probability is None else f"{r.probability:.3f}"
+        flagged = ", ".join(c.display_name for c in r.flagged_classes) or "-"
+        click.echo(
+            f"{r.study_instance_uid:<64} {len(r.images):>3} {r.outcome.value:<11} "
+            f"{p:>5} {r.timings.get('total', 0):6.2f}  {flagged}"
+        )
+    if results and results[0].provenance.demo:
+        click.echo("DEMO BUNDLE (trained on synthetic phantoms): not for clinical use", err=True)
+    click.echo(f"{len(results)} stud{'y' if len(results) == 1 else 'ies'} written to {out_dir}")
+
+
 # ---------------------------------------------------------------- serve / worker
 @cli.command()
 @pass_ctx

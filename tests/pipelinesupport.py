@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from spinexr.pipeline.bundle import Bundle
@@ -31,3 +32,61 @@ def bundle_fields(**overrides: Any) -> dict[str, Any]:
     }
     fields.update(overrides)
     return fields
+
+
+def build_tiny_bundle(
+    directory: Path,
+    *,
+    archs: tuple[str, ...] = ("densenet121",),
+    config: str = "sparse-rcnn_r18_fpn_tiny_spinexr",
+    seed: int = 0,
+    **overrides: Any,
+) -> Bundle:
+    """A complete bundle with random-initialised models (real detector, no placeholders).
+
+    Parameters
+    ----------
+    directory : Path
+        Where to write the bundle (a sibling ``<name>-src`` folder holds the sources).
+    archs : tuple of str
+        Classifier ensemble members.
+    config : str
+        Detector config name in ``training/configs``.
+    seed : int
+        Torch seed for the random weights.
+    **overrides
+        Manifest fields.
+    """
+    import torch
+    from spinexr.pipeline.bundle import write_bundle
+    from spinexr.pipeline.classifier import build_classifier
+    from spinexr.pipeline.detector import (
+        build_detector_model,
+        detector_config_path,
+        save_checkpoint,
+    )
+
+    src = directory.parent / f"{directory.name}-src"
+    src.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    files: dict[str, Path] = {}
+    members = []
+    for arch in archs:
+        path = src / f"{arch}.pt"
+        torch.save(build_classifier(arch).state_dict(), path)
+        files[f"classifier/{arch}.pt"] = path
+        members.append({"arch": arch, "weights": f"classifier/{arch}.pt"})
+    cfg = detector_config_path(config)
+    checkpoint, resolved = save_checkpoint(build_detector_model(cfg), src / "detector.pth", cfg)
+    files["detector/detector.py"] = resolved
+    files["detector/detector.pth"] = checkpoint
+    fields = bundle_fields(
+        classifier=members,
+        detector={
+            "model": "sparse-rcnn",
+            "config": "detector/detector.py",
+            "checkpoint": "detector/detector.pth",
+        },
+        **overrides,
+    )
+    return write_bundle(directory, fields, files)
