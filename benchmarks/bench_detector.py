@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from spinexr.pipeline.detector import (
     Detector,
     available_configs,

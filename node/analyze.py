@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+
 from spinexr.node.dimse.scu import expand_paths
 from spinexr.node.ingest.spool import safe_component
 from spinexr.pipeline.results import StudyResult

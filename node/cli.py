@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import click
+
 from spinexr.node import __version__
 from spinexr.node.errors import ConfigError, SpinexrError
 from spinexr.node.settings import Settings, load_settings, masked_dict
@@ -392,9 +393,10 @@ def analyze(
     device: str | None,
 ) -> None:
     """Run the pipeline offline on DICOM files or folders, one JSON result per study."""
+    from tqdm import tqdm
+
     from spinexr.node.analyze import analyze_paths
     from spinexr.pipeline.results import StudyResult
-    from tqdm import tqdm
 
     settings = obj.settings()
     _configure_logging(settings, obj.log_level or "WARNING")

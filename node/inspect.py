@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from spinexr.node.db.models import Instance, Job, Study
-from spinexr.node.errors import SpinexrError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+
+from spinexr.node.db.models import Instance, Job, Study
+from spinexr.node.errors import SpinexrError
 
 
 def _latest_job(study: Study) -> Job | None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+
 from spinexr.node import __version__
 from spinexr.node.db.engine import make_engine, make_session_factory
 from spinexr.node.db.migrate import current_revision, upgrade

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
 from spinexr.node.errors import ConfigError
 from spinexr.node.sopclasses import ANALYSABLE_SOP_CLASSES
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from spinexr.pipeline.classes import CLASS_NAMES
 from spinexr.pipeline.classifier import Arch
 from spinexr.pipeline.errors import (

@@ -22,8 +22,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torchvision
-from spinexr.pipeline.errors import WeightsError
 from torch import nn
+
+from spinexr.pipeline.errors import WeightsError
 
 logger = logging.getLogger(__name__)
 

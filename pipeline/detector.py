@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import nn
+
 from spinexr.pipeline.classes import CLASS_NAMES
 from spinexr.pipeline.geometry import ResizeTransform
-from torch import nn
 
 logger = logging.getLogger(__name__)
 

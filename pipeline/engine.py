@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from pydicom.dataset import Dataset
+
 from spinexr.pipeline.bundle import Bundle, verify_bundle
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.classifier import ClassifierEnsemble, images_to_batch

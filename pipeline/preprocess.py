@@ -35,6 +35,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
 from spinexr.pipeline.errors import ImageRefusal, UnsupportedImageError
 from spinexr.pipeline.geometry import ResizeTransform, detector_size
 from spinexr.pipeline.spacing import PixelSpacing, read_pixel_spacing

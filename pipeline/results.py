@@ -22,6 +22,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.spacing import SpacingBasis
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests and real peers need (Debian/Ubuntu):
 #   dcmtk (storescu/storescp/dcmdump), dicom3tools (dciodvfy), postgresql, redis-server,
-#   orthanc + orthanc-dicomweb.
+#   orthanc + orthanc-dicomweb, pixelmed-apps (DicomSRValidator) with a JDK, openssl.
 # Skips what is already there; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -14,6 +14,9 @@ declare -A CHECK=(
   [redis-server]="command -v redis-server"
   [orthanc]="command -v Orthanc"
   [orthanc-dicomweb]="ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+  [pixelmed-apps]="ls /usr/share/java/pixelmed.jar"
+  [default-jdk-headless]="command -v javac"
+  [openssl]="command -v openssl"
 )
 missing=()
 for pkg in "${!CHECK[@]}"; do

@@ -11,6 +11,9 @@ from typing import Any
 
 import pydicom
 from pydicom.uid import generate_uid
+from sqlalchemy.orm import Session, sessionmaker
+from testsupport import free_port
+
 from spinexr.node.db.engine import make_engine, make_session_factory
 from spinexr.node.db.migrate import upgrade
 from spinexr.node.dimse.scp import StoreSCP
@@ -18,8 +21,6 @@ from spinexr.node.ingest.service import IngestService
 from spinexr.node.ingest.spool import Spool
 from spinexr.node.settings import Settings, load_settings
 from spinexr.training.phantoms import make_phantom_image, write
-from sqlalchemy.orm import Session, sessionmaker
-from testsupport import free_port
 
 
 @dataclass

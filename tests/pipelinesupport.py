@@ -58,6 +58,7 @@ def build_tiny_bundle(
         Manifest fields.
     """
     import torch
+
     from spinexr.pipeline.bundle import write_bundle
     from spinexr.pipeline.classifier import build_classifier
     from spinexr.pipeline.detector import (

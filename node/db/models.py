@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from spinexr.node.db.states import ExportStatus, JobState, OutputKind, Priority, StudyStatus
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -30,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from spinexr.node.db.states import ExportStatus, JobState, OutputKind, Priority, StudyStatus
 
 UID = String(64)
 """A DICOM UID (PS3.5: at most 64 characters)."""

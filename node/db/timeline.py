@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy.orm import Session
+
 from spinexr.node.db.models import AuditEvent, Job, Study, utcnow
 from spinexr.node.db.states import JobState, can_transition
 from spinexr.node.errors import InvalidTransitionError
-from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+
 from spinexr.node.errors import IngestError
 from spinexr.node.ingest.service import IngestService
 from spinexr.node.ingest.statuses import SUCCESS, status_for
@@ -28,7 +30,6 @@ from spinexr.node.sopclasses import (
     OUTPUT_LIKE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
 )
-from sqlalchemy.exc import SQLAlchemyError
 
 logger = logging.getLogger(__name__)
 

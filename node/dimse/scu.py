@@ -13,6 +13,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
 from spinexr.node.errors import SpinexrError
 from spinexr.node.sopclasses import TRANSFER_SYNTAXES
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+
 from spinexr.node import __version__
 from spinexr.node.ingest.service import IngestService
 from spinexr.node.settings import Settings

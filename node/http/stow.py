@@ -15,11 +15,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydicom.dataset import Dataset
 from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
 from spinexr.node.errors import IngestError
 from spinexr.node.ingest.service import IngestService, Outcome
 from spinexr.node.ingest.statuses import status_for
-from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
 
 logger = logging.getLogger(__name__)
 

@@ -14,14 +14,15 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
 from spinexr.node.db.models import Job, Study, utcnow
 from spinexr.node.db.states import JobState, StudyStatus
 from spinexr.node.db.timeline import record
 from spinexr.node.errors import SpinexrError
 from spinexr.node.ingest.rules import ANALYSE
 from spinexr.node.settings import Settings
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
 from spinexr.node.errors import IngestError
 
 _BROKEN_STREAM = ("End of file reached", "Expected explicit VR", "Unknown VR", "Unexpected")

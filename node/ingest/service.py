@@ -14,6 +14,9 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
 from spinexr.node.db.models import Instance, Study, utcnow
 from spinexr.node.db.states import JobState, Priority, StudyStatus
 from spinexr.node.db.timeline import record
@@ -23,8 +26,6 @@ from spinexr.node.ingest.rules import ANALYSE, Decision, decide, is_own_object
 from spinexr.node.ingest.spool import Spool, SpooledFile
 from spinexr.node.settings import Settings
 from spinexr.node.sopclasses import ANALYSABLE_SOP_CLASSES, OUTPUT_LIKE_SOP_CLASSES
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 SUPPORTED_SOP_CLASSES = frozenset(ANALYSABLE_SOP_CLASSES) | frozenset(OUTPUT_LIKE_SOP_CLASSES)
 

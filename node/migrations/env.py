@@ -1,9 +1,10 @@
 """Alembic environment: runs on the engine handed over in ``config.attributes``."""
 
 from alembic import context
+from sqlalchemy import create_engine
+
 from spinexr.node.db.engine import normalise_url
 from spinexr.node.db.models import Base
-from sqlalchemy import create_engine
 
 config = context.config
 target_metadata = Base.metadata

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 from kombu import Queue
+
 from spinexr.node.settings import Settings
 
 INFERENCE_QUEUE = "inference"

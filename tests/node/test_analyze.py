@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from pipelinesupport import build_tiny_bundle
+
 from spinexr.node.analyze import result_path
 from spinexr.node.cli import cli
 from spinexr.pipeline.results import Outcome, StudyResult, study_result_schema

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from spinexr.node.cli import cli
 from testsupport import free_port, require_tool
+
+from spinexr.node.cli import cli
 
 EXE = Path(sys.executable).parent / "spinexr-node"
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from spinexr.node.cli import cli
 from spinexr.node.errors import ConfigError
 from spinexr.node.settings import load_settings, masked_dict

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 from pipelinesupport import BundleFactory, bundle_fields
+
 from spinexr.pipeline.bundle import Bundle, write_bundle
 from spinexr.pipeline.classifier import build_classifier
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from pipelinesupport import BundleFactory, bundle_fields
+
 from spinexr.pipeline.bundle import (
     MANIFEST_NAME,
     device_uid,

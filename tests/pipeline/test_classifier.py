@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from spinexr.pipeline.classifier import (
     ARCHS,
     IMAGENET_MEAN,
@@ -19,7 +21,6 @@ from spinexr.pipeline.classifier import (
     load_classifier,
 )
 from spinexr.pipeline.errors import BundleError, WeightsError
-from torch import nn
 
 BIASES = {"densenet121": -4.0, "densenet169": 2.0, "densenet201": 1.0}
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from spinexr.pipeline import detector as det_mod
 from spinexr.pipeline.classes import CLASS_NAMES
 from spinexr.pipeline.detector import (

@@ -12,6 +12,8 @@ import pytest
 import torch
 from pipelinesupport import BundleFactory, bundle_fields
 from pydicom.dataset import Dataset
+from torch import nn
+
 from spinexr.pipeline import engine as engine_module
 from spinexr.pipeline.bundle import write_bundle
 from spinexr.pipeline.classes import LesionClass
@@ -22,7 +24,6 @@ from spinexr.pipeline.preprocess import prepare_image
 from spinexr.pipeline.results import FusionMode, Outcome, StudyResult
 from spinexr.pipeline.spacing import SpacingBasis
 from spinexr.training.phantoms import make_phantom_image
-from torch import nn
 
 STUDY = "1.2.826.0.1.3680043.8.498.777"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.fusion import (
     BOX_KEEP_SCORE,

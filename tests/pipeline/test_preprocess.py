@@ -29,6 +29,8 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+from testsupport import require_tool
+
 from spinexr.pipeline.errors import ImageRefusal, UnsupportedImageError
 from spinexr.pipeline.geometry import ResizeTransform
 from spinexr.pipeline.preprocess import (
@@ -40,7 +42,6 @@ from spinexr.pipeline.preprocess import (
 )
 from spinexr.pipeline.spacing import SpacingBasis, read_pixel_spacing
 from spinexr.training.phantoms import make_phantom_image, write
-from testsupport import require_tool
 
 SIZE = (128, 96)
 MAX_STORED = 4095

@@ -8,6 +8,7 @@ from typing import Any
 
 import pydantic
 import pytest
+
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.results import (
     Box,

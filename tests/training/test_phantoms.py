@@ -21,6 +21,8 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
 )
+from testsupport import require_tool
+
 from spinexr.pipeline.classes import NO_FINDING, LesionClass
 from spinexr.training.phantoms import (
     CSV_HEADER,
@@ -32,7 +34,6 @@ from spinexr.training.phantoms import (
     render_phantom,
     write,
 )
-from testsupport import require_tool
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+
 from spinexr.training.phantoms.shapes import (
     BBox,
     Capsule,

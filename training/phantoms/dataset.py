@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
 from spinexr.pipeline.classes import NO_FINDING, LesionClass
 from spinexr.training.phantoms.anatomy import REGIONS, Region, View
 from spinexr.training.phantoms.dicom import Photometric, SopKind, hex_uid, phantom_uid, write

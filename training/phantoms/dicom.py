@@ -30,6 +30,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
     generate_uid,
 )
+
 from spinexr.training.phantoms.anatomy import Region, View
 from spinexr.training.phantoms.render import MAX_STORED
 

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
+
 from spinexr.pipeline.classes import LesionClass
 from spinexr.training.phantoms.anatomy import REGIONS, Region, Spine, View, build_spine
 from spinexr.training.phantoms.dicom import (

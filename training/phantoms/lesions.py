@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import numpy as np
+
 from spinexr.pipeline.classes import LesionClass
 from spinexr.training.phantoms.anatomy import Spine, foramen_region, pedicles
 from spinexr.training.phantoms.shapes import (

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
+
 from spinexr.training.phantoms.anatomy import (
     Spine,
     pedicles,

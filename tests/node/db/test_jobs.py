@@ -5,15 +5,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from spinexr.node.db.engine import make_engine, make_session_factory
 from spinexr.node.db.migrate import upgrade
 from spinexr.node.db.models import AuditEvent, Instance, Job, Study
 from spinexr.node.db.states import TRANSITIONS, JobState, can_transition
 from spinexr.node.db.timeline import transition
 from spinexr.node.errors import InvalidTransitionError
-from sqlalchemy import Engine, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 HAPPY_PATH = [
     JobState.COMPLETE,

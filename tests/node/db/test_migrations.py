@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+
 from spinexr.node.db.engine import make_engine, normalise_url
 from spinexr.node.db.migrate import (
     current_revision,
@@ -15,7 +17,6 @@ from spinexr.node.db.migrate import (
 )
 from spinexr.node.db.models import Base
 from spinexr.node.errors import DatabaseError
-from sqlalchemy import Engine, inspect, text
 
 TABLES = {
     "studies",

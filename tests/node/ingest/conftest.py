@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from ingest_support import Stack, build_stack
+
 from spinexr.node.dimse.scp import StoreSCP
 
 

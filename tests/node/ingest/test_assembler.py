@@ -5,11 +5,12 @@ import datetime as dt
 import pytest
 from ingest_support import Stack, build_stack, phantom_bytes
 from pydicom.uid import generate_uid
+from sqlalchemy import select
+
 from spinexr.node.db.models import AuditEvent, Job, Study, utcnow
 from spinexr.node.db.states import JobState, StudyStatus
 from spinexr.node.errors import SpinexrError
 from spinexr.node.ingest.assembler import StudyAssembler, idempotency_key
-from sqlalchemy import select
 
 
 def send_study(stack: Stack, study_uid: str, seeds=(1, 2), ae: str = "PACS") -> None:

@@ -16,12 +16,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     Verification,
 )
+from sqlalchemy import func, select
+from testsupport import require_tool
+
 from spinexr.node.db.models import Instance, Job, Study
 from spinexr.node.dimse.scp import StoreSCP
 from spinexr.node.ingest.assembler import StudyAssembler
 from spinexr.node.sopclasses import ANALYSABLE_SOP_CLASSES, TRANSFER_SYNTAXES
-from sqlalchemy import func, select
-from testsupport import require_tool
 
 pytestmark = pytest.mark.integration
 

@@ -7,13 +7,14 @@ import pytest
 from ingest_support import Stack, build_stack, phantom_bytes
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from sqlalchemy import func, select
+
 from spinexr.node import MANUFACTURER
 from spinexr.node.db.models import AuditEvent, Instance, Study
 from spinexr.node.db.states import StudyStatus
 from spinexr.node.errors import IngestError
 from spinexr.node.ingest.service import Outcome
 from spinexr.node.ingest.spool import safe_component
-from sqlalchemy import func, select
 
 
 def count(stack: Stack, model=Instance) -> int:

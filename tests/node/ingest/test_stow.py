@@ -13,10 +13,11 @@ import uvicorn
 from dicomweb_client.api import DICOMwebClient
 from ingest_support import Stack, build_stack, phantom_bytes
 from pydicom.uid import generate_uid
-from spinexr.node.db.models import Instance
-from spinexr.node.http.app import create_app
 from sqlalchemy import func, select
 from testsupport import free_port
+
+from spinexr.node.db.models import Instance
+from spinexr.node.http.app import create_app
 
 TOKEN = "s3cret-token"
 

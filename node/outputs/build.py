@@ -1,0 +1,190 @@
+"""Choose and build a study's output objects for the site profile.
+
+``settings.output`` says which kinds a site wants: the SR (one per study), GSPS (one per
+analysed image), KOS (one per study, only when an image is flagged) and Secondary Capture
+(one per analysed image). Every Series and SOP Instance UID is derived from the job key
+(`spinexr.node.outputs.provenance.output_uid`), so building the same job again gives the same
+UIDs and a re-send never duplicates objects in the PACS.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from spinexr.node.outputs.gsps import build_gsps
+from spinexr.node.outputs.kos import build_kos, flagged_images
+from spinexr.node.outputs.provenance import OUTPUT_FORMAT_VERSION, OutputKind, output_uid
+from spinexr.node.outputs.sc import build_sc
+from spinexr.node.outputs.sr import SupersededReport, build_sr
+from spinexr.node.settings import Settings
+from spinexr.pipeline.results import StudyResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltObject:
+    """One built output object.
+
+    Attributes
+    ----------
+    kind : {"sr", "gsps", "kos", "sc"}
+        What it is (the names `Destination.objects` uses).
+    dataset : pydicom.dataset.Dataset
+        The object (a highdicom SOP class instance), with file meta; write it with
+        ``dataset.save_as(path, enforce_file_format=True)``.
+    sop_instance_uid, series_instance_uid : str
+        Its UIDs.
+    source_sop_instance_uid : str or None
+        The source image of a per-image object (GSPS, SC); None for SR and KOS.
+    """
+
+    kind: OutputKind
+    dataset: Dataset
+    sop_instance_uid: str
+    series_instance_uid: str
+    source_sop_instance_uid: str | None
+
+
+def series_uid_for(root: str, job_key: str, kind: OutputKind) -> str:
+    """Return the Series Instance UID of a job's output series of one kind.
+
+    Parameters
+    ----------
+    root : str
+        UID root.
+    job_key : str
+        The job's idempotency key.
+    kind : {"sr", "gsps", "kos", "sc"}
+        The object kind.
+
+    Returns
+    -------
+    str
+        The UID (the same for the same job key, kind and `OUTPUT_FORMAT_VERSION`).
+    """
+    return output_uid(root, "series", OUTPUT_FORMAT_VERSION, job_key, kind)
+
+
+def instance_uid_for(root: str, job_key: str, kind: OutputKind, source_uid: str = "") -> str:
+    """Return the SOP Instance UID of one output object of a job.
+
+    Parameters
+    ----------
+    root : str
+        UID root.
+    job_key : str
+        The job's idempotency key.
+    kind : {"sr", "gsps", "kos", "sc"}
+        The object kind.
+    source_uid : str
+        The source image's SOP Instance UID for per-image objects, empty otherwise.
+
+    Returns
+    -------
+    str
+        The UID.
+    """
+    return output_uid(root, "instance", OUTPUT_FORMAT_VERSION, job_key, kind, source_uid)
+
+
+def build_outputs(
+    sources: Sequence[Dataset],
+    result: StudyResult,
+    settings: Settings,
+    *,
+    job_key: str,
+    predecessor: SupersededReport | None = None,
+) -> list[BuiltObject]:
+    """Build every object the site profile asks for.
+
+    Parameters
+    ----------
+    sources : sequence of pydicom.dataset.Dataset
+        The study's source images; the Secondary Capture needs their pixel data, the other
+        objects only their headers.
+    result : StudyResult
+        The analysis. A FAILED study gets only its SR (the "analysis failed" report); GSPS
+        and SC are built for analysed images only; the KOS only when an image is flagged.
+    settings : Settings
+        ``output.sr/gsps/kos/secondary_capture`` choose the kinds; ``node.uid_root`` roots
+        every UID.
+    job_key : str
+        The job's idempotency key: every UID is derived from it.
+    predecessor : SupersededReport, optional
+        An SR this job's SR supersedes.
+
+    Returns
+    -------
+    list of BuiltObject
+        SR first, then per-image GSPS, KOS, then per-image SC.
+    """
+    profile = settings.output
+    root = settings.node.uid_root
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    analysed = [im for im in result.images if not im.failed and im.sop_instance_uid in by_uid]
+    out: list[BuiltObject] = []
+
+    def add(kind: OutputKind, ds: Dataset, source_uid: str | None) -> None:
+        out.append(
+            BuiltObject(
+                kind=kind,
+                dataset=ds,
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                source_sop_instance_uid=source_uid,
+            )
+        )
+
+    if profile.sr:
+        sr = build_sr(
+            sources,
+            result,
+            settings,
+            series_uid=series_uid_for(root, job_key, "sr"),
+            sop_uid=instance_uid_for(root, job_key, "sr"),
+            predecessor=predecessor,
+        )
+        add("sr", sr, None)
+    if profile.gsps:
+        for number, image in enumerate(analysed, start=1):
+            gsps = build_gsps(
+                by_uid[image.sop_instance_uid],
+                result,
+                settings,
+                series_uid=series_uid_for(root, job_key, "gsps"),
+                sop_uid=instance_uid_for(root, job_key, "gsps", image.sop_instance_uid),
+                instance_number=number,
+            )
+            add("gsps", gsps, image.sop_instance_uid)
+    if profile.kos and flagged_images(result):
+        kos = build_kos(
+            sources,
+            result,
+            settings,
+            series_uid=series_uid_for(root, job_key, "kos"),
+            sop_uid=instance_uid_for(root, job_key, "kos"),
+        )
+        add("kos", kos, None)
+    if profile.secondary_capture:
+        for number, image in enumerate(analysed, start=1):
+            sc = build_sc(
+                by_uid[image.sop_instance_uid],
+                result,
+                settings,
+                series_uid=series_uid_for(root, job_key, "sc"),
+                sop_uid=instance_uid_for(root, job_key, "sc", image.sop_instance_uid),
+                instance_number=number,
+            )
+            add("sc", sc, image.sop_instance_uid)
+    logger.info(
+        "built %d output objects for study %s (job %s)",
+        len(out),
+        result.study_instance_uid,
+        job_key,
+    )
+    return out
