@@ -116,3 +116,78 @@ def make_node(tmp: Path, **extra: str) -> NodeProcess:
     """A node (not yet started) with free ports and its data under ``tmp/var``."""
     data, dport, hport = tmp / "var", free_port(), free_port()
     return NodeProcess(data, dport, hport, node_env(data, dport, hport, **extra), tmp / "serve.log")
+
+
+# --------------------------------------------------------------------------- Orthanc
+ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@dataclass
+class Orthanc:
+    """A throw-away Orthanc (with the DICOMweb plugin) on loopback."""
+
+    root: Path
+    dicom_port: int
+    http_port: int
+    aet: str = "ORTHANC"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dicomweb(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
+    def start(self, lua: str | None = None, modalities: dict | None = None) -> Orthanc:
+        import json
+
+        exe = require_tool("Orthanc")
+        if not ORTHANC_DICOMWEB.exists():
+            msg = "orthanc-dicomweb is not installed"
+            if tools_required():
+                pytest.fail(msg)
+            pytest.skip(msg)
+        (self.root / "db").mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "test-pacs",
+            "StorageDirectory": str(self.root / "db"),
+            "IndexDirectory": str(self.root / "db"),
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowEcho": True,
+            "DicomModalities": modalities or {},
+            "Plugins": [str(ORTHANC_DICOMWEB)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "StableAge": 1,
+        }
+        if lua is not None:
+            (self.root / "route.lua").write_text(lua)
+            config["LuaScripts"] = [str(self.root / "route.lua")]
+        (self.root / "orthanc.json").write_text(json.dumps(config))
+        log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [exe, str(self.root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/system", timeout=2):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((self.root / "orthanc.log").read_text()) from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+
+def make_orthanc(tmp: Path) -> Orthanc:
+    return Orthanc(tmp / "orthanc", free_port(), free_port())

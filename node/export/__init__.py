@@ -1,0 +1,1 @@
+"""Export of built results to destinations: C-STORE SCU and STOW-RS, retries, dead letter."""

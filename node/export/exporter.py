@@ -1,0 +1,242 @@
+"""One export round of a job: every output object to every destination that wants it.
+
+The database records one :class:`ExportAttempt` per object, destination and round. A round
+that leaves anything unsent fails the job with the reasons; the caller retries after
+:meth:`Exporter.backoff`; after ``queue.max_attempts`` rounds the job is ``dead`` (the dead
+letter), with the last error of every destination visible in the job and its attempts.
+Objects already accepted by a destination are not sent to it again, and re-sent objects
+keep their SOP Instance UIDs, so a PACS never receives duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from spinexr.node.db.models import ExportAttempt, Job, utcnow
+from spinexr.node.db.states import ExportStatus, JobState
+from spinexr.node.db.timeline import transition
+from spinexr.node.errors import SpinexrError
+from spinexr.node.export.transport import (
+    InstanceOutcome,
+    send_dimse,
+    send_stow,
+    verify_dimse,
+    verify_qido,
+)
+from spinexr.node.settings import Destination, Settings
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_CAP_SECONDS = 900.0
+
+
+@dataclass
+class ExportRound:
+    """What one round achieved."""
+
+    attempt: int
+    state: JobState
+    failures: list[str] = field(default_factory=list)
+    retry_in: float | None = None
+
+    @property
+    def done(self) -> bool:
+        """True when nothing is left to send."""
+        return self.state in (JobState.EXPORTED, JobState.VERIFIED)
+
+
+class Exporter:
+    """Sends a job's built objects to the configured destinations.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``destinations``, ``dicom.ae_title`` (calling AE), ``queue.max_attempts``,
+        ``storage.output_dir``.
+    sessions : sessionmaker
+        Database sessions.
+    """
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before round ``attempt + 1`` (exponential, capped)."""
+        return float(min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempt - 1)))
+
+    def _send(self, dest: Destination, files: list[Path]) -> list[InstanceOutcome]:
+        if dest.kind == "dimse":
+            return send_dimse(
+                dest,
+                files,
+                self.settings.dicom.ae_title,
+                timeout=self.settings.dicom.network_timeout,
+            )
+        return send_stow(dest, files)
+
+    def _verify(self, dest: Destination, study_uid: str) -> set[str]:
+        if dest.kind == "dimse":
+            return verify_dimse(dest, study_uid, self.settings.dicom.ae_title)
+        return verify_qido(dest, study_uid)
+
+    def export(self, job_id: int) -> ExportRound:
+        """Run one export round for ``job_id`` (state ``built`` or ``failed``).
+
+        Parameters
+        ----------
+        job_id : int
+            The job.
+
+        Returns
+        -------
+        ExportRound
+            The round's outcome; ``retry_in`` is set when another round is due.
+
+        Raises
+        ------
+        SpinexrError
+            If the job does not exist or is not waiting for export.
+        """
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise SpinexrError(f"no job {job_id}")
+            if job.state is JobState.FAILED:
+                transition(session, job, JobState.BUILT, detail="export retry")
+            if job.state is not JobState.BUILT:
+                raise SpinexrError(f"job {job_id} is {job.state.value}, not waiting for export")
+            attempt = 1 + (
+                session.scalar(
+                    select(func.max(ExportAttempt.attempt)).where(ExportAttempt.job_id == job_id)
+                )
+                or 0
+            )
+            transition(session, job, JobState.EXPORTING, detail=f"export round {attempt}")
+            session.commit()
+            study_uid = job.study.study_instance_uid
+            outputs = list(job.outputs)
+            done = {
+                (a.destination, a.output_id)
+                for a in job.exports
+                if a.status in (ExportStatus.SUCCESS, ExportStatus.WARNING)
+            }
+        output_dir = self.settings.storage.output_dir
+        failures: list[str] = []
+        records: list[ExportAttempt] = []
+        verify_detail: list[str] = []
+        for dest in self.settings.destinations:
+            todo = [
+                o for o in outputs if o.kind.value in dest.objects and (dest.name, o.id) not in done
+            ]
+            if not todo:
+                continue
+            started = utcnow()
+            outcomes = self._send(dest, [output_dir / o.path for o in todo])
+            by_uid = {o.sop_instance_uid: o for o in outcomes}
+            landed: set[str] | None = None
+            if dest.verify and all(o.ok for o in outcomes):
+                landed = self._verify(dest, study_uid)
+            for obj in todo:
+                out = by_uid.get(obj.sop_instance_uid) or InstanceOutcome(
+                    obj.sop_instance_uid, False, error="no status for this instance"
+                )
+                ok, error = out.ok, out.error
+                verified = None
+                if landed is not None:
+                    verified = obj.sop_instance_uid in landed
+                    if not verified:
+                        ok, error = False, "accepted but not found by read-back"
+                records.append(
+                    ExportAttempt(
+                        job_id=job_id,
+                        output_id=obj.id,
+                        destination=dest.name,
+                        attempt=attempt,
+                        status=ExportStatus.SUCCESS if ok else ExportStatus.FAILED,
+                        dimse_status=out.dimse_status,
+                        http_status=out.http_status,
+                        error=error,
+                        verified=verified,
+                        started_at=started,
+                        finished_at=utcnow(),
+                    )
+                )
+                if not ok:
+                    failures.append(
+                        f"{dest.name}: {obj.kind.value} {obj.sop_instance_uid}: {error}"
+                    )
+            if landed is not None:
+                verify_detail.append(dest.name)
+        return self._finish(job_id, attempt, records, failures, verify_detail)
+
+    def _finish(
+        self,
+        job_id: int,
+        attempt: int,
+        records: list[ExportAttempt],
+        failures: list[str],
+        verified: list[str],
+    ) -> ExportRound:
+        max_attempts = self.settings.queue.max_attempts
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            session.add_all(records)
+            if not failures:
+                detail = (
+                    f"round {attempt}: {len(records)} object(s) sent"
+                    if records
+                    else "nothing to send (no destination wants these objects)"
+                )
+                transition(session, job, JobState.EXPORTED, detail=detail)
+                state = JobState.EXPORTED
+                if verified and all(r.verified for r in records if r.verified is not None):
+                    transition(
+                        session,
+                        job,
+                        JobState.VERIFIED,
+                        detail=f"read back from {', '.join(verified)}",
+                    )
+                    state = JobState.VERIFIED
+                session.commit()
+                return ExportRound(attempt, state)
+            by_dest: dict[str, str] = defaultdict(str)
+            for f in failures:
+                by_dest.setdefault(f.split(":", 1)[0], f)
+            summary = f"{len(failures)} object(s) not exported; " + "; ".join(by_dest.values())
+            transition(session, job, JobState.FAILED, error=summary[:2000])
+            if attempt >= max_attempts:
+                for rec in records:
+                    if rec.status is ExportStatus.FAILED:
+                        rec.status = ExportStatus.DEAD
+                transition(
+                    session,
+                    job,
+                    JobState.DEAD,
+                    error=f"dead letter after {attempt} export rounds: {summary}"[:2000],
+                )
+                session.commit()
+                logger.error("job %s: export dead after %d rounds", job_id, attempt)
+                return ExportRound(attempt, JobState.DEAD, failures)
+            retry_in = self.backoff(attempt)
+            for rec in records:
+                if rec.status is ExportStatus.FAILED:
+                    rec.next_try_at = utcnow() + dt.timedelta(seconds=retry_in)
+            session.commit()
+            logger.warning(
+                "job %s: export round %d failed (%d object(s)); retry in %.0f s",
+                job_id,
+                attempt,
+                len(failures),
+                retry_in,
+            )
+            return ExportRound(attempt, JobState.FAILED, failures, retry_in)

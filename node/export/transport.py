@@ -1,0 +1,210 @@
+"""Sending files to one destination and reading them back, per instance."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+
+from spinexr.node.dimse.scu import send_files
+from spinexr.node.errors import SpinexrError
+from spinexr.node.settings import Destination
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstanceOutcome:
+    """What a destination said about one instance."""
+
+    sop_instance_uid: str
+    ok: bool
+    dimse_status: int | None = None
+    http_status: int | None = None
+    error: str | None = None
+
+
+def send_dimse(
+    dest: Destination, files: Sequence[Path], calling_ae: str, timeout: float = 30
+) -> list[InstanceOutcome]:
+    """C-STORE files to a DIMSE destination and check each response status.
+
+    Parameters
+    ----------
+    dest : Destination
+        ``kind == "dimse"``.
+    files : sequence of Path
+        Part-10 files.
+    calling_ae : str
+        Our AE title.
+    timeout : float
+        Network timeouts.
+
+    Returns
+    -------
+    list of InstanceOutcome
+        One per file; an association failure marks every file failed with the reason.
+    """
+    assert dest.host is not None and dest.port is not None and dest.ae_title is not None
+    try:
+        results = send_files(
+            files, dest.host, dest.port, calling=calling_ae, called=dest.ae_title, timeout=timeout
+        )
+    except SpinexrError as exc:
+        uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+        return [InstanceOutcome(uid, False, error=str(exc)) for uid in uids]
+    outcomes = []
+    for r in results:
+        error = None
+        if not r.ok:
+            error = r.error or (
+                f"status 0x{r.status:04X}" if r.status is not None else "no response"
+            )
+        outcomes.append(
+            InstanceOutcome(r.sop_instance_uid, r.ok, dimse_status=r.status, error=error)
+        )
+    return outcomes
+
+
+def _stow_client(dest: Destination) -> object:
+    from dicomweb_client.api import DICOMwebClient
+    from dicomweb_client.session_utils import create_session_from_auth
+    from requests.auth import HTTPBasicAuth
+
+    headers = None
+    session = None
+    if dest.token is not None and dest.token.get_secret_value():
+        headers = {"Authorization": f"Bearer {dest.token.get_secret_value()}"}
+    elif dest.username and dest.password is not None:
+        session = create_session_from_auth(
+            HTTPBasicAuth(dest.username, dest.password.get_secret_value())
+        )
+    assert dest.url is not None
+    return DICOMwebClient(url=dest.url, headers=headers, session=session)
+
+
+def send_stow(dest: Destination, files: Sequence[Path]) -> list[InstanceOutcome]:
+    """STOW-RS files to a DICOMweb destination and read per-instance results.
+
+    Parameters
+    ----------
+    dest : Destination
+        ``kind == "stowrs"``.
+    files : sequence of Path
+        Part-10 files.
+
+    Returns
+    -------
+    list of InstanceOutcome
+        One per file.
+    """
+    import requests
+
+    datasets = [pydicom.dcmread(f) for f in files]
+    uids = [str(ds.SOPInstanceUID) for ds in datasets]
+    client = _stow_client(dest)
+    # dicomweb-client retries some statuses itself; keep our own retry policy in charge.
+    client.set_http_retry_params(retry=False)  # type: ignore[attr-defined]
+    try:
+        response = client.store_instances(datasets)  # type: ignore[attr-defined]
+    except requests.HTTPError as exc:
+        code = exc.response.status_code if exc.response is not None else None
+        return [InstanceOutcome(u, False, http_status=code, error=f"HTTP {code}") for u in uids]
+    except requests.RequestException as exc:
+        return [InstanceOutcome(u, False, error=type(exc).__name__) for u in uids]
+    stored = {str(i.ReferencedSOPInstanceUID) for i in response.get("ReferencedSOPSequence", [])}
+    failed = {
+        str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0xC000))
+        for i in response.get("FailedSOPSequence", [])
+    }
+    return [
+        InstanceOutcome(u, True, http_status=200)
+        if u in stored and u not in failed
+        else InstanceOutcome(
+            u,
+            False,
+            http_status=200,
+            dimse_status=failed.get(u),
+            error=f"failure reason 0x{failed.get(u, 0xC000):04X}",
+        )
+        for u in uids
+    ]
+
+
+def verify_dimse(
+    dest: Destination, study_uid: str, calling_ae: str, timeout: float = 30
+) -> set[str]:
+    """Return the SOP Instance UIDs of ``study_uid`` that a C-FIND at IMAGE level finds.
+
+    Parameters
+    ----------
+    dest : Destination
+        The destination.
+    study_uid : str
+        Study Instance UID.
+    calling_ae : str
+        Our AE title.
+    timeout : float
+        Network timeouts.
+
+    Returns
+    -------
+    set of str
+        Found instances (empty when the peer does not answer C-FIND).
+    """
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelFind,
+    )
+
+    assert dest.host is not None and dest.port is not None and dest.ae_title is not None
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        return set()
+    found: set[str] = set()
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = ""
+        query.SOPInstanceUID = ""
+        for status, identifier in assoc.send_c_find(
+            query, StudyRootQueryRetrieveInformationModelFind
+        ):
+            if status and status.Status in (0xFF00, 0xFF01) and identifier is not None:
+                found.add(str(identifier.get("SOPInstanceUID", "")))
+    finally:
+        assoc.release()
+    return found
+
+
+def verify_qido(dest: Destination, study_uid: str) -> set[str]:
+    """Return the SOP Instance UIDs of ``study_uid`` that QIDO-RS lists at the destination.
+
+    Parameters
+    ----------
+    dest : Destination
+        The destination (``url`` is its DICOMweb root).
+    study_uid : str
+        Study Instance UID.
+
+    Returns
+    -------
+    set of str
+        Found instances.
+    """
+    import requests
+
+    client = _stow_client(dest)
+    try:
+        found = client.search_for_instances(study_instance_uid=study_uid)  # type: ignore[attr-defined]
+    except requests.RequestException:
+        return set()
+    return {str(item.get("00080018", {}).get("Value", [""])[0]) for item in found}

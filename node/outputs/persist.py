@@ -1,0 +1,68 @@
+"""Built output objects on disk and in the database (one row per object, atomic files)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from spinexr.node.db.models import Job, OutputObject
+from spinexr.node.db.states import OutputKind
+from spinexr.node.ingest.spool import safe_component
+from spinexr.node.outputs.build import BuiltObject
+
+
+def _atomic_write(ds: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    ds.save_as(tmp, enforce_file_format=True)  # type: ignore[attr-defined]
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_outputs(
+    session: Session, job: Job, built: Sequence[BuiltObject], output_dir: Path
+) -> list[OutputObject]:
+    """Write each object under ``output_dir/<job>/`` and record it (no commit).
+
+    Rebuilding a job replaces files and keeps one row per SOP Instance UID (the UIDs are
+    deterministic, so the rows are the same).
+
+    Parameters
+    ----------
+    session : Session
+        Open session.
+    job : Job
+        The job the objects belong to.
+    built : sequence of BuiltObject
+        From :func:`spinexr.node.outputs.build.build_outputs`.
+    output_dir : Path
+        ``storage.output_dir``.
+
+    Returns
+    -------
+    list of OutputObject
+        The rows, in the order given.
+    """
+    rows: list[OutputObject] = []
+    for obj in built:
+        relative = Path(f"job-{job.id}") / f"{obj.kind}-{safe_component(obj.sop_instance_uid)}.dcm"
+        _atomic_write(obj.dataset, output_dir / relative)
+        row = session.scalar(
+            select(OutputObject).where(OutputObject.sop_instance_uid == obj.sop_instance_uid)
+        )
+        if row is None:
+            row = OutputObject(job=job, sop_instance_uid=obj.sop_instance_uid)
+            session.add(row)
+        row.job = job
+        row.kind = OutputKind(obj.kind)
+        row.sop_class_uid = str(obj.dataset.SOPClassUID)
+        row.series_instance_uid = obj.series_instance_uid
+        row.source_sop_instance_uid = obj.source_sop_instance_uid
+        row.path = str(relative)
+        rows.append(row)
+    return rows
