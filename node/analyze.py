@@ -14,6 +14,7 @@ from pydicom.errors import InvalidDicomError
 
 from spinexr.node.dimse.scu import expand_paths
 from spinexr.node.ingest.spool import safe_component
+from spinexr.node.settings import Settings
 from spinexr.pipeline.results import StudyResult
 
 logger = logging.getLogger(__name__)
@@ -71,15 +72,49 @@ def result_path(out_dir: Path, study_uid: str) -> Path:
     return out_dir / safe_component(study_uid) / "result.json"
 
 
+def write_outputs(
+    datasets: Sequence[pydicom.Dataset], result: StudyResult, settings: Settings, folder: Path
+) -> list[Path]:
+    """Build the study's output objects and write them into ``folder``.
+
+    The job key is derived from the study, its instances and the model weights, so running
+    ``analyze`` again on the same input gives the same SOP Instance UIDs.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    from spinexr.node.outputs.build import build_outputs
+
+    key = "analyze:" + ":".join(
+        [
+            result.study_instance_uid,
+            result.provenance.weights_digest,
+            *sorted(str(ds.SOPInstanceUID) for ds in datasets),
+        ]
+    )
+    paths = []
+    for obj in build_outputs(datasets, result, settings, job_key=key):
+        path = folder / f"{obj.kind}-{safe_component(obj.sop_instance_uid)}.dcm"
+        obj.dataset.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
 def analyze_paths(
     paths: Sequence[Path],
     bundle_dir: Path,
     out_dir: Path,
     *,
     device: str = "auto",
+    settings: Settings | None = None,
     on_study: Callable[[StudyResult, int], None] | None = None,
 ) -> tuple[list[StudyResult], list[Skipped]]:
     """Analyse every study under ``paths`` and write ``<out>/<study>/result.json``.
+
+    With ``settings``, the study's DICOM outputs (SR, GSPS and the site profile's optional
+    objects) are written beside the JSON as ``<kind>-<SOP Instance UID>.dcm``.
 
     Parameters
     ----------
@@ -91,6 +126,8 @@ def analyze_paths(
         Output folder.
     device : str
         ``auto``, ``cpu`` or ``cuda``.
+    settings : Settings, optional
+        Output profile and UID root for the DICOM outputs.
     on_study : callable, optional
         Called after each study with its result and image count (progress).
 
@@ -112,6 +149,8 @@ def analyze_paths(
         target = result_path(out_dir, study.study_instance_uid)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(result.to_json(indent=2), encoding="utf-8")
+        if settings is not None:
+            write_outputs(datasets, result, settings, target.parent)
         results.append(result)
         if on_study is not None:
             on_study(result, len(study.files))

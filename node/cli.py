@@ -411,7 +411,12 @@ def analyze(
         rows.append(result)
 
     results, skipped = analyze_paths(
-        list(paths), bundle, out_dir, device=device or settings.models.device, on_study=progress
+        list(paths),
+        bundle,
+        out_dir,
+        device=device or settings.models.device,
+        settings=settings,
+        on_study=progress,
     )
     bar.close()
     for s in skipped:

@@ -90,6 +90,8 @@ def test_analyze_writes_one_valid_json_per_study(tmp_path: Path) -> None:
         assert res.outcome is not Outcome.FAILED and len(res.images) == 2
         assert res.provenance.bundle_version == "0.0.1" and res.provenance.demo
         assert {"total"} <= set(res.timings)
+        objects = sorted(p.name.split("-")[0] for p in path.parent.glob("*.dcm"))
+        assert objects == ["gsps", "gsps", "sr"]
         for image in res.images:
             assert image.probability is not None and image.rows and image.columns
             for box in image.boxes:
