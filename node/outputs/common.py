@@ -199,10 +199,10 @@ class Lut:
 def read_voi(source: Dataset) -> Window | Lut | None:
     """Return the VOI transformation an output carries over from its source image.
 
-    The first window when the image has Window Center/Width, else the first item of its
-    VOI LUT Sequence, else None. PS3.3 C.11.2 leaves the choice to the application when both
-    are present; the first window is what viewers show by default. The GSPS and the
-    Secondary Capture use the same choice.
+    The first item of its VOI LUT Sequence when it has one, else the first window, else
+    None: the order of the node's display pipeline (`spinexr.pipeline.preprocess`), so the
+    GSPS and the Secondary Capture show what the models saw. (PS3.3 C.11.2 leaves the
+    choice to the application when both are present.)
 
     Parameters
     ----------
@@ -214,17 +214,8 @@ def read_voi(source: Dataset) -> Window | Lut | None:
     Window or Lut or None
         The chosen VOI.
     """
-    if "WindowCenter" in source and "WindowWidth" in source:
-        explanation = _first(source.get("WindowCenterWidthExplanation"))
-        function = source.get("VOILUTFunction") or "LINEAR"
-        return Window(
-            center=float(_first(source.WindowCenter)),
-            width=float(_first(source.WindowWidth)),
-            explanation=None if explanation in (None, "") else str(explanation)[:64],
-            function=str(function).upper(),
-        )
     sequence = source.get("VOILUTSequence")
-    if sequence:
+    if sequence and "LUTDescriptor" in sequence[0] and "LUTData" in sequence[0]:
         item = sequence[0]
         explanation = item.get("LUTExplanation")
         bits = int(item.LUTDescriptor[2])
@@ -233,6 +224,15 @@ def read_voi(source: Dataset) -> Window | Lut | None:
             data=_lut_data(item, bits),
             bits=bits,
             explanation=None if not explanation else str(explanation)[:64],
+        )
+    if "WindowCenter" in source and "WindowWidth" in source:
+        explanation = _first(source.get("WindowCenterWidthExplanation"))
+        function = source.get("VOILUTFunction") or "LINEAR"
+        return Window(
+            center=float(_first(source.WindowCenter)),
+            width=float(_first(source.WindowWidth)),
+            explanation=None if explanation in (None, "") else str(explanation)[:64],
+            function=str(function).upper(),
         )
     return None
 

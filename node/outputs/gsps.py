@@ -11,13 +11,13 @@ planar ROI group for that box (Graphic Object / Text Object Sequence attributes,
 C.10.5), and both belong to one Graphic Group labelled with the same identifier, so a viewer
 can move them together and a reader can match GSPS and SR findings.
 
-Display: the source's VOI is carried over — its first window (centre, width, explanation,
-VOI LUT Function) when it has Window Center/Width, else the first item of its VOI LUT
-Sequence (PS3.3 C.11.2 leaves the choice to the application when both exist; we take the
-window, which is what viewers show by default); the Modality LUT is copied by highdicom;
-``PresentationLUTShape`` is INVERSE for MONOCHROME1 and IDENTITY otherwise; the displayed
-area is the whole image, scaled to fit, with Presentation Pixel Spacing from the spacing the
-source has (Pixel Spacing, else Imager Pixel Spacing; aspect ratio 1:1 when it has neither).
+Display: the source's VOI is carried over in the order the models' display pipeline uses —
+the first item of its VOI LUT Sequence, else its first window (centre, width, explanation,
+VOI LUT Function) — so the radiologist sees what the models saw; the Modality LUT is
+copied by highdicom; ``PresentationLUTShape`` is INVERSE for MONOCHROME1 and IDENTITY
+otherwise; the displayed area is the whole image, scaled to fit, with Presentation Pixel
+Spacing from the spacing the source has (Pixel Spacing, else Imager Pixel Spacing; aspect
+ratio 1:1 when it has neither).
 Body Part Examined is copied (dciodvfy checks Laterality against it; without one, an empty
 Laterality is written).
 """
@@ -334,8 +334,8 @@ def source_voi(source: Dataset) -> list[SoftcopyVOILUTTransformation] | None:
     Returns
     -------
     list of highdicom.pr.SoftcopyVOILUTTransformation or None
-        One item carrying what `spinexr.node.outputs.common.read_voi` chose: the first
-        window (with its explanation and VOI LUT Function), else the first VOI LUT.
+        One item carrying what `spinexr.node.outputs.common.read_voi` chose: the first VOI
+        LUT, else the first window (with its explanation and VOI LUT Function).
     """
     voi = read_voi(source)
     if isinstance(voi, Window):

@@ -1,0 +1,346 @@
+"""Read the node's TID 1500 SR back into findings, with highdicom.
+
+The inverse of `spinexr.node.outputs.sr.build_sr`, for tests and for tools that must know
+what a stored report says (a re-send check, the admin pages): each TID 1410 planar ROI group
+becomes a `Finding` (lesion class from its finding code, the bounds of its SCOORD region and
+the image it is drawn on, detection score, tracking identifier and UID); the TID 1501 groups
+give the study's and each image's probability, threshold and decision; the ``Qualitative
+Evaluations`` container gives the CID 6047 outcome, the summary text and the reasons images
+failed.
+
+highdicom parses the document (`highdicom.sr.ComprehensiveSR.from_dataset`,
+`highdicom.sr.MeasurementReport.from_sequence`) and finds the groups
+(``get_planar_roi_measurement_groups``, ``get_image_measurement_groups``); the node's
+private codes are matched by value and scheme (`spinexr.node.outputs.codes`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from highdicom.sr import (
+    ComprehensiveSR,
+    MeasurementReport,
+    SourceImageForRegion,
+    ValueTypeValues,
+)
+from highdicom.sr.utils import find_content_items
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from spinexr.node.outputs import codes
+from spinexr.pipeline.classes import LesionClass
+from spinexr.pipeline.results import Box, Outcome
+
+logger = logging.getLogger(__name__)
+
+_Key = tuple[str, str]
+
+OUTCOMES: dict[_Key, Outcome] = {
+    (codes.OUTCOME_WITH_FINDINGS.value, "DCM"): Outcome.ABNORMAL,
+    (codes.PARTIAL_WITH_FINDINGS.value, "DCM"): Outcome.ABNORMAL,
+    (codes.NO_ABNORMAL_FINDING.value, "DCM"): Outcome.NO_FINDING,
+    (codes.PARTIAL_WITHOUT_FINDINGS.value, "DCM"): Outcome.NO_FINDING,
+    (codes.OUTCOME_FAILED.value, "DCM"): Outcome.FAILED,
+}
+"""CID 6047 outcome code (value, scheme) → the study outcome it reports."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One box reported by a TID 1410 planar ROI group.
+
+    Attributes
+    ----------
+    label : LesionClass
+        The class whose finding code the group carries.
+    xmin, ymin, xmax, ymax : float
+        Bounds of the region's points, in the referenced image's pixels (origin at the
+        top-left corner of the top-left pixel, as written).
+    score : float or None
+        The ``Detection confidence score`` measurement (None when absent).
+    sop_instance_uid : str
+        The image the region is drawn on.
+    tracking_id : str
+        Tracking Identifier (e.g. ``"box 1 Osteophytes"``).
+    tracking_uid : str
+        Tracking UID (the GSPS graphic of the same box has the same).
+    """
+
+    label: LesionClass
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    score: float | None
+    sop_instance_uid: str
+    tracking_id: str
+    tracking_uid: str
+
+    @property
+    def corners(self) -> tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)``."""
+        return (self.xmin, self.ymin, self.xmax, self.ymax)
+
+    def to_box(self) -> Box:
+        """Return the finding as a displayed `Box` (score 0 when the SR has none).
+
+        Returns
+        -------
+        Box
+            Same class and corners.
+        """
+        return Box(
+            label=self.label,
+            score=0.0 if self.score is None else self.score,
+            xmin=self.xmin,
+            ymin=self.ymin,
+            xmax=self.xmax,
+            ymax=self.ymax,
+        )
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A TID 1501 classification group: the study's or one image's.
+
+    Attributes
+    ----------
+    tracking_id : str
+        E.g. ``"study abnormality"`` or ``"image 2 abnormality"``.
+    sop_instance_uid : str or None
+        The image the group references; None for the study group.
+    probability : float or None
+        ``Abnormality probability`` (None for a failed study).
+    threshold : float or None
+        ``Decision threshold``.
+    decision : bool or None
+        ``Abnormal at decision threshold`` (Yes/No).
+    """
+
+    tracking_id: str
+    sop_instance_uid: str | None
+    probability: float | None
+    threshold: float | None
+    decision: bool | None
+
+
+@dataclass(frozen=True)
+class ReportContents:
+    """What one of the node's SRs says.
+
+    Attributes
+    ----------
+    outcome : Outcome
+        From the CID 6047 ``CAD Processing and Findings Summary`` code.
+    outcome_code : pydicom.sr.coding.Code
+        That code.
+    summary : str
+        The ``Summary`` text.
+    study : Assessment or None
+        The study group (None when the SR has none).
+    images : tuple of Assessment
+        One per analysed image, in document order.
+    findings : tuple of Finding
+        One per planar ROI group, in document order.
+    failures : tuple of str
+        The ``Analysis failed`` texts (one per image that could not be analysed).
+    """
+
+    outcome: Outcome
+    outcome_code: Code
+    summary: str
+    study: Assessment | None
+    images: tuple[Assessment, ...]
+    findings: tuple[Finding, ...]
+    failures: tuple[str, ...]
+
+    @property
+    def probability(self) -> float | None:
+        """The study probability (None for a failed study)."""
+        return None if self.study is None else self.study.probability
+
+    @property
+    def decision(self) -> bool | None:
+        """The study decision (None for a failed study)."""
+        return None if self.study is None else self.study.decision
+
+
+def read_findings(sr: Dataset) -> list[Finding]:
+    """Return the boxes an SR reports.
+
+    Parameters
+    ----------
+    sr : pydicom.dataset.Dataset
+        A Comprehensive SR written by `spinexr.node.outputs.sr.build_sr` (e.g. read with
+        ``pydicom.dcmread``).
+
+    Returns
+    -------
+    list of Finding
+        One per TID 1410 planar ROI group, in document order (the SR's box numbering).
+
+    Raises
+    ------
+    ValueError
+        If the document is not a TID 1500 Measurement Report, a group has no image region
+        or an unknown finding code.
+    """
+    return _findings(_report(sr))
+
+
+def read_report(sr: Dataset) -> ReportContents:
+    """Return everything an SR of the node reports.
+
+    Parameters
+    ----------
+    sr : pydicom.dataset.Dataset
+        A Comprehensive SR written by `spinexr.node.outputs.sr.build_sr`.
+
+    Returns
+    -------
+    ReportContents
+        Outcome, summary, study and image assessments, findings and failure reasons.
+
+    Raises
+    ------
+    ValueError
+        If the document is not a TID 1500 Measurement Report, has no (known) outcome code,
+        or a group cannot be read.
+    """
+    report = _report(sr)
+    study: Assessment | None = None
+    images: list[Assessment] = []
+    for group in report.get_image_measurement_groups(
+        finding_type=codes.SPINE_RADIOGRAPH_ABNORMALITY
+    ):
+        sources = group.source_images
+        assessment = Assessment(
+            tracking_id=str(group.tracking_identifier or ""),
+            sop_instance_uid=str(sources[0].referenced_sop_instance_uid) if sources else None,
+            probability=_measurement(group, codes.ABNORMALITY_PROBABILITY),
+            threshold=_measurement(group, codes.DECISION_THRESHOLD),
+            decision=_decision(group),
+        )
+        if sources:
+            images.append(assessment)
+        elif study is None:
+            study = assessment
+        else:
+            raise ValueError("the SR has more than one study abnormality group")
+
+    root = report[0]
+    containers = _children(root, codes.QUALITATIVE_EVALUATIONS, ValueTypeValues.CONTAINER)
+    if not containers:
+        raise ValueError("the SR has no Qualitative Evaluations container")
+    container = containers[0]
+    outcome_items = _children(container, codes.PROCESSING_SUMMARY, ValueTypeValues.CODE)
+    if not outcome_items:
+        raise ValueError("the SR has no CAD Processing and Findings Summary")
+    concept = outcome_items[0].ConceptCodeSequence[0]
+    key = (str(concept.CodeValue), str(concept.CodingSchemeDesignator))
+    if key not in OUTCOMES:
+        raise ValueError(f"unknown outcome code {key}")
+    summaries = _children(container, codes.SUMMARY, ValueTypeValues.TEXT)
+    failures = _children(container, codes.ANALYSIS_FAILED, ValueTypeValues.TEXT)
+    return ReportContents(
+        outcome=OUTCOMES[key],
+        outcome_code=Code(key[0], key[1], str(concept.CodeMeaning)),
+        summary=str(summaries[0].TextValue) if summaries else "",
+        study=study,
+        images=tuple(images),
+        findings=tuple(_findings(report)),
+        failures=tuple(str(item.TextValue) for item in failures),
+    )
+
+
+def lesion_class(value: str, scheme: str) -> LesionClass:
+    """Return the lesion class of a finding code.
+
+    Parameters
+    ----------
+    value, scheme : str
+        Code Value and Coding Scheme Designator.
+
+    Returns
+    -------
+    LesionClass
+        The class `spinexr.node.outputs.codes.FINDING_CODES` maps to that code.
+
+    Raises
+    ------
+    ValueError
+        If no class has the code.
+    """
+    for label, code in codes.FINDING_CODES.items():
+        if (code.value, code.scheme_designator) == (value, scheme):
+            return label
+    raise ValueError(f"finding code ({value}, {scheme}) is not one of the node's classes")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _report(sr: Dataset) -> MeasurementReport:
+    # copy=True: highdicom would otherwise turn the caller's dataset into its own class.
+    document = ComprehensiveSR.from_dataset(sr, copy=True)
+    return MeasurementReport.from_sequence(document.content, copy=False)
+
+
+def _findings(report: MeasurementReport) -> list[Finding]:
+    out: list[Finding] = []
+    for group in report.get_planar_roi_measurement_groups():
+        finding = group.finding_type
+        if finding is None:
+            raise ValueError(f"ROI group {group.tracking_identifier!r} has no finding code")
+        region = group.roi
+        if region is None:
+            raise ValueError(f"ROI group {group.tracking_identifier!r} has no image region")
+        points = np.asarray(region.value, dtype=np.float64).reshape(-1, 2)
+        out.append(
+            Finding(
+                label=lesion_class(str(finding.value), str(finding.scheme_designator)),
+                xmin=float(points[:, 0].min()),
+                ymin=float(points[:, 1].min()),
+                xmax=float(points[:, 0].max()),
+                ymax=float(points[:, 1].max()),
+                score=_measurement(group, codes.DETECTION_SCORE),
+                sop_instance_uid=_region_image(region),
+                tracking_id=str(group.tracking_identifier or ""),
+                tracking_uid=str(group.tracking_uid or ""),
+            )
+        )
+    return out
+
+
+def _region_image(region: Dataset) -> str:
+    """Return the SOP Instance UID of the image a SCOORD region is selected from."""
+    for item in region.get("ContentSequence", []):
+        if item.get("ValueType") == ValueTypeValues.IMAGE.value:
+            return str(SourceImageForRegion.from_dataset(item).referenced_sop_instance_uid)
+    raise ValueError("an image region references no source image")
+
+
+def _measurement(group: Any, name: Code) -> float | None:
+    found = group.get_measurements(name=name)
+    return float(found[0].value) if found else None
+
+
+def _decision(group: Any) -> bool | None:
+    found = group.get_qualitative_evaluations(name=codes.ABNORMAL_DECISION)
+    if not found:
+        return None
+    value = found[0].value
+    key = (str(value.value), str(value.scheme_designator))
+    if key == (codes.YES.value, codes.YES.scheme_designator):
+        return True
+    if key == (codes.NO.value, codes.NO.scheme_designator):
+        return False
+    raise ValueError(f"decision code {key} is neither Yes nor No")
+
+
+def _children(item: Dataset, name: Code, value_type: ValueTypeValues) -> list[Dataset]:
+    return list(find_content_items(item, name=name, value_type=value_type))
