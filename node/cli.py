@@ -444,7 +444,7 @@ def serve(obj: Context) -> None:
 
     settings = obj.settings()
     _configure_logging(settings, obj.log_level)
-    run_server(settings)
+    run_server(settings, obj.config_file)
 
 
 @cli.command()
@@ -465,10 +465,12 @@ def serve(obj: Context) -> None:
 @edge
 def worker(obj: Context, queues: str, concurrency: int) -> None:
     """Run a Celery worker for the given queues (scaled-out mode)."""
-    from spinexr.node.queue.app import run_worker
+    from spinexr.node.queue.app import INFERENCE_QUEUE, run_worker
 
     settings = obj.settings()
     _configure_logging(settings, obj.log_level)
+    if INFERENCE_QUEUE in queues and settings.models.bundle is None:
+        raise ConfigError(["models.bundle: an inference worker needs a model bundle"])
     run_worker(settings, [q.strip() for q in queues.split(",") if q.strip()], concurrency)
 
 

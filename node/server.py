@@ -6,6 +6,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -19,6 +20,10 @@ from spinexr.node.http.app import create_app
 from spinexr.node.ingest.assembler import StudyAssembler, model_identity
 from spinexr.node.ingest.service import IngestService
 from spinexr.node.ingest.spool import Spool
+from spinexr.node.jobs.reconciler import Reconciler
+from spinexr.node.queue.app import EXPORT_QUEUE, INFERENCE_QUEUE, configure
+from spinexr.node.queue.dispatch import publish_analysis, publish_export, queue_job
+from spinexr.node.queue.supervisor import WorkerSupervisor
 from spinexr.node.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -78,13 +83,15 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-def run_server(settings: Settings) -> None:
+def run_server(settings: Settings, config_file: Path | None = None) -> None:
     """Run the node until interrupted (SIGINT/SIGTERM).
 
     Parameters
     ----------
     settings : Settings
         Validated settings.
+    config_file : Path, optional
+        The settings file, handed on to the worker child.
     """
     logger.info("spinexr-node %s starting", __version__)
     prepare_storage(settings)
@@ -101,10 +108,31 @@ def run_server(settings: Settings) -> None:
     spool = Spool(settings.storage.spool_dir)
     spool.clean_incomplete()
     ingest = IngestService(settings, sessions, spool)
-    assembler = StudyAssembler(settings, sessions, model_identity(settings.models.bundle))
+    configure(settings)
+    can_analyse = settings.models.bundle is not None
+
+    def publish(job_id: int) -> None:
+        if can_analyse:
+            queue_job(sessions, job_id)
+        else:
+            logger.warning("job %s waits: no model bundle loaded", job_id)
+
+    assembler = StudyAssembler(
+        settings, sessions, model_identity(settings.models.bundle), publish=publish
+    )
+    reconciler = Reconciler(
+        settings, sessions, publish_analysis, publish_export, can_analyse=can_analyse
+    )
+    reconciler.reconcile(startup=settings.embedded_queue)
+    queues = [INFERENCE_QUEUE, EXPORT_QUEUE] if settings.embedded_queue else [EXPORT_QUEUE]
+    if settings.embedded_queue and not can_analyse:
+        queues = [EXPORT_QUEUE]
+    worker = WorkerSupervisor(queues, config_file)
+    worker.start()
     scp = StoreSCP(settings, ingest)
     scp.start()
     assembler.start()
+    reconciler.start(interval=min(30.0, max(2.0, settings.queue.lease_seconds / 10)))
     try:
         config = uvicorn.Config(
             create_app(settings, ingest),
@@ -126,5 +154,7 @@ def run_server(settings: Settings) -> None:
     finally:
         scp.stop()
         assembler.stop()
+        reconciler.stop()
+        worker.stop()
         engine.dispose()
         logger.info("spinexr-node stopped")

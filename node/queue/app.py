@@ -1,14 +1,20 @@
-"""The Celery application: embedded durable broker by default, Redis when scaled out."""
+"""The Celery application: embedded durable broker by default, Redis when scaled out.
+
+One module-level app (so workers find the tasks), configured from the settings by
+:func:`configure` in every process that publishes or consumes.
+"""
 
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from spinexr.node.settings import Settings
 
 INFERENCE_QUEUE = "inference"
 EXPORT_QUEUE = "export"
+
+app = Celery("spinexr", include=["spinexr.node.queue.tasks"])
 
 
 def broker_url(settings: Settings) -> str:
@@ -31,8 +37,8 @@ def broker_url(settings: Settings) -> str:
     return f"sqla+sqlite:///{path}"
 
 
-def make_celery(settings: Settings) -> Celery:
-    """Create the Celery app for ``settings``.
+def configure(settings: Settings) -> Celery:
+    """Configure the app for ``settings`` (broker, queues, reliability options).
 
     Parameters
     ----------
@@ -42,28 +48,42 @@ def make_celery(settings: Settings) -> Celery:
     Returns
     -------
     Celery
-        The app with queues, serializer, acks and time limits set.
+        The configured app.
     """
     settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    app = Celery("spinexr", broker=broker_url(settings))
+    url = broker_url(settings)
+    options: dict[str, object] = {}
+    if url.startswith(("redis://", "rediss://")):
+        options = {
+            # Above the longest task, so Redis never re-delivers a task that is running.
+            "visibility_timeout": settings.queue.visibility_timeout,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(11)),
+        }
     app.conf.update(
+        broker_url=url,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
         task_ignore_result=True,
+        # A task is acknowledged after it ran; a worker killed mid-task leaves it queued.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_time_limit=settings.queue.task_time_limit,
         task_soft_time_limit=max(1, settings.queue.task_time_limit - 30),
-        task_queues=[Queue(INFERENCE_QUEUE), Queue(EXPORT_QUEUE)],
+        task_queues=[
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (INFERENCE_QUEUE, EXPORT_QUEUE)
+        ],
         task_default_queue=INFERENCE_QUEUE,
-        broker_transport_options={
-            "visibility_timeout": settings.queue.visibility_timeout,
-            "queue_order_strategy": "priority",
-        },
+        task_queue_max_priority=10,
+        task_default_priority=3,
+        # The SQLite transport hands its options to create_engine: Redis options only.
+        broker_transport_options=options,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        worker_send_task_events=False,
     )
     return app
 
@@ -80,7 +100,10 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int) -> None:
     concurrency : int
         Worker processes (``solo`` pool when 1).
     """
-    app = make_celery(settings)
+    from spinexr.node.queue.runtime import init_runtime
+
+    configure(settings)
+    init_runtime(settings, inference=INFERENCE_QUEUE in queues)
     pool = "solo" if concurrency == 1 else "prefork"
     app.worker_main(
         [
@@ -95,5 +118,7 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int) -> None:
             settings.node.log_level,
             "--without-gossip",
             "--without-mingle",
+            "--hostname",
+            f"spinexr-{'+'.join(queues)}@%h",
         ]
     )

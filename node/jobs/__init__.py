@@ -1,0 +1,1 @@
+"""Job execution: claiming with leases, analysis and building, recovery."""

@@ -1,0 +1,258 @@
+"""Running a job's analysis: claim with a lease, analyse, build the outputs, record.
+
+The database is the source of truth. A queue message only says "there is work"; the worker
+claims the most urgent queued job (a conditional UPDATE, so two workers never run the same
+job), holds a lease while it works, and writes every state move to the study's timeline.
+A job whose lease expires (a killed worker) is found by the reconciler and queued again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from spinexr.node.db.models import Instance, Job, OutputObject, Result, utcnow
+from spinexr.node.db.states import JobState, OutputKind
+from spinexr.node.db.timeline import record, transition
+from spinexr.node.ingest.rules import ANALYSE
+from spinexr.node.outputs.build import build_outputs
+from spinexr.node.outputs.persist import save_outputs
+from spinexr.node.outputs.sr import SupersededReport
+from spinexr.node.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+RETRY_BASE_SECONDS = 10.0
+RETRY_CAP_SECONDS = 600.0
+
+
+def worker_id() -> str:
+    """Identify this process in leases (host and pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What happened to a claimed job."""
+
+    job_id: int
+    state: JobState
+    retry_in: float | None = None
+
+
+class JobRunner:
+    """Claims and analyses jobs.
+
+    Parameters
+    ----------
+    settings : Settings
+        Lease length, attempts, output profile, folders.
+    sessions : sessionmaker
+        Database sessions.
+    pipeline : callable
+        Returns the (warm) :class:`spinexr.pipeline.engine.Pipeline` of this process.
+    """
+
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], pipeline: Callable[[], Any]
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.pipeline = pipeline
+        self.owner = worker_id()
+
+    # ------------------------------------------------------------------ claiming
+    def claim(self, preferred: int | None = None) -> int | None:
+        """Claim the most urgent queued job (``preferred`` wins ties of priority).
+
+        Parameters
+        ----------
+        preferred : int, optional
+            The job the queue message named.
+
+        Returns
+        -------
+        int or None
+            The claimed job's id, or None when nothing is queued.
+        """
+        lease = dt.timedelta(seconds=self.settings.queue.lease_seconds)
+        with self.sessions() as session:
+            for _ in range(5):  # another worker may win the race for a candidate
+                candidates = session.execute(
+                    select(Job.id, Job.priority)
+                    .where(Job.state == JobState.QUEUED)
+                    .order_by(Job.priority.desc(), Job.id)
+                    .limit(20)
+                ).all()
+                if not candidates:
+                    return None
+                top = candidates[0][1]
+                ids = [i for i, p in candidates if p == top]
+                job_id = preferred if preferred in ids else ids[0]
+                now = utcnow()
+                won = session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == JobState.QUEUED)
+                    .values(
+                        state=JobState.ANALYZING,
+                        lease_owner=self.owner,
+                        lease_expires_at=now + lease,
+                        attempts=Job.attempts + 1,
+                        updated_at=now,
+                    )
+                ).rowcount  # type: ignore[attr-defined]
+                if not won:
+                    session.rollback()
+                    continue
+                job = session.get(Job, job_id)
+                assert job is not None
+                session.refresh(job)
+                record(
+                    session,
+                    job.study,
+                    "state",
+                    job=job,
+                    from_state=JobState.QUEUED,
+                    to_state=JobState.ANALYZING,
+                    detail=f"attempt {job.attempts} on {self.owner}",
+                )
+                session.commit()
+                return job_id
+        return None
+
+    # ------------------------------------------------------------------ analysis
+    def _sources(self, session: Session, job: Job) -> list[pydicom.Dataset]:
+        rows = session.scalars(
+            select(Instance)
+            .where(Instance.study_id == job.study_id, Instance.decision == ANALYSE)
+            .order_by(Instance.sop_instance_uid, Instance.version.desc())
+        ).all()
+        latest: dict[str, Instance] = {}
+        for row in rows:
+            latest.setdefault(row.sop_instance_uid, row)
+        spool = self.settings.storage.spool_dir
+        return [pydicom.dcmread(spool / r.path) for r in latest.values()]
+
+    def _predecessor(self, session: Session, job: Job) -> SupersededReport | None:
+        if job.superseded_job_id is None:
+            return None
+        sr = session.scalar(
+            select(OutputObject).where(
+                OutputObject.job_id == job.superseded_job_id, OutputObject.kind == OutputKind.SR
+            )
+        )
+        if sr is None:
+            return None
+        return SupersededReport(
+            study_instance_uid=job.study.study_instance_uid,
+            series_instance_uid=sr.series_instance_uid,
+            sop_instance_uid=sr.sop_instance_uid,
+            sop_class_uid=sr.sop_class_uid,
+        )
+
+    def run(self, job_id: int) -> RunOutcome:
+        """Analyse a claimed job and build its outputs (``analyzing → built``).
+
+        Expected failures (unreadable files, model errors) fail the job; it is queued again
+        after a backoff until ``max_attempts``, then ``dead``.
+
+        Parameters
+        ----------
+        job_id : int
+            A job this runner claimed.
+
+        Returns
+        -------
+        RunOutcome
+            The state reached and, for a retry, its delay.
+        """
+        try:
+            with self.sessions() as session:
+                job = session.get(Job, job_id)
+                assert job is not None and job.state is JobState.ANALYZING
+                sources = self._sources(session, job)
+                predecessor = self._predecessor(session, job)
+                key = job.idempotency_key
+                study_uid = job.study.study_instance_uid
+            if not sources:
+                raise RuntimeError("no analysable instance is left in the spool")
+            result = self.pipeline().analyze_study(sources, study_instance_uid=study_uid)
+            built = build_outputs(
+                sources, result, self.settings, job_key=key, predecessor=predecessor
+            )
+            with self.sessions() as session:
+                job = session.get(Job, job_id)
+                assert job is not None
+                if job.state is not JobState.ANALYZING or job.lease_owner != self.owner:
+                    logger.warning("job %s: lease lost while analysing; result discarded", job_id)
+                    return RunOutcome(job_id, job.state)
+                row = session.scalar(select(Result).where(Result.job_id == job_id)) or Result(
+                    job_id=job_id
+                )
+                row.outcome = result.outcome.value
+                row.probability = result.probability
+                row.threshold = result.threshold
+                row.abnormal = result.decision
+                row.bundle_name = result.provenance.bundle_name
+                row.bundle_version = result.provenance.bundle_version
+                row.device_uid = result.provenance.device_uid
+                row.payload = result.model_dump(mode="json")
+                session.add(row)
+                save_outputs(session, job, built, self.settings.storage.output_dir)
+                job.bundle_version = (
+                    f"{result.provenance.bundle_name}@{result.provenance.bundle_version}"
+                )
+                transition(
+                    session,
+                    job,
+                    JobState.BUILT,
+                    detail=f"{result.outcome.value}; {len(built)} object(s) built",
+                )
+                session.commit()
+            return RunOutcome(job_id, JobState.BUILT)
+        except Exception as exc:  # a failed analysis must never leave the job hanging
+            logger.exception("job %s: analysis failed", job_id)
+            return self.fail(job_id, f"{type(exc).__name__}: {exc}"[:500])
+
+    def fail(self, job_id: int, error: str) -> RunOutcome:
+        """Record a failed attempt: back to ``queued`` after a backoff, or ``dead``.
+
+        Parameters
+        ----------
+        job_id : int
+            The job.
+        error : str
+            Why (no PHI: exception types and UIDs).
+
+        Returns
+        -------
+        RunOutcome
+            ``queued`` with a delay, or ``dead``.
+        """
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            if job.state is JobState.ANALYZING:
+                transition(session, job, JobState.FAILED, error=error)
+            if job.attempts >= job.max_attempts:
+                transition(
+                    session,
+                    job,
+                    JobState.DEAD,
+                    error=f"dead after {job.attempts} attempts: {error}",
+                )
+                session.commit()
+                return RunOutcome(job_id, JobState.DEAD)
+            transition(session, job, JobState.QUEUED, detail="retry after failure")
+            session.commit()
+            delay = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, job.attempts - 1))
+            return RunOutcome(job_id, JobState.QUEUED, delay)

@@ -1,0 +1,87 @@
+"""Per-process state of a worker: database, warm pipeline, runner, exporter."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from spinexr.node.db.engine import make_engine, make_session_factory
+from spinexr.node.db.migrate import require_head
+from spinexr.node.errors import ConfigError
+from spinexr.node.export.exporter import Exporter
+from spinexr.node.jobs.runner import JobRunner
+from spinexr.node.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Everything a task needs, created once per process.
+
+    Parameters
+    ----------
+    settings : Settings
+        Validated settings.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        engine = make_engine(settings.database_url)
+        require_head(engine)
+        self.sessions: sessionmaker[Session] = make_session_factory(engine)
+        self._pipeline: Any = None
+        self._lock = threading.Lock()
+        self.runner = JobRunner(settings, self.sessions, self.pipeline)
+        self.exporter = Exporter(settings, self.sessions)
+
+    def pipeline(self) -> Any:
+        """Return the warm pipeline, loading the bundle on first use."""
+        with self._lock:
+            if self._pipeline is None:
+                from spinexr.pipeline.engine import Pipeline
+
+                bundle = self.settings.models.bundle
+                if bundle is None:
+                    raise ConfigError(["no model bundle configured (models.bundle)"])
+                self._pipeline = Pipeline.from_directory(
+                    bundle,
+                    device=self.settings.models.device,
+                    display_threshold=self.settings.models.display_threshold,
+                )
+            return self._pipeline
+
+
+_runtime: Runtime | None = None
+
+
+def init_runtime(settings: Settings, *, inference: bool = False) -> Runtime:
+    """Create this process's runtime; an inference worker loads the bundle now.
+
+    Parameters
+    ----------
+    settings : Settings
+        Validated settings.
+    inference : bool
+        Load and warm the pipeline at once (fail fast on a bad bundle).
+
+    Returns
+    -------
+    Runtime
+        The runtime.
+    """
+    global _runtime
+    _runtime = Runtime(settings)
+    if inference:
+        _runtime.pipeline().warm_up()
+        logger.info("pipeline warm")
+    return _runtime
+
+
+def get_runtime() -> Runtime:
+    """Return the runtime created by :func:`init_runtime`."""
+    if _runtime is None:
+        raise RuntimeError("worker runtime not initialised")
+    return _runtime
