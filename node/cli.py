@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 import click
 
 from spinexr.node import __version__
+from spinexr.node.db.states import JobState
 from spinexr.node.errors import ConfigError, SpinexrError
 from spinexr.node.settings import Settings, load_settings, masked_dict
 
@@ -306,6 +307,129 @@ def studies_complete(obj: Context, uid: str) -> None:
     )
     job = assembler.force_complete(uid)
     click.echo(f"study complete; job {job} created" if job else "study complete; no new job")
+
+
+# ---------------------------------------------------------------- jobs / status
+@cli.group()
+def jobs() -> None:
+    """List, inspect, retry and cancel analysis jobs."""
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice([s.value for s in JobState]), default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+@edge
+def jobs_list(obj: Context, state: str | None, limit: int, as_json: bool) -> None:
+    """List the newest jobs (optionally of one state)."""
+    from spinexr.node.jobs.admin import list_jobs
+
+    rows = list_jobs(_sessions(obj.settings()), state, limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'job':>5} {'state':<10} {'prio':>4} {'try':>3}  study UID / last error")
+    for r in rows:
+        click.echo(
+            f"{r['id']:>5} {r['state']:<10} {r['priority']:>4} {r['attempts']:>3}  "
+            f"{r['study_instance_uid']}"
+            + (f"\n{'':>26}{r['last_error']}" if r["last_error"] else "")
+        )
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+@edge
+def jobs_show(obj: Context, job_id: int, as_json: bool) -> None:
+    """Show a job: state, last error, result, outputs and export attempts."""
+    from spinexr.node.jobs.admin import show_job
+
+    row = show_job(_sessions(obj.settings()), job_id)
+    if as_json:
+        click.echo(json.dumps(row, indent=2))
+        return
+    for key in (
+        "id",
+        "study_instance_uid",
+        "state",
+        "priority",
+        "attempts",
+        "last_error",
+        "bundle_version",
+        "result",
+    ):
+        click.echo(f"{key:<20} {row[key]}")
+    for o in row["outputs"]:
+        click.echo(f"output  {o['kind']:<5} {o['sop_instance_uid']}")
+    for a in row["exports"]:
+        click.echo(
+            f"export  {a['destination']} round {a['attempt']} {a['status']}"
+            + (f" ({a['error']})" if a["error"] else "")
+        )
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=int)
+@pass_ctx
+@edge
+def jobs_retry(obj: Context, job_id: int) -> None:
+    """Run a failed, dead, cancelled or finished job again (export only if built)."""
+    from spinexr.node.jobs.admin import retry_job
+    from spinexr.node.queue.app import configure
+    from spinexr.node.queue.dispatch import publish_analysis, publish_export
+
+    settings = obj.settings()
+    what = retry_job(_sessions(settings), job_id)
+    configure(settings)
+    if what == "export":
+        publish_export(job_id)
+    else:
+        publish_analysis(job_id, 8)
+    click.echo(f"job {job_id}: {what} queued again")
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=int)
+@pass_ctx
+@edge
+def jobs_cancel(obj: Context, job_id: int) -> None:
+    """Cancel a job that has not finished."""
+    from spinexr.node.jobs.admin import cancel_job
+
+    cancel_job(_sessions(obj.settings()), job_id)
+    click.echo(f"job {job_id} cancelled")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+@edge
+def status(obj: Context, as_json: bool) -> None:
+    """Queue depths, jobs per state, oldest waiting job, workers seen."""
+    from spinexr.node.jobs.admin import status as job_status
+    from spinexr.node.queue.depth import queue_depths
+
+    settings = obj.settings()
+    data = job_status(_sessions(settings))
+    data["queue_depths"] = queue_depths(settings)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(
+        "queues: "
+        + ", ".join(f"{k} {v if v is not None else '?'}" for k, v in data["queue_depths"].items())
+    )
+    click.echo("jobs:   " + ", ".join(f"{k} {v}" for k, v in data["jobs"].items() if v))
+    oldest = data["oldest_waiting"]
+    click.echo(
+        "oldest waiting: "
+        + (f"job {oldest['job_id']} for {oldest['waiting_seconds']} s" if oldest else "none")
+    )
+    click.echo("workers seen (last hour): " + (", ".join(data["workers_seen_last_hour"]) or "none"))
+    click.echo(f"failed export attempts: {data['failed_export_attempts']}")
 
 
 # ---------------------------------------------------------------- send / echo

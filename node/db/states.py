@@ -55,14 +55,15 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     _S.BUILT: frozenset({_S.EXPORTING, _S.EXPORTED, _S.FAILED, _S.CANCELLED}),
     _S.EXPORTING: frozenset({_S.EXPORTED, _S.FAILED, _S.BUILT, _S.CANCELLED}),
     # Exported jobs are verified by read-back, or stay exported when no read-back is set.
-    _S.EXPORTED: frozenset({_S.VERIFIED, _S.FAILED, _S.QUEUED}),
-    _S.VERIFIED: frozenset({_S.QUEUED}),
+    _S.EXPORTED: frozenset({_S.VERIFIED, _S.FAILED, _S.QUEUED, _S.BUILT}),
+    _S.VERIFIED: frozenset({_S.QUEUED, _S.BUILT}),
     _S.FAILED: frozenset({_S.QUEUED, _S.BUILT, _S.DEAD, _S.CANCELLED}),
-    _S.DEAD: frozenset({_S.QUEUED}),
+    _S.DEAD: frozenset({_S.QUEUED, _S.BUILT}),
     _S.IGNORED: frozenset({_S.QUEUED}),
     _S.CANCELLED: frozenset({_S.QUEUED}),
 }
-"""Allowed moves. Moves out of terminal states are admin retries (back to ``queued``)."""
+"""Allowed moves. Moves out of terminal states are admin retries: back to ``queued``
+(analyse again) or, when the outputs exist, to ``built`` (export again)."""
 
 
 def can_transition(current: JobState, new: JobState) -> bool:

@@ -140,7 +140,15 @@ class JobRunner:
         for row in rows:
             latest.setdefault(row.sop_instance_uid, row)
         spool = self.settings.storage.spool_dir
-        return [pydicom.dcmread(spool / r.path) for r in latest.values()]
+        sources = []
+        for r in latest.values():
+            try:
+                sources.append(pydicom.dcmread(spool / r.path))
+            except FileNotFoundError:
+                raise RuntimeError(
+                    f"instance {r.sop_instance_uid} is missing from the spool"
+                ) from None
+        return sources
 
     def _predecessor(self, session: Session, job: Job) -> SupersededReport | None:
         if job.superseded_job_id is None:

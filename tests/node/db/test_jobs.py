@@ -133,10 +133,11 @@ def test_instance_versions_unique_per_sop_instance(session: Session) -> None:
     session.rollback()
 
 
-def test_every_state_has_rules_and_terminal_states_only_go_back_to_queued() -> None:
+def test_every_state_has_rules_and_terminal_states_only_go_back_to_work() -> None:
     assert set(TRANSITIONS) == set(JobState)
     for state in JobState:
         if state.terminal:
-            assert TRANSITIONS[state] == {JobState.QUEUED}
+            assert TRANSITIONS[state] <= {JobState.QUEUED, JobState.BUILT}
+            assert JobState.QUEUED in TRANSITIONS[state]
     assert can_transition(JobState.FAILED, JobState.DEAD)
     assert not can_transition(JobState.RECEIVED, JobState.ANALYZING)

@@ -1,0 +1,164 @@
+"""Admin actions and views on jobs: list, show, retry, cancel, status."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from spinexr.node.db.models import AuditEvent, ExportAttempt, Job, utcnow
+from spinexr.node.db.states import JobState
+from spinexr.node.db.timeline import transition
+from spinexr.node.errors import SpinexrError
+
+
+def _job_row(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "study_instance_uid": job.study.study_instance_uid,
+        "state": job.state.value,
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "lease_owner": job.lease_owner,
+        "last_error": job.last_error,
+        "bundle_version": job.bundle_version,
+        "created_at": job.created_at.isoformat(),
+        "updated_at": job.updated_at.isoformat(),
+    }
+
+
+def list_jobs(
+    sessions: sessionmaker[Session], state: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Return the newest jobs, optionally of one state."""
+    with sessions() as session:
+        stmt = select(Job).order_by(Job.id.desc()).limit(limit)
+        if state:
+            stmt = stmt.where(Job.state == JobState(state))
+        return [_job_row(j) for j in session.scalars(stmt)]
+
+
+def show_job(sessions: sessionmaker[Session], job_id: int) -> dict[str, Any]:
+    """Return one job with its outputs and export attempts."""
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise SpinexrError(f"no job {job_id}")
+        row = _job_row(job)
+        row["outputs"] = [
+            {"kind": o.kind.value, "sop_instance_uid": o.sop_instance_uid, "path": o.path}
+            for o in job.outputs
+        ]
+        row["exports"] = [
+            {
+                "destination": a.destination,
+                "attempt": a.attempt,
+                "status": a.status.value,
+                "dimse_status": a.dimse_status,
+                "http_status": a.http_status,
+                "error": a.error,
+                "verified": a.verified,
+            }
+            for a in job.exports
+        ]
+        row["result"] = (
+            None
+            if job.result is None
+            else {
+                "outcome": job.result.outcome,
+                "probability": job.result.probability,
+                "threshold": job.result.threshold,
+            }
+        )
+        return row
+
+
+def retry_job(sessions: sessionmaker[Session], job_id: int) -> str:
+    """Send a failed, dead, cancelled or finished job round again.
+
+    A job with outputs goes back to export; one without goes back to analysis (attempts
+    reset).
+
+    Returns
+    -------
+    str
+        ``"analysis"`` or ``"export"``: what the caller must publish.
+    """
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise SpinexrError(f"no job {job_id}")
+        if job.state in (JobState.ANALYZING, JobState.EXPORTING, JobState.QUEUED):
+            raise SpinexrError(f"job {job_id} is {job.state.value}: nothing to retry")
+        if job.outputs and job.state in (
+            JobState.FAILED,
+            JobState.DEAD,
+            JobState.EXPORTED,
+            JobState.VERIFIED,
+            JobState.BUILT,
+        ):
+            if job.state is not JobState.BUILT:
+                transition(session, job, JobState.BUILT, detail="export again (admin retry)")
+            session.commit()
+            return "export"
+        if job.state is JobState.COMPLETE:
+            transition(session, job, JobState.QUEUED, detail="queued by admin")
+        else:
+            transition(session, job, JobState.QUEUED, detail="retry by admin")
+        job.attempts = 0
+        session.commit()
+        return "analysis"
+
+
+def cancel_job(sessions: sessionmaker[Session], job_id: int) -> None:
+    """Cancel a job that is not finished (a running attempt finishes but is discarded)."""
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise SpinexrError(f"no job {job_id}")
+        transition(session, job, JobState.CANCELLED, detail="cancelled by admin")
+        session.commit()
+
+
+def status(sessions: sessionmaker[Session]) -> dict[str, Any]:
+    """Return counts per state, the oldest waiting job, workers seen and export failures."""
+    with sessions() as session:
+        counts = dict(
+            session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all()
+        )
+        waiting = session.execute(
+            select(Job.id, Job.created_at)
+            .where(Job.state.in_([JobState.COMPLETE, JobState.QUEUED]))
+            .order_by(Job.created_at)
+            .limit(1)
+        ).first()
+        since = utcnow() - dt.timedelta(hours=1)
+        details = session.scalars(
+            select(AuditEvent.detail).where(
+                AuditEvent.to_state == JobState.ANALYZING.value, AuditEvent.at >= since
+            )
+        ).all()
+        workers = sorted({d.split(" on ", 1)[1] for d in details if d and " on " in d})
+        failed_exports = (
+            session.scalar(
+                select(func.count(ExportAttempt.id)).where(
+                    ExportAttempt.status.in_(["failed", "dead"])
+                )
+            )
+            or 0
+        )
+    oldest = None
+    if waiting is not None:
+        oldest = {
+            "job_id": waiting[0],
+            "waiting_seconds": round((utcnow() - waiting[1]).total_seconds()),
+        }
+    return {
+        "jobs": {s.value: int(counts.get(s, 0)) for s in JobState},
+        "oldest_waiting": oldest,
+        "workers_seen_last_hour": workers,
+        "failed_export_attempts": int(failed_exports),
+    }

@@ -1,0 +1,143 @@
+"""Claiming, priorities, failures, leases and recovery against a real database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+
+import pytest
+from ingest_support import Stack, phantom_bytes
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from spinexr.node.db.models import AuditEvent, Job, utcnow
+from spinexr.node.db.states import JobState, Priority
+from spinexr.node.errors import SpinexrError
+from spinexr.node.ingest.assembler import StudyAssembler
+from spinexr.node.jobs.admin import cancel_job, list_jobs, retry_job, status
+from spinexr.node.jobs.reconciler import Reconciler
+from spinexr.node.jobs.runner import JobRunner
+
+
+def no_pipeline():
+    raise AssertionError("the pipeline is not needed here")
+
+
+def queued_job(stack: Stack, ae: str = "PACS", seed: int = 1) -> int:
+    uid = generate_uid()
+    data, _ = phantom_bytes(seed, study_uid=uid)
+    stack.ingest.ingest([data], calling_ae=ae, source="dimse")
+    job_id = StudyAssembler(stack.settings, stack.sessions, "m@1").force_complete(uid)
+    assert job_id is not None
+    with stack.sessions() as s:
+        job = s.get(Job, job_id)
+        from spinexr.node.db.timeline import transition
+
+        transition(s, job, JobState.QUEUED)
+        s.commit()
+    return job_id
+
+
+def state(stack: Stack, job_id: int) -> Job:
+    with stack.sessions() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_urgent_jobs_overtake_routine_ones(tmp_path, monkeypatch) -> None:
+    from ingest_support import build_stack
+
+    monkeypatch.chdir(tmp_path)
+    stack = build_stack(tmp_path, study={"urgent_calling_aets": ["ER"]})
+    routine = [queued_job(stack, "PACS", seed=i) for i in range(1, 3)]
+    urgent = queued_job(stack, "ER", seed=5)
+    assert state(stack, urgent).priority == Priority.URGENT
+    runner = JobRunner(stack.settings, stack.sessions, no_pipeline)
+    # The message named a routine job, but the urgent one is claimed first.
+    assert runner.claim(preferred=routine[0]) == urgent
+    assert runner.claim(preferred=routine[1]) == routine[1]  # preferred wins a tie
+    assert runner.claim() == routine[0]
+    assert runner.claim() is None
+
+
+def test_a_job_is_claimed_once(stack: Stack) -> None:
+    job_id = queued_job(stack)
+    a = JobRunner(stack.settings, stack.sessions, no_pipeline)
+    b = JobRunner(stack.settings, stack.sessions, no_pipeline)
+    b.owner = "other-worker:2"
+    assert a.claim(job_id) == job_id
+    assert b.claim(job_id) is None
+    job = state(stack, job_id)
+    assert job.state is JobState.ANALYZING and job.lease_owner == a.owner and job.attempts == 1
+
+
+def test_failures_retry_with_backoff_then_dead(stack: Stack) -> None:
+    job_id = queued_job(stack)
+    shutil.rmtree(stack.settings.storage.spool_dir)  # a real failure: the files are gone
+    runner = JobRunner(stack.settings, stack.sessions, no_pipeline)
+    delays = []
+    for _ in range(stack.settings.queue.max_attempts):
+        assert runner.claim() == job_id
+        outcome = runner.run(job_id)
+        delays.append(outcome.retry_in)
+    assert outcome.state is JobState.DEAD and delays[-1] is None
+    assert delays[:3] == [10.0, 20.0, 40.0]
+    job = state(stack, job_id)
+    assert job.state is JobState.DEAD and "is missing from the spool" in job.last_error
+    assert list_jobs(stack.sessions, "dead")[0]["id"] == job_id
+
+
+def test_expired_lease_is_requeued_by_the_reconciler(stack: Stack) -> None:
+    job_id = queued_job(stack)
+    runner = JobRunner(stack.settings, stack.sessions, no_pipeline)
+    runner.claim()
+    sent: list[tuple[int, int]] = []
+    rec = Reconciler(
+        stack.settings, stack.sessions, lambda j, p: sent.append((j, p)), lambda j: None
+    )
+    assert rec.reconcile()["lease_expired"] == 0  # lease still valid
+    later = utcnow() + dt.timedelta(seconds=stack.settings.queue.lease_seconds + 1)
+    assert rec.reconcile(now=later)["lease_expired"] == 1
+    assert sent == [(job_id, state(stack, job_id).priority)]
+    assert state(stack, job_id).state is JobState.QUEUED
+    with stack.sessions() as s:
+        details = [e.detail for e in s.scalars(select(AuditEvent)) if e.detail]
+    assert any("expired: worker lost" in d for d in details)
+
+
+def test_startup_requeues_orphans_and_publishes_completed_jobs(stack: Stack) -> None:
+    running = queued_job(stack, seed=1)
+    JobRunner(stack.settings, stack.sessions, no_pipeline).claim()
+    uid = generate_uid()
+    data, _ = phantom_bytes(3, study_uid=uid)
+    stack.ingest.ingest([data], calling_ae="PACS", source="dimse")
+    completed = StudyAssembler(stack.settings, stack.sessions, "m@1").force_complete(uid)
+    sent: list[int] = []
+    rec = Reconciler(stack.settings, stack.sessions, lambda j, p: sent.append(j), lambda j: None)
+    counts = rec.reconcile(startup=True)
+    assert counts["lease_expired"] == 1 and counts["queued"] == 1
+    assert sorted(sent) == sorted([running, completed])
+    # Without a bundle, completed jobs wait (visibly) instead of being queued.
+    idle = Reconciler(
+        stack.settings,
+        stack.sessions,
+        lambda j, p: sent.append(j),
+        lambda j: None,
+        can_analyse=False,
+    )
+    assert idle.reconcile()["queued"] == 0
+
+
+def test_admin_retry_cancel_and_status(stack: Stack) -> None:
+    job_id = queued_job(stack)
+    with pytest.raises(SpinexrError, match="nothing to retry"):
+        retry_job(stack.sessions, job_id)
+    cancel_job(stack.sessions, job_id)
+    assert state(stack, job_id).state is JobState.CANCELLED
+    assert retry_job(stack.sessions, job_id) == "analysis"
+    assert state(stack, job_id).state is JobState.QUEUED
+    JobRunner(stack.settings, stack.sessions, no_pipeline).claim()
+    info = status(stack.sessions)
+    assert info["jobs"]["analyzing"] == 1
+    assert len(info["workers_seen_last_hour"]) == 1
