@@ -140,7 +140,7 @@ class JobRunner:
         for row in rows:
             latest.setdefault(row.sop_instance_uid, row)
         spool = self.settings.storage.spool_dir
-        sources = []
+        sources: list[pydicom.Dataset] = []
         for r in latest.values():
             try:
                 sources.append(pydicom.dcmread(spool / r.path))
