@@ -40,7 +40,12 @@ REJECT_CONGESTION = (0x02, 0x03, 0x01)  # transient, service-provider, temporary
 
 
 class _LimitedSocket(AssociationSocket):
-    """Refuses PDUs longer than the limit before reading them (oversized PDU guard)."""
+    """Reads whole PDUs efficiently and refuses oversized ones before reading them.
+
+    pynetdicom reads a PDU in 4 KiB ``recv`` calls appended to a bytearray; for 128 KiB
+    PDUs of multi-megabyte images that loop dominates the SCP's CPU time. Here a PDU is
+    read with ``recv_into`` straight into one preallocated buffer.
+    """
 
     max_pdu_read = 2**20
 
@@ -53,7 +58,23 @@ class _LimitedSocket(AssociationSocket):
                 self.max_pdu_read,
             )
             raise OSError("PDU larger than the negotiated maximum")
-        return super().recv(nr_bytes)
+        sock = self.socket
+        if sock is None or nr_bytes <= 0:
+            return super().recv(nr_bytes)
+        buf = bytearray(nr_bytes)
+        view = memoryview(buf)
+        got = 0
+        try:
+            while got < nr_bytes:
+                n = sock.recv_into(view[got:])
+                if n == 0:  # peer closed: pynetdicom sees a short read, as with its own loop
+                    break
+                got += n
+        finally:
+            view.release()
+        if got < nr_bytes:
+            del buf[got:]
+        return buf
 
 
 class _RequestHandler(RequestHandler):
