@@ -59,6 +59,13 @@ def check_bundle(settings: Settings) -> None:
         If a bundle is configured but its folder does not exist.
     """
     bundle = settings.models.bundle
+    if bundle is None and not settings.embedded_queue:
+        logger.info(
+            "no model bundle on this node: inference workers (spinexr-node worker --queues "
+            "inference) analyse the studies; set models.bundle here too so that job keys "
+            "carry the model version"
+        )
+        return
     if bundle is None:
         logger.warning(
             "NO MODEL BUNDLE LOADED: studies are received and stored but not analysed. "
@@ -109,7 +116,8 @@ def run_server(settings: Settings, config_file: Path | None = None) -> None:
     spool.clean_incomplete()
     ingest = IngestService(settings, sessions, spool)
     configure(settings)
-    can_analyse = settings.models.bundle is not None
+    # Scaled out, inference workers elsewhere hold the bundle; serve only queues.
+    can_analyse = settings.models.bundle is not None or not settings.embedded_queue
 
     def publish(job_id: int) -> None:
         if can_analyse:

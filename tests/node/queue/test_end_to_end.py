@@ -118,3 +118,108 @@ def test_study_flows_from_storescu_to_the_pacs_with_a_complete_timeline(tmp_path
         pacs.terminate()
         orthanc.stop()
     assert code == 0, node.log()[-4000:]
+
+
+def test_scaled_out_with_redis_postgresql_and_a_separate_worker(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    storescu, storescp = require_tool("storescu"), require_tool("storescp")
+    redis = require_tool("redis-server")
+    from sqlalchemy import create_engine, text
+
+    # A fresh database on the test server.
+    admin = create_engine(
+        postgres_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS spinexr_e2e"))
+        conn.execute(text("CREATE DATABASE spinexr_e2e"))
+    admin.dispose()
+    db_url = postgres_url.rsplit("/", 1)[0] + "/spinexr_e2e"
+    redis_port = free_port()
+    redis_proc = subprocess.Popen(
+        [
+            redis,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(redis_port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    bundle = build_tiny_bundle(tmp_path / "bundle", threshold=0.0)
+    pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
+    pacs_dir.mkdir()
+    pacs = subprocess.Popen(
+        [storescp, "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    node = make_node(
+        tmp_path,
+        SPINEXR_STUDY__COMPLETION_SECONDS="1",
+        SPINEXR_QUEUE__BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
+        SPINEXR_DATABASE__URL=db_url,
+        SPINEXR_DESTINATIONS=json.dumps(
+            [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
+        ),
+    )
+    worker_env = dict(
+        node.env, SPINEXR_MODELS__BUNDLE=str(bundle.directory), SPINEXR_MODELS__DEVICE="cpu"
+    )
+    worker = None
+    try:
+        node.start()  # serve: ingest + export only (it has no bundle)
+        worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+        worker = subprocess.Popen(
+            [str(EXE), "worker", "--queues", "inference"],
+            env=worker_env,
+            cwd=tmp_path,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+        )
+        files = write_study(tmp_path / "study")
+        sent = subprocess.run(
+            [
+                storescu,
+                "-R",
+                "-xv",
+                "-aec",
+                "SPINEXR",
+                "127.0.0.1",
+                str(node.dicom_port),
+                *map(str, files),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+        def exported():
+            data = json.loads(cli(node, "studies", "show", uid, "--json"))
+            states = [j["state"] for j in data["jobs"]]
+            return data if states and states[-1] in ("exported", "dead") else None
+
+        data = wait_for(exported, 240, "export", node)
+        assert data["jobs"][-1]["state"] == "exported"
+        analysing = [e for e in data["timeline"] if e["to_state"] == "analyzing"]
+        # The separate inference worker did the analysis (serve has no bundle).
+        assert analysing and analysing[0]["detail"].endswith(f":{worker.pid}")
+        assert len(list(pacs_dir.iterdir())) == 3  # SR + 2 GSPS
+        status = json.loads(cli(node, "status", "--json"))
+        assert status["jobs"]["exported"] == 1
+        assert status["queue_depths"]["inference"] == 0
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        node.stop()
+        pacs.terminate()
+        redis_proc.terminate()
