@@ -223,3 +223,69 @@ def test_scaled_out_with_redis_postgresql_and_a_separate_worker(
         node.stop()
         pacs.terminate()
         redis_proc.terminate()
+
+
+def test_job_survives_a_killed_worker(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from spinexr.training.phantoms import make_phantom_image, write
+
+    storescu = require_tool("storescu")
+    bundle = build_tiny_bundle(tmp_path / "bundle", threshold=0.0)
+    node = make_node(
+        tmp_path,
+        SPINEXR_STUDY__COMPLETION_SECONDS="1",
+        SPINEXR_QUEUE__LEASE_SECONDS="10",
+        SPINEXR_MODELS__BUNDLE=str(bundle.directory),
+        SPINEXR_MODELS__DEVICE="cpu",
+    )
+    node.start()
+    try:
+        # Full-size images so that the analysis lasts long enough to be interrupted.
+        folder = tmp_path / "study"
+        folder.mkdir()
+        uid = "1.2.826.0.1.3680043.8.498.777"
+        for i in range(4):
+            ds, _ = make_phantom_image(
+                40 + i, view="AP" if i % 2 else "LAT", size="full", study_uid=uid
+            )
+            write(ds, folder / f"{i}.dcm")
+        assert (
+            subprocess.run(
+                [
+                    storescu,
+                    "-aec",
+                    "SPINEXR",
+                    "127.0.0.1",
+                    str(node.dicom_port),
+                    *map(str, sorted(folder.iterdir())),
+                ],
+                capture_output=True,
+                timeout=120,
+            ).returncode
+            == 0
+        )
+
+        def analysing_pid():
+            data = json.loads(cli(node, "studies", "show", uid, "--json"))
+            for e in data["timeline"]:
+                if e["to_state"] == "analyzing":
+                    return int(e["detail"].rsplit(":", 1)[1])
+            return None
+
+        pid = wait_for(analysing_pid, 60, "analysis start", node)
+        os.kill(pid, signal.SIGKILL)  # the worker dies in the middle of the analysis
+
+        def done():
+            data = json.loads(cli(node, "studies", "show", uid, "--json"))
+            return data if data["jobs"][-1]["state"] in ("exported", "dead") else None
+
+        data = wait_for(done, 180, "recovery", node)
+        moves = [e["to_state"] for e in data["timeline"] if e["to_state"]]
+        assert data["jobs"][-1]["state"] == "exported", moves
+        assert moves.count("analyzing") == 2, moves
+        assert any("worker lost" in (e["detail"] or "") for e in data["timeline"])
+        assert "worker exited with code -9; restarting" in node.log()
+    finally:
+        assert node.stop() == 0, node.log()[-3000:]
