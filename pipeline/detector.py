@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from spinexr.pipeline.classes import CLASS_NAMES
+from spinexr.pipeline.devices import resolve_device
 from spinexr.pipeline.geometry import ResizeTransform
 
 logger = logging.getLogger(__name__)
@@ -600,37 +601,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _resolve_device(device: str) -> torch.device:
-    """Turn a device name into a torch device.
-
-    Parameters
-    ----------
-    device : str
-        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"`` (the GPU when there is one).
-
-    Returns
-    -------
-    torch.device
-        The device.
-
-    Raises
-    ------
-    ValueError
-        If a GPU is asked for and none is available, or the name is not a device.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"not a torch device: {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r} (cpu, cuda, cuda:N or auto)")
-    return dev
-
-
 # --------------------------------------------------------------------------------------------
 # Inference
 
@@ -688,7 +658,7 @@ class Detector:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         self.config = load_config(config, overrides)
         check_config(self.config)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         if self.device.type == "cuda" and _mm().mmcv_cuda == "not available":
             raise ValueError(
                 "mmcv was built without its CUDA ops (RoIAlign, NMS): rebuild it with "

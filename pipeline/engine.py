@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from spinexr.pipeline.bundle import Bundle, verify_bundle
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.classifier import ClassifierEnsemble, images_to_batch
+from spinexr.pipeline.devices import resolve_device
 from spinexr.pipeline.errors import UnsupportedImageError
 from spinexr.pipeline.fusion import fuse_image, summarise_study
 from spinexr.pipeline.geometry import ResizeTransform
@@ -77,37 +78,6 @@ class DetectorLike(Protocol):
     ) -> Sequence[DetectionsLike]:
         """Detect on HxWx3 ``uint8`` detector inputs; boxes in original pixels."""
         ...
-
-
-def resolve_device(device: str) -> torch.device:
-    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a torch device.
-
-    Parameters
-    ----------
-    device : str
-        ``"auto"`` picks the GPU when there is one.
-
-    Returns
-    -------
-    torch.device
-        The device.
-
-    Raises
-    ------
-    ValueError
-        When a GPU is asked for and none is available, or the name is not a device.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"not a torch device: {device!r}") from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r} (auto, cpu, cuda or cuda:N)")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
-    return dev
 
 
 class Pipeline:

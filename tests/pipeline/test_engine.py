@@ -18,7 +18,8 @@ from spinexr.pipeline import engine as engine_module
 from spinexr.pipeline.bundle import write_bundle
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.classifier import ClassifierEnsemble, images_to_batch
-from spinexr.pipeline.engine import Pipeline, resolve_device
+from spinexr.pipeline.devices import resolve_device
+from spinexr.pipeline.engine import Pipeline
 from spinexr.pipeline.geometry import ResizeTransform
 from spinexr.pipeline.preprocess import prepare_image
 from spinexr.pipeline.results import FusionMode, Outcome, StudyResult
