@@ -91,6 +91,19 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def cli(self, *args: str) -> str:
+        """Run a `spinexr-node` command against this node's settings; return its stdout."""
+        proc = subprocess.run(
+            [str(EXE), *args],
+            env=self.env,
+            cwd=self.data_dir.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
     def stop(self) -> int | None:
         if self.proc is None:
             return None
@@ -191,3 +204,15 @@ class Orthanc:
 
 def make_orthanc(tmp: Path) -> Orthanc:
     return Orthanc(tmp / "orthanc", free_port(), free_port())
+
+
+def wait_for(pred, timeout: float, what: str, node: NodeProcess | None = None):
+    """Poll ``pred`` until it returns something truthy; fail with the node's log tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.3)
+    tail = node.log()[-6000:] if node is not None else ""
+    raise AssertionError(f"{what} not reached in {timeout} s\n{tail}")

@@ -9,32 +9,9 @@ from pathlib import Path
 
 import pytest
 from ingest_support import write_study
-from testsupport import EXE, make_node, require_tool
+from testsupport import EXE, make_node, require_tool, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def cli(node, *args: str) -> str:
-    proc = subprocess.run(
-        [str(EXE), *args],
-        env=node.env,
-        cwd=node.data_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
-def wait_for(pred, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 def test_phantom_study_over_storescu_completes_into_exactly_one_job(tmp_path: Path) -> None:
@@ -67,26 +44,26 @@ def test_phantom_study_over_storescu_completes_into_exactly_one_job(tmp_path: Pa
             )
 
         assert send().returncode == 0
-        rows = json.loads(cli(node, "studies", "list", "--json"))
+        rows = json.loads(node.cli("studies", "list", "--json"))
         assert len(rows) == 1 and rows[0]["instances"] == 2
         uid = rows[0]["study_instance_uid"]
 
         def one_job():
-            r = json.loads(cli(node, "studies", "list", "--json"))[0]
+            r = json.loads(node.cli("studies", "list", "--json"))[0]
             return r if r["status"] == "complete" and r["job_id"] else None
 
-        first = wait_for(one_job)
+        first = wait_for(one_job, 20, "study completion", node)
         assert first["job_state"] == "complete"
         assert send().returncode == 0  # the PACS routes it again
         time.sleep(2.5)  # longer than the completion timer
-        shown = json.loads(cli(node, "studies", "show", uid, "--json"))
+        shown = json.loads(node.cli("studies", "show", uid, "--json"))
         assert len(shown["jobs"]) == 1, shown["jobs"]
         assert len(shown["instances"]) == 2
         assert [e["to_state"] for e in shown["timeline"] if e["to_state"]] == [
             "received",
             "complete",
         ]
-        text = cli(node, "studies", "show", uid)
+        text = node.cli("studies", "show", uid)
         assert "timeline:" in text and uid in text
 
         refused = send(aet="STRANGER")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
 import pytest
 from ingest_support import write_study
 from pipelinesupport import build_tiny_bundle
-from testsupport import EXE, free_port, make_node, make_orthanc, require_tool
+from testsupport import EXE, free_port, make_node, make_orthanc, require_tool, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,29 +24,6 @@ HAPPY = [
     "exported",
     "verified",
 ]
-
-
-def cli(node, *args: str) -> str:
-    proc = subprocess.run(
-        [str(EXE), *args],
-        env=node.env,
-        cwd=node.data_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
-def wait_for(pred, timeout: float, what: str, node=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not reached in {timeout} s\n{node.log()[-6000:] if node else ''}")
 
 
 def test_study_flows_from_storescu_to_the_pacs_with_a_complete_timeline(tmp_path: Path) -> None:
@@ -102,7 +78,7 @@ def test_study_flows_from_storescu_to_the_pacs_with_a_complete_timeline(tmp_path
         uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
 
         def finished():
-            data = json.loads(cli(node, "studies", "show", uid, "--json"))
+            data = json.loads(node.cli("studies", "show", uid, "--json"))
             states = [j["state"] for j in data["jobs"]]
             return data if states and states[-1] in ("verified", "dead", "exported") else None
 
@@ -203,7 +179,7 @@ def test_scaled_out_with_redis_postgresql_and_a_separate_worker(
         uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
 
         def exported():
-            data = json.loads(cli(node, "studies", "show", uid, "--json"))
+            data = json.loads(node.cli("studies", "show", uid, "--json"))
             states = [j["state"] for j in data["jobs"]]
             return data if states and states[-1] in ("exported", "dead") else None
 
@@ -213,7 +189,7 @@ def test_scaled_out_with_redis_postgresql_and_a_separate_worker(
         # The separate inference worker did the analysis (serve has no bundle).
         assert analysing and analysing[0]["detail"].endswith(f":{worker.pid}")
         assert len(list(pacs_dir.iterdir())) == 3  # SR + 2 GSPS
-        status = json.loads(cli(node, "status", "--json"))
+        status = json.loads(node.cli("status", "--json"))
         assert status["jobs"]["exported"] == 1
         assert status["queue_depths"]["inference"] == 0
     finally:
@@ -268,7 +244,7 @@ def test_job_survives_a_killed_worker(tmp_path: Path) -> None:
         )
 
         def analysing_pid():
-            data = json.loads(cli(node, "studies", "show", uid, "--json"))
+            data = json.loads(node.cli("studies", "show", uid, "--json"))
             for e in data["timeline"]:
                 if e["to_state"] == "analyzing":
                     return int(e["detail"].rsplit(":", 1)[1])
@@ -278,7 +254,7 @@ def test_job_survives_a_killed_worker(tmp_path: Path) -> None:
         os.kill(pid, signal.SIGKILL)  # the worker dies in the middle of the analysis
 
         def done():
-            data = json.loads(cli(node, "studies", "show", uid, "--json"))
+            data = json.loads(node.cli("studies", "show", uid, "--json"))
             return data if data["jobs"][-1]["state"] in ("exported", "dead") else None
 
         data = wait_for(done, 180, "recovery", node)
