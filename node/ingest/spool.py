@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -65,6 +66,11 @@ class Spool:
         self.root = root
         self.tmp = root / TMP_DIR
         self.tmp.mkdir(parents=True, exist_ok=True)
+        # Study folders whose entry in the root is known durable in this process. A folder
+        # created just before a crash may exist after restart without its entry having
+        # reached the disk, so each folder's entry is fsynced once per process.
+        self._durable: set[str] = set()
+        self._durable_lock = threading.Lock()
 
     def clean_incomplete(self) -> int:
         """Delete half-written files left by a crash (they were never acknowledged).
@@ -136,7 +142,7 @@ class Spool:
         """Move a synced temporary file into place atomically and make the move durable.
 
         ``os.replace`` into the study folder, then fsync of that folder (and of the root
-        when the study folder is new).
+        the first time this process uses the study folder).
 
         Parameters
         ----------
@@ -154,12 +160,13 @@ class Spool:
         if not final.resolve().is_relative_to(self.root.resolve()):
             raise ValueError("spool path escapes the spool")
         folder = final.parent
-        new_folder = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         os.replace(spooled.tmp_path, final)
         _fsync_dir(folder)
-        if new_folder:
+        if folder.name not in self._durable:
             _fsync_dir(self.root)
+            with self._durable_lock:
+                self._durable.add(folder.name)
         return final
 
     def discard(self, spooled: SpooledFile) -> None:
