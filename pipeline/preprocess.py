@@ -319,7 +319,7 @@ def display_image(ds: Dataset, stored: npt.NDArray[Any]) -> tuple[npt.NDArray[np
             sop_instance_uid=str(ds.get("SOPInstanceUID", "")) or None,
         ) from exc
     invert = str(ds.PhotometricInterpretation).strip() == "MONOCHROME1"
-    return min_max_uint8(voi_values.astype(np.float64), invert=invert), voi
+    return min_max_uint8(np.asarray(voi_values, dtype=np.float64), invert=invert), voi
 
 
 def voi_source(ds: Dataset) -> VoiSource:
@@ -365,10 +365,13 @@ def min_max_uint8(values: npt.NDArray[np.float64], *, invert: bool) -> npt.NDArr
     if hi <= lo:
         logger.debug("constant image: min-max gives zeros")
         return np.zeros(values.shape, dtype=np.uint8)
-    unit = (values - lo) / (hi - lo)
+    unit = values - lo  # one temporary, then the same operations in place
+    unit /= hi - lo
     if invert:
-        unit = 1.0 - unit
-    return np.rint(unit * 255.0).astype(np.uint8)
+        np.subtract(1.0, unit, out=unit)
+    unit *= 255.0
+    np.rint(unit, out=unit)
+    return unit.astype(np.uint8)
 
 
 def resize_image(image: npt.NDArray[np.uint8], size: tuple[int, int]) -> npt.NDArray[np.uint8]:
