@@ -10,16 +10,18 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from sqlalchemy import select
 
 from spinexr.node import __version__
 from spinexr.node.db.engine import make_engine, make_session_factory
 from spinexr.node.db.migrate import current_revision, upgrade
+from spinexr.node.db.models import Instance
 from spinexr.node.dimse.scp import StoreSCP
 from spinexr.node.errors import ConfigError
 from spinexr.node.http.app import create_app
 from spinexr.node.ingest.assembler import StudyAssembler, model_identity
 from spinexr.node.ingest.service import IngestService
-from spinexr.node.ingest.spool import Spool
+from spinexr.node.ingest.spool import Spool, quarantine_orphans
 from spinexr.node.jobs.reconciler import Reconciler
 from spinexr.node.queue.app import EXPORT_QUEUE, INFERENCE_QUEUE, configure
 from spinexr.node.queue.dispatch import publish_analysis, publish_export, queue_job
@@ -114,6 +116,9 @@ def run_server(settings: Settings, config_file: Path | None = None) -> None:
     sessions = make_session_factory(engine)
     spool = Spool(settings.storage.spool_dir)
     spool.clean_incomplete()
+    with sessions() as session:
+        known = set(session.scalars(select(Instance.path)))
+    quarantine_orphans(spool, known)
     ingest = IngestService(settings, sessions, spool)
     configure(settings)
     # Scaled out, inference workers elsewhere hold the bundle; serve only queues.

@@ -172,3 +172,42 @@ class Spool:
     def discard(self, spooled: SpooledFile) -> None:
         """Delete a temporary file that will not be kept."""
         spooled.tmp_path.unlink(missing_ok=True)
+
+
+ORPHAN_DIR = ".orphans"
+
+
+def quarantine_orphans(spool: Spool, known: set[str]) -> int:
+    """Move spool files that no database row knows into ``.orphans/`` (start-up sweep).
+
+    A file can be moved into place and the process killed before its row is committed. It
+    was never acknowledged, so the sender will send it again (and overwrite it); until then
+    it is set aside rather than deleted, so an admin can still look at it.
+
+    Parameters
+    ----------
+    spool : Spool
+        The spool.
+    known : set of str
+        Paths (relative to the spool root) recorded in the database.
+
+    Returns
+    -------
+    int
+        Number of files moved.
+    """
+    moved = 0
+    target = spool.root / ORPHAN_DIR
+    for study in spool.root.iterdir():
+        if not study.is_dir() or study.name in (TMP_DIR, ORPHAN_DIR):
+            continue
+        for path in study.iterdir():
+            relative = str(path.relative_to(spool.root))
+            if relative in known:
+                continue
+            target.mkdir(exist_ok=True)
+            os.replace(path, target / f"{study.name}-{path.name}")
+            moved += 1
+    if moved:
+        logger.warning("moved %d unrecorded spool file(s) to %s", moved, target)
+    return moved

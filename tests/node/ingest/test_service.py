@@ -189,3 +189,19 @@ def test_file_on_disk_parses_completely(stack: Stack) -> None:
         inst = s.scalars(select(Instance)).one()
     back = pydicom.dcmread(stack.spool.root / inst.path)
     assert (back.pixel_array == ds.pixel_array).all()
+
+
+def test_unrecorded_spool_files_are_set_aside_not_deleted(stack: Stack) -> None:
+    from spinexr.node.ingest.spool import ORPHAN_DIR, quarantine_orphans
+
+    data, _ = phantom_bytes(15)
+    stack.ingest.ingest([data], calling_ae="PACS", source="dimse")
+    with stack.sessions() as s:
+        inst = s.scalars(select(Instance)).one()
+    orphan = (stack.spool.root / inst.path).parent / "1.2.3.4.5.dcm"
+    orphan.write_bytes(b"moved into place, row never committed")
+    assert quarantine_orphans(stack.spool, {inst.path}) == 1
+    assert not orphan.exists() and (stack.spool.root / inst.path).exists()
+    kept = list((stack.spool.root / ORPHAN_DIR).iterdir())
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(b"moved into place")
+    assert quarantine_orphans(stack.spool, {inst.path}) == 0
