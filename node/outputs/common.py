@@ -257,3 +257,39 @@ def _first(value: Any) -> Any:
     if isinstance(value, MultiValue | list | tuple):
         return value[0] if len(value) else None
     return value
+
+
+def apply_voi(values: npt.NDArray[np.float64], voi: Window | Lut | None) -> npt.NDArray[np.float64]:
+    """Apply a VOI transformation, giving values in ``[0, 1]``.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Modality LUT output.
+    voi : Window or Lut or None
+        A window (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT, SIGMOID), a VOI LUT (values
+        outside its domain take its end entries; entries scaled by ``2**bits - 1``), or
+        None for the full range of ``values``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape, in ``[0, 1]`` (all zeros for a constant image without a VOI).
+    """
+    if isinstance(voi, Window):
+        c, w = voi.center, voi.width
+        if voi.function == "SIGMOID":
+            out = 1.0 / (1.0 + np.exp(-4.0 * (values - c) / max(w, 1e-6)))
+        elif voi.function == "LINEAR_EXACT":
+            out = (values - c) / max(w, 1e-6) + 0.5
+        elif w <= 1.0:
+            out = (values > c - 0.5).astype(np.float64)
+        else:
+            out = (values - (c - 0.5)) / (w - 1.0) + 0.5
+    elif isinstance(voi, Lut):
+        index = np.clip(np.rint(values).astype(np.int64) - voi.first_mapped, 0, len(voi.data) - 1)
+        out = voi.data[index].astype(np.float64) / float(2**voi.bits - 1)
+    else:
+        lo, hi = float(values.min()), float(values.max())
+        out = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    return np.clip(out, 0.0, 1.0)

@@ -48,7 +48,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
-from spinexr.node.outputs.common import Lut, Window, read_voi
+from spinexr.node.outputs.common import apply_voi, read_voi
 from spinexr.pipeline.preprocess import decode_pixels, display_image, resize_image
 
 logger = logging.getLogger(__name__)
@@ -223,42 +223,6 @@ def present(source: Dataset, gsps: Dataset | None = None) -> npt.NDArray[np.uint
     unit = apply_voi(values, voi)
     unit = _presentation_lut(unit, gsps, source)
     return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def apply_voi(values: npt.NDArray[np.float64], voi: Window | Lut | None) -> npt.NDArray[np.float64]:
-    """Apply a VOI transformation, giving values in ``[0, 1]``.
-
-    Parameters
-    ----------
-    values : numpy.ndarray
-        Modality LUT output.
-    voi : Window or Lut or None
-        A window (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT, SIGMOID), a VOI LUT (values
-        outside its domain take its end entries; entries scaled by ``2**bits - 1``), or
-        None for the full range of ``values``.
-
-    Returns
-    -------
-    numpy.ndarray
-        Same shape, in ``[0, 1]`` (all zeros for a constant image without a VOI).
-    """
-    if isinstance(voi, Window):
-        c, w = voi.center, voi.width
-        if voi.function == "SIGMOID":
-            out = 1.0 / (1.0 + np.exp(-4.0 * (values - c) / max(w, 1e-6)))
-        elif voi.function == "LINEAR_EXACT":
-            out = (values - c) / max(w, 1e-6) + 0.5
-        elif w <= 1.0:
-            out = (values > c - 0.5).astype(np.float64)
-        else:
-            out = (values - (c - 0.5)) / (w - 1.0) + 0.5
-    elif isinstance(voi, Lut):
-        index = np.clip(np.rint(values).astype(np.int64) - voi.first_mapped, 0, len(voi.data) - 1)
-        out = voi.data[index].astype(np.float64) / float(2**voi.bits - 1)
-    else:
-        lo, hi = float(values.min()), float(values.max())
-        out = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    return np.clip(out, 0.0, 1.0)
 
 
 def _presentation_lut(

@@ -25,9 +25,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from spinexr.node.outputs.common import (
     CLASS_COLOURS,
-    Lut,
-    Window,
     analysed_image,
+    apply_voi,
     ascii_text,
     box_corners,
     copy_body_part,
@@ -233,31 +232,10 @@ def grayscale_8bit(source: Dataset) -> npt.NDArray[np.uint8]:
     """
     stored = source.pixel_array
     values = np.asarray(apply_modality_lut(stored, source), dtype=np.float64)
-    voi = read_voi(source)
-    if isinstance(voi, Window):
-        scaled = _window(values, voi)
-    elif isinstance(voi, Lut):
-        index = np.clip(np.rint(values).astype(np.int64) - voi.first_mapped, 0, len(voi.data) - 1)
-        scaled = voi.data[index].astype(np.float64) / float(2**voi.bits - 1)
-    else:
-        lo, hi = float(values.min()), float(values.max())
-        scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    scaled = np.clip(scaled, 0.0, 1.0)
+    scaled = apply_voi(values, read_voi(source))
     if str(source.PhotometricInterpretation).upper() == "MONOCHROME1":
         scaled = 1.0 - scaled
     return np.rint(scaled * 255.0).astype(np.uint8)
-
-
-def _window(values: npt.NDArray[np.float64], voi: Window) -> npt.NDArray[np.float64]:
-    """Apply a window to [0, 1] (PS3.3 C.11.2.1.2.1 LINEAR, C.11.2.1.3 LINEAR_EXACT, SIGMOID)."""
-    c, w = voi.center, max(voi.width, 1.0)
-    if voi.function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
-    if voi.function == "LINEAR_EXACT":
-        return (values - c) / w + 0.5
-    if w <= 1.0:
-        return (values > c - 0.5).astype(np.float64)
-    return (values - (c - 0.5)) / (w - 1.0) + 0.5
 
 
 def _orientation(source: Dataset) -> tuple[str, str] | None:
