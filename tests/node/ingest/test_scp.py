@@ -208,10 +208,10 @@ def test_oversized_pdu_closes_the_connection_and_the_server_lives_on(scp_stack: 
     assert echoscu(scp_stack).returncode == 0
 
 
-def test_tls_with_a_self_signed_pair(tmp_path: Path, monkeypatch) -> None:
+def self_signed_pair(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1, made with openssl."""
     openssl = require_tool("openssl")
-    monkeypatch.chdir(tmp_path)
-    cert, key = tmp_path / "node.crt", tmp_path / "node.key"
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
     subprocess.run(
         [
             openssl,
@@ -223,7 +223,7 @@ def test_tls_with_a_self_signed_pair(tmp_path: Path, monkeypatch) -> None:
             "-days",
             "2",
             "-subj",
-            "/CN=127.0.0.1",
+            f"/CN={name}",
             "-addext",
             "subjectAltName=IP:127.0.0.1",
             "-keyout",
@@ -234,6 +234,12 @@ def test_tls_with_a_self_signed_pair(tmp_path: Path, monkeypatch) -> None:
         check=True,
         capture_output=True,
     )
+    return cert, key
+
+
+def test_tls_with_a_self_signed_pair(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cert, key = self_signed_pair(tmp_path, "node")
     st = build_stack(
         tmp_path, dicom={"tls": {"enabled": True, "cert_file": str(cert), "key_file": str(key)}}
     )
@@ -259,36 +265,11 @@ def test_tls_with_a_self_signed_pair(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_tls_client_certificate_required(tmp_path: Path, monkeypatch) -> None:
-    openssl = require_tool("openssl")
     monkeypatch.chdir(tmp_path)
-
-    def pair(name: str) -> tuple[Path, Path]:
-        cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-        subprocess.run(
-            [
-                openssl,
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                f"/CN={name}",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-                "-keyout",
-                str(key),
-                "-out",
-                str(cert),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        return cert, key
-
-    (scert, skey), (ccert, ckey) = pair("node"), pair("pacs")
+    (scert, skey), (ccert, ckey) = (
+        self_signed_pair(tmp_path, "node"),
+        self_signed_pair(tmp_path, "pacs"),
+    )
     st = build_stack(
         tmp_path,
         dicom={
