@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,7 +208,7 @@ class Exporter:
                     state = JobState.VERIFIED
                 session.commit()
                 return ExportRound(attempt, state)
-            by_dest: dict[str, str] = defaultdict(str)
+            by_dest: dict[str, str] = {}
             for f in failures:
                 by_dest.setdefault(f.split(":", 1)[0], f)
             summary = f"{len(failures)} object(s) not exported; " + "; ".join(by_dest.values())
