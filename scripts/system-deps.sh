@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests and real peers need (Debian/Ubuntu):
 #   dcmtk (storescu/storescp/dcmdump), dicom3tools (dciodvfy), postgresql, redis-server,
-#   orthanc + orthanc-dicomweb, pixelmed-apps (DicomSRValidator) with a JDK, openssl.
+#   orthanc + orthanc-dicomweb, pixelmed-apps (DicomSRValidator) with a JDK, openssl,
+#   chromium + chromium-driver (headless browser test of the admin pages).
 # Skips what is already there; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -17,6 +18,8 @@ declare -A CHECK=(
   [pixelmed-apps]="ls /usr/share/java/pixelmed.jar"
   [default-jdk-headless]="command -v javac"
   [openssl]="command -v openssl"
+  [chromium]="command -v chromium"
+  [chromium-driver]="command -v chromedriver"
 )
 missing=()
 for pkg in "${!CHECK[@]}"; do
