@@ -38,7 +38,11 @@ from spinexr.pipeline.errors import (
     MissingBundleFileError,
     PreprocessingMismatchError,
 )
-from spinexr.pipeline.preprocess import PREPROCESSING
+from spinexr.pipeline.preprocess import (
+    DETECTOR_SCALE_KEYS,
+    DETECTOR_SCALE_RANGE,
+    PREPROCESSING,
+)
 from spinexr.pipeline.results import FusionMode
 
 logger = logging.getLogger(__name__)
@@ -118,7 +122,8 @@ class Manifest(_Model):
     classes : list of str
         Display names in class-id order; must equal `CLASS_NAMES`.
     preprocessing : dict
-        Must equal `spinexr.pipeline.preprocess.PREPROCESSING`.
+        Must equal `spinexr.pipeline.preprocess.PREPROCESSING`, except for the detector
+        scale the bundle's detector was trained at.
     classifier : list of ClassifierMember
         Ensemble members (1 to 3, distinct architectures).
     detector : DetectorEntry
@@ -210,6 +215,12 @@ class Bundle:
     def display_threshold(self) -> float:
         """Lowest displayed box score."""
         return self.manifest.display_threshold
+
+    @property
+    def detector_scale(self) -> tuple[int, int]:
+        """(shorter side, longer-side bound) of the detector input the detector was trained at."""
+        pre = self.manifest.preprocessing
+        return int(pre["detector_shorter"]), int(pre["detector_longer_max"])
 
     @property
     def fusion(self) -> FusionMode:
@@ -333,7 +344,9 @@ def verify_bundle(directory: Path) -> Bundle:
     """Load a bundle and check it against the code before any model is built.
 
     Checks, in order: manifest schema; class list equals `CLASS_NAMES`; preprocessing
-    equals `PREPROCESSING`; every listed file exists; every SHA-256 matches.
+    equals `PREPROCESSING` except for the detector scale (``detector_shorter``,
+    ``detector_longer_max``: the scale the bundle's detector was trained at, integers within
+    `DETECTOR_SCALE_RANGE`); every listed file exists; every SHA-256 matches.
 
     Parameters
     ----------
@@ -366,8 +379,12 @@ def verify_bundle(directory: Path) -> Bundle:
             f"expected {list(CLASS_NAMES)}, found {manifest.classes}"
         )
     expected = json.loads(json.dumps(PREPROCESSING))
-    if manifest.preprocessing != expected:
-        diff = _dict_diff(expected, manifest.preprocessing)
+    found = dict(manifest.preprocessing)
+    _check_detector_scale(manifest, found)
+    for key in DETECTOR_SCALE_KEYS:
+        found[key] = expected[key]
+    if found != expected:
+        diff = _dict_diff(expected, found)
         raise PreprocessingMismatchError(
             f"bundle {manifest.name} {manifest.version} was made for other preprocessing: {diff}"
         )
@@ -396,7 +413,27 @@ def verify_bundle(directory: Path) -> Bundle:
     return bundle
 
 
-def write_bundle(directory: Path, fields: Mapping[str, Any], files: Mapping[str, Path]) -> Bundle:
+def _check_detector_scale(manifest: Manifest, preprocessing: Mapping[str, Any]) -> None:
+    """Check the bundle's detector input scale (the one preprocessing entry it may choose)."""
+    shorter = preprocessing.get("detector_shorter")
+    longer = preprocessing.get("detector_longer_max")
+    low, high = DETECTOR_SCALE_RANGE
+    ok = type(shorter) is int and type(longer) is int and low <= shorter <= longer <= high
+    if not ok:
+        raise PreprocessingMismatchError(
+            f"bundle {manifest.name} {manifest.version} has an invalid detector scale: "
+            f"detector_shorter={shorter!r}, detector_longer_max={longer!r} (integers with "
+            f"{low} ≤ shorter ≤ longer ≤ {high})"
+        )
+
+
+def write_bundle(
+    directory: Path,
+    fields: Mapping[str, Any],
+    files: Mapping[str, Path],
+    *,
+    detector_scale: tuple[int, int] | None = None,
+) -> Bundle:
     """Copy files into a bundle folder, hash them, write the manifest and verify.
 
     ``schema_version``, ``classes``, ``preprocessing`` and ``created`` default to the code's
@@ -412,6 +449,9 @@ def write_bundle(directory: Path, fields: Mapping[str, Any], files: Mapping[str,
         optionally ``fusion``, ``metrics``, ``training_data``).
     files : mapping of str to pathlib.Path
         Relative path in the bundle → source file (copied unless it is already there).
+    detector_scale : tuple of int, optional
+        (shorter side, longer-side bound) the detector was trained at, when not the paper's
+        800 and 1333.
 
     Returns
     -------
@@ -436,10 +476,13 @@ def write_bundle(directory: Path, fields: Mapping[str, Any], files: Mapping[str,
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
         hashes[rel] = sha256_file(dst)
+    preprocessing = json.loads(json.dumps(PREPROCESSING))
+    if detector_scale is not None:
+        preprocessing.update(zip(DETECTOR_SCALE_KEYS, map(int, detector_scale), strict=True))
     data: dict[str, Any] = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "classes": list(CLASS_NAMES),
-        "preprocessing": json.loads(json.dumps(PREPROCESSING)),
+        "preprocessing": preprocessing,
         "created": dt.datetime.now(dt.UTC),
         **fields,
         "files": hashes,

@@ -256,7 +256,9 @@ class Pipeline:
         for i, ds in enumerate(datasets):
             t = time.perf_counter()
             try:
-                image = prepare_image(ds, min_size=self.min_size)
+                image = prepare_image(
+                    ds, min_size=self.min_size, detector_scale=self.bundle.detector_scale
+                )
             except UnsupportedImageError as exc:
                 seconds = time.perf_counter() - t
                 logger.warning("image %s not analysed: %s", _sop_uid(ds), exc)

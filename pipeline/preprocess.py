@@ -51,6 +51,12 @@ DETECTOR_SHORTER: Final = 800
 DETECTOR_LONGER_MAX: Final = 1333
 """Upper bound on the longer side of the detector input."""
 
+DETECTOR_SCALE_KEYS: Final = ("detector_shorter", "detector_longer_max")
+"""`PREPROCESSING` keys a bundle may set for its detector (the scale it was trained at)."""
+
+DETECTOR_SCALE_RANGE: Final = (128, 4096)
+"""Accepted range of a bundle's detector input sides."""
+
 MIN_SIZE: Final = 64
 """Default smallest accepted number of rows and of columns."""
 
@@ -99,7 +105,7 @@ class PreparedImage:
     classifier_transform : ResizeTransform
         Original ↔ classifier-input coordinates.
     detector_input : numpy.ndarray
-        ``uint8`` HxWx3, shorter side 800, longer side ≤ 1333.
+        ``uint8`` HxWx3, shorter side 800, longer side ≤ 1333 (or the bundle's scale).
     detector_transform : ResizeTransform
         Original ↔ detector-input coordinates.
     pixel_spacing : PixelSpacing
@@ -123,7 +129,12 @@ class PreparedImage:
     voi: VoiSource
 
 
-def prepare_image(ds: Dataset, *, min_size: int = MIN_SIZE) -> PreparedImage:
+def prepare_image(
+    ds: Dataset,
+    *,
+    min_size: int = MIN_SIZE,
+    detector_scale: tuple[int, int] = (DETECTOR_SHORTER, DETECTOR_LONGER_MAX),
+) -> PreparedImage:
     """Run the whole preprocessing path on one dataset.
 
     Parameters
@@ -132,6 +143,10 @@ def prepare_image(ds: Dataset, *, min_size: int = MIN_SIZE) -> PreparedImage:
         A single-frame greyscale image with its file meta (for the transfer syntax).
     min_size : int
         Smallest accepted number of rows and of columns.
+    detector_scale : tuple of int
+        (shorter side, upper bound of the longer side) of the detector input: the paper's
+        800 and 1333 unless the bundle's detector was trained at another scale
+        (`spinexr.pipeline.bundle.Bundle.detector_scale`).
 
     Returns
     -------
@@ -149,7 +164,7 @@ def prepare_image(ds: Dataset, *, min_size: int = MIN_SIZE) -> PreparedImage:
     display, voi = display_image(ds, stored)
     rows, cols = display.shape
     cls_size = CLASSIFIER_SIZE
-    det_size = detector_size(rows, cols, DETECTOR_SHORTER, DETECTOR_LONGER_MAX)
+    det_size = detector_size(rows, cols, *detector_scale)
     series = ds.get("SeriesInstanceUID")
     return PreparedImage(
         sop_instance_uid=str(ds.SOPInstanceUID),

@@ -191,3 +191,25 @@ def test_write_bundle_refuses_bad_fields(tmp_path: Path, densenet121_weights: Pa
         write_bundle(tmp_path / "b", {**bundle_fields(), "files": {}}, files)
     with pytest.raises(InvalidManifestError, match="not listed"):
         write_bundle(tmp_path / "b", bundle_fields(), files)
+
+
+def test_detector_scale_is_the_bundles_own(make_bundle: BundleFactory) -> None:
+    bundle = make_bundle()
+    assert bundle.detector_scale == (800, 1333)
+    changed = json.loads(json.dumps(PREPROCESSING))
+    changed.update(detector_shorter=384, detector_longer_max=640)
+    edit_manifest(bundle.directory, preprocessing=changed)
+    assert verify_bundle(bundle.directory).detector_scale == (384, 640)
+
+
+@pytest.mark.parametrize("shorter,longer", [(900, 800), (64, 640), (384, 10_000), (384.0, 640)])
+def test_invalid_detector_scale_is_refused(
+    make_bundle: BundleFactory, shorter: Any, longer: Any
+) -> None:
+    bundle = make_bundle()
+    changed = json.loads(json.dumps(PREPROCESSING))
+    changed.update(detector_shorter=shorter, detector_longer_max=longer)
+    edit_manifest(bundle.directory, preprocessing=changed)
+    with pytest.raises(PreprocessingMismatchError) as info:
+        verify_bundle(bundle.directory)
+    assert "detector scale" in info.value.message

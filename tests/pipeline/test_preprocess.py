@@ -226,6 +226,10 @@ def test_prepared_image_shapes_and_transforms() -> None:
     assert p.classifier_transform.resized_size == CLASSIFIER_SIZE
     for ch in range(1, 3):
         np.testing.assert_array_equal(p.classifier_input[..., 0], p.classifier_input[..., ch])
+    small = prepare_image(ds, detector_scale=(384, 640))
+    assert min(small.detector_input.shape[:2]) == 384 or max(small.detector_input.shape[:2]) == 640
+    assert max(small.detector_input.shape[:2]) <= 640
+    assert small.detector_transform.resized_size == small.detector_input.shape[:2]
 
 
 @pytest.mark.parametrize("original", [(128, 96), (2585, 1921), (1800, 3000), (300, 2000)])
