@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import click
 
@@ -37,6 +38,10 @@ class Context:
             self._settings = load_settings(self.config_file)
         return self._settings
 
+    def reset(self) -> None:
+        """Forget the loaded settings (after the environment changed)."""
+        self._settings = None
+
 
 def edge(func: F) -> F:
     """Translate our errors into one line on stderr and an exit code."""
@@ -59,7 +64,33 @@ def edge(func: F) -> F:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose training commands are imported only when used (they import torch)."""
+
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {
+        "train": ("spinexr.training.cli", "train"),
+        "evaluate": ("spinexr.training.cli", "evaluate"),
+        "bundle": ("spinexr.training.cli", "bundle"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """All command names, the lazy ones included."""
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Return a command, importing a lazy one on first use."""
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            import importlib
+
+            module, attr = self.lazy[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--config",
     "config_file",
@@ -432,6 +463,30 @@ def status(obj: Context, as_json: bool) -> None:
     click.echo(f"failed export attempts: {data['failed_export_attempts']}")
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.5),
+    default=5.0,
+    show_default=True,
+    help="Seconds for each network check (database, broker, C-ECHO, HTTP).",
+)
+@pass_ctx
+@edge
+def doctor(obj: Context, as_json: bool, timeout: float) -> None:
+    """Check installation and configuration end to end; exit 1 if any check FAILs."""
+    from spinexr.node.doctor.run import exit_code, render_json, render_table, run_doctor
+
+    results = run_doctor(
+        obj.settings,
+        timeout=timeout,
+        on_result=lambda r: click.echo(f"checked {r.name}: {r.status.value}", err=True),
+    )
+    click.echo(render_json(results) if as_json else render_table(results))
+    sys.exit(exit_code(results))
+
+
 # ---------------------------------------------------------------- send / echo
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
@@ -560,14 +615,28 @@ def analyze(
 
 # ---------------------------------------------------------------- serve / worker
 @cli.command()
+@click.option(
+    "--demo-bundle",
+    is_flag=True,
+    help="When no bundle is configured, build (once, cached) and load the synthetic-phantom "
+    "demo bundle (`bundle demo`).",
+)
 @pass_ctx
 @edge
-def serve(obj: Context) -> None:
+def serve(obj: Context, demo_bundle: bool) -> None:
     """Run the node: DICOM SCP, HTTP server and (embedded mode) the worker."""
     from spinexr.node.server import run_server
 
     settings = obj.settings()
     _configure_logging(settings, obj.log_level)
+    if demo_bundle and settings.models.bundle is None:
+        from spinexr.training.bundles.demo import default_demo_dir, demo
+
+        built = demo(default_demo_dir(), say=lambda msg: click.echo(msg, err=True))
+        # Environment, so that worker processes started by serve load the same bundle.
+        os.environ["SPINEXR_MODELS__BUNDLE"] = str(built.directory)
+        obj.reset()
+        settings = obj.settings()
     run_server(settings, obj.config_file)
 
 

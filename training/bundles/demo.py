@@ -1,0 +1,305 @@
+"""`spinexr-node bundle demo`: a working bundle trained here, on synthetic phantoms.
+
+Nothing can be downloaded, so the demo trains from scratch: it generates a phantom dataset
+(VinDr-SpineXR layout), trains one DenseNet-121 at 224 and a light RetinaNet at the phantoms'
+native scale, fits c* on the validation split, evaluates on the held-out phantom test split and
+writes a bundle named and flagged as a synthetic-phantom demo (its SR, GSPS and admin pages
+say "not for clinical use").
+
+The result is cached: the bundle folder's name carries a digest of the recipe, and a folder
+that verifies is reused. Each step keeps its output in the work folder and an interrupted run
+continues where it stopped (phantoms are regenerated only when incomplete; both trainings
+resume from their last checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spinexr.pipeline.bundle import Bundle, verify_bundle
+from spinexr.pipeline.errors import BundleError
+from spinexr.pipeline.results import FusionMode
+
+logger = logging.getLogger(__name__)
+
+DEMO_NAME = "spinexr-demo-phantoms"
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Sizes and settings of the demo training (digested into the cache key).
+
+    Attributes
+    ----------
+    studies : int
+        Phantom studies (two images each).
+    size : str
+        Phantom size (``small`` = 512×384).
+    test_fraction, val_fraction : float
+        Held-out test studies; validation share of the rest.
+    seed : int
+        Seed of phantoms, splits and training.
+    classifier_iterations, classifier_batch, classifier_lr : int, int, float
+        DenseNet-121 training (SGD, momentum 0.9).
+    detector_config : str
+        Detector config in ``training/configs``.
+    detector_iterations, detector_batch : int
+        Detector training length.
+    detector_lr : float
+        Detector learning rate.
+    detector_scale : tuple of int
+        Detector input (shorter side, longer bound): the phantoms' native scale.
+    fusion : str
+        Fusion mode of the bundle.
+    display_threshold : float
+        Lowest displayed box score.
+    bootstrap : int
+        Resamples of the test evaluation's CIs.
+    """
+
+    studies: int = 240
+    size: str = "small"
+    test_fraction: float = 0.25
+    val_fraction: float = 0.2
+    seed: int = 7
+    classifier_iterations: int = 300
+    classifier_batch: int = 16
+    classifier_lr: float = 0.01
+    detector_config: str = "retinanet_r18_fpn_demo_spinexr"
+    detector_iterations: int = 400
+    detector_batch: int = 8
+    detector_lr: float = 0.001
+    detector_scale: tuple[int, int] = (384, 512)
+    fusion: str = "paper"
+    display_threshold: float = 0.3
+    bootstrap: int = 10_000
+
+    def digest(self) -> str:
+        """Short digest of the recipe (the cache key)."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+DEMO_RECIPE = DemoRecipe()
+"""The recipe `make serve` uses."""
+
+QUICK_RECIPE = DemoRecipe(
+    studies=12,
+    test_fraction=0.34,
+    val_fraction=0.3,
+    classifier_iterations=3,
+    classifier_batch=4,
+    detector_iterations=3,
+    detector_batch=2,
+    bootstrap=200,
+)
+"""A recipe that runs in about a minute, for tests (the bundle works; its figures are poor)."""
+
+
+def default_demo_dir(recipe: DemoRecipe = DEMO_RECIPE) -> Path:
+    """``$SPINEXR_CACHE`` or ``~/.cache/spinexr``, then ``demo-bundle-<recipe digest>``."""
+    root = Path(os.environ.get("SPINEXR_CACHE", Path.home() / ".cache" / "spinexr"))
+    return root / f"demo-bundle-{recipe.digest()}"
+
+
+def cached_demo(out: Path) -> Bundle | None:
+    """Return the demo bundle in `out` when it exists and verifies, else None."""
+    if not (out / "manifest.json").is_file():
+        return None
+    try:
+        bundle = verify_bundle(out)
+    except BundleError as exc:
+        logger.warning("cached demo bundle in %s does not verify (%s); rebuilding", out, exc)
+        return None
+    return bundle if bundle.demo else None
+
+
+def demo(
+    out: Path,
+    recipe: DemoRecipe = DEMO_RECIPE,
+    *,
+    work: Path | None = None,
+    force: bool = False,
+    device: str = "auto",
+    say: Callable[[str], None] | None = None,
+) -> Bundle:
+    """Build (or reuse) the demo bundle.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        Bundle folder.
+    recipe : DemoRecipe
+        Sizes and settings.
+    work : pathlib.Path, optional
+        Work folder (phantoms, runs, evaluation); default ``<out>.work``.
+    force : bool
+        Rebuild even if `out` holds a verified demo bundle.
+    device : str
+        Training and inference device.
+    say : callable, optional
+        Progress messages.
+
+    Returns
+    -------
+    Bundle
+        The verified demo bundle.
+    """
+    speak = say or (lambda msg: logger.info("%s", msg))
+    out = Path(out)
+    if not force:
+        cached = cached_demo(out)
+        if cached is not None:
+            speak(f"[demo] using the cached demo bundle {out}")
+            return cached
+    work = Path(work) if work is not None else out.parent / f"{out.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    def step(n: int, text: str) -> None:
+        speak(f"[demo] step {n}/5 ({time.monotonic() - started:.0f} s): {text}")
+
+    data = work / "phantoms"
+    step(1, f"phantom dataset, {recipe.studies} studies")
+    _phantoms(data, recipe, speak)
+
+    step(2, f"classifier densenet121, {recipe.classifier_iterations} iterations")
+    from spinexr.training.classifier import ClassifierTrainConfig, train_classifier
+
+    cls_out = work / "classifier"
+    cls_cfg = ClassifierTrainConfig(
+        data=data,
+        out=cls_out,
+        arch="densenet121",
+        iterations=recipe.classifier_iterations,
+        batch_size=recipe.classifier_batch,
+        lr=recipe.classifier_lr,
+        seed=recipe.seed,
+        val_fraction=recipe.val_fraction,
+        eval_every=max(1, recipe.classifier_iterations // 4),
+        workers=0,
+        device=device,
+        resume=(cls_out / "last.pt").is_file(),
+    )
+    cls_result = train_classifier(cls_cfg)
+
+    step(3, f"detector {recipe.detector_config}, {recipe.detector_iterations} iterations")
+    from spinexr.training.detection import DetectorTrainConfig, train_detector
+
+    det_out = work / "detector"
+    det_result = train_detector(
+        DetectorTrainConfig(
+            data=data,
+            out=det_out,
+            config=recipe.detector_config,
+            iterations=recipe.detector_iterations,
+            batch_size=recipe.detector_batch,
+            lr=recipe.detector_lr,
+            scale=recipe.detector_scale,
+            autoaugment=False,
+            oversample_thr=0.1,
+            val_every=max(1, recipe.detector_iterations // 4),
+            checkpoint_every=max(1, recipe.detector_iterations // 8),
+            warmup=min(50, recipe.detector_iterations // 4),
+            seed=recipe.seed,
+            val_fraction=recipe.val_fraction,
+            workers=0,
+            device=device,
+            log_every=max(1, min(20, recipe.detector_iterations // 10)),
+            resume=(det_out / "last_checkpoint").is_file(),
+        ),
+        progress=speak,
+    )
+
+    step(4, "bundle: c* on the validation split")
+    from spinexr.training.bundles.build import BundleSpec, build_bundle, update_metrics
+
+    spec = BundleSpec(
+        name=DEMO_NAME,
+        version=f"demo-{recipe.digest()}",
+        classifiers=[("densenet121", cls_result.best_path)],
+        detector_checkpoint=det_result.checkpoint,
+        detector_config=det_result.config,
+        data=data,
+        val_fraction=recipe.val_fraction,
+        split_seed=recipe.seed,
+        detector_scale=recipe.detector_scale,
+        fusion=FusionMode(recipe.fusion),
+        display_threshold=recipe.display_threshold,
+        demo=True,
+        training_data={
+            "kind": "synthetic phantoms (spinexr.training.phantoms), not patient data",
+            "studies": recipe.studies,
+            "seed": recipe.seed,
+            "recipe": dataclasses.asdict(recipe),
+            "note": "DEMO ONLY - trained in minutes on a CPU; not for clinical use",
+        },
+    )
+    bundle = build_bundle(spec, out, device=device, force=True, say=speak)
+
+    step(5, "evaluation on the held-out phantom test split")
+    from spinexr.training.evaluation import evaluate_bundle
+
+    result = evaluate_bundle(
+        out,
+        data,
+        work / "evaluation",
+        split="test",
+        n_resamples=recipe.bootstrap,
+        seed=recipe.seed,
+        device=device,
+        say=speak,
+    )
+    cls = result.report["classification"]["classifier ensemble"]
+    test = {
+        "images": result.report["data"]["images"],
+        "auroc": cls["auroc"]["value"],
+        "auroc_ci95": cls["auroc"]["ci95"],
+        "sensitivity": cls["sensitivity"]["value"],
+        "specificity": cls["specificity"]["value"],
+        "f1": cls["f1"]["value"],
+        "map50_detector": result.report["detection"]["detector_only"]["map50"],
+        "map50_fusion": result.report["detection"]["with_fusion"]["map50"],
+    }
+    bundle = update_metrics(out, {"test_phantoms": test})
+    shutil.copyfile(result.files["markdown"], work / "evaluation.md")
+    speak(f"[demo] done in {time.monotonic() - started:.0f} s: {out}")
+    speak(result.markdown)
+    return bundle
+
+
+def _phantoms(data: Path, recipe: DemoRecipe, speak: Callable[[str], None]) -> None:
+    """Generate the phantom dataset unless a complete one is there."""
+    from spinexr.training.phantoms import generate_dataset
+
+    marker = data / ".complete.json"
+    expected: dict[str, Any] = {
+        "studies": recipe.studies,
+        "size": recipe.size,
+        "seed": recipe.seed,
+        "test_fraction": recipe.test_fraction,
+    }
+    if marker.is_file() and json.loads(marker.read_text()) == expected:
+        speak(f"[demo] phantoms already in {data}")
+        return
+    shutil.rmtree(data, ignore_errors=True)
+    summary = generate_dataset(
+        data,
+        recipe.studies,
+        recipe.seed,
+        size=recipe.size,  # type: ignore[arg-type]
+        test_fraction=recipe.test_fraction,
+        progress=True,
+    )
+    marker.write_text(json.dumps(expected))
+    speak(f"[demo] {summary.total_images} phantom images in {summary.seconds:.0f} s")
