@@ -144,12 +144,49 @@ class Orthanc:
     http_port: int
     aet: str = "ORTHANC"
     proc: subprocess.Popen[bytes] | None = None
+    auth: tuple[str, str] | None = None  # HTTP basic auth when the config enables it
 
     @property
     def dicomweb(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
-    def start(self, lua: str | None = None, modalities: dict | None = None) -> Orthanc:
+    @property
+    def log_path(self) -> Path:
+        return self.root / "orthanc.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _request(
+        self, path: str, data: bytes | None = None, method: str | None = None, timeout: float = 30
+    ):
+        import base64
+
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method
+        )
+        if self.auth is not None:
+            token = base64.b64encode(":".join(self.auth).encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        return urllib.request.urlopen(req, timeout=timeout)
+
+    def rest(self, path: str, data: bytes | None = None, method: str | None = None):
+        """Call Orthanc's REST API (with ``auth`` when set); return the decoded JSON answer."""
+        import json
+
+        with self._request(path, data, method) as answer:
+            body = answer.read()
+        return json.loads(body) if body else None
+
+    def start(
+        self,
+        lua: str | None = None,
+        modalities: dict | None = None,
+        config: dict | None = None,
+    ) -> Orthanc:
+        """Start Orthanc; ``config`` entries (e.g. a site's orthanc.json) replace the defaults,
+        except the storage folders, ports, AE title and loopback-only access, which stay the
+        test's."""
         import json
 
         exe = require_tool("Orthanc")
@@ -159,7 +196,7 @@ class Orthanc:
                 pytest.fail(msg)
             pytest.skip(msg)
         (self.root / "db").mkdir(parents=True, exist_ok=True)
-        config = {
+        cfg = {
             "Name": "test-pacs",
             "StorageDirectory": str(self.root / "db"),
             "IndexDirectory": str(self.root / "db"),
@@ -179,8 +216,18 @@ class Orthanc:
         }
         if lua is not None:
             (self.root / "route.lua").write_text(lua)
-            config["LuaScripts"] = [str(self.root / "route.lua")]
-        (self.root / "orthanc.json").write_text(json.dumps(config))
+            cfg["LuaScripts"] = [str(self.root / "route.lua")]
+        if config:
+            cfg.update(config)
+            cfg.update(
+                StorageDirectory=str(self.root / "db"),
+                IndexDirectory=str(self.root / "db"),
+                DicomAet=self.aet,
+                DicomPort=self.dicom_port,
+                HttpPort=self.http_port,
+                RemoteAccessAllowed=False,
+            )
+        (self.root / "orthanc.json").write_text(json.dumps(cfg))
         log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [exe, str(self.root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT
@@ -188,7 +235,7 @@ class Orthanc:
         deadline = time.monotonic() + 20
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/system", timeout=2):
+                with self._request("/system", timeout=2):
                     return self
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
