@@ -65,8 +65,12 @@ def warm_cache(
     label: str = "images",
     stream: Any = None,
     every: float = 5.0,
+    workers: int = 0,
 ) -> None:
     """Decode every record into the display cache, printing progress with rate and ETA.
+
+    Decoding (JPEG 2000 above all) dominates a first epoch on the real data: about half a
+    second per 2500×1600 image on one core. ``workers`` processes decode in parallel.
 
     Parameters
     ----------
@@ -80,12 +84,15 @@ def warm_cache(
         Where progress goes (default stderr).
     every : float
         Seconds between progress lines.
+    workers : int
+        Decoding processes (0: in this process).
     """
     out = stream if stream is not None else sys.stderr
     total = len(records)
     start = last = time.monotonic()
-    for done, record in enumerate(records, 1):
-        cache.get_entry(record)
+
+    def report(done: int) -> None:
+        nonlocal last
         now = time.monotonic()
         if now - last >= every or done == total:
             rate = done / max(now - start, 1e-9)
@@ -96,6 +103,24 @@ def warm_cache(
                 flush=True,
             )
             last = now
+
+    if workers > 0 and total > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for done, _ in enumerate(pool.map(_cache_one, [(cache, r) for r in records]), 1):
+                report(done)
+        return
+    for done, record in enumerate(records, 1):
+        cache.get_entry(record)
+        report(done)
+
+
+def _cache_one(item: tuple[DisplayCache, ImageRecord]) -> None:
+    cache, record = item
+    cache.get_entry(record)
 
 
 def train_detector(
@@ -130,7 +155,7 @@ def train_detector(
     cache = DisplayCache(cfg.cache_dir(), max_side=cfg.cache_side())
     splits = ["train"] + (["val"] if cfg.val_every > 0 else [])
     for name in splits:
-        warm_cache(dataset.split(name), cache, label=f"{name} images")
+        warm_cache(dataset.split(name), cache, label=f"{name} images", workers=cfg.workers)
     mm = build_training_config(cfg)
     mm.dump(str(cfg.out / "train_config.py"))
     device = _device(cfg.device)
