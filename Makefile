@@ -20,7 +20,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 serve: install
-	@$(VENV)/bin/spinexr-node serve
+	@$(VENV)/bin/spinexr-node serve --demo-bundle
 
 test: install system-deps
 	SPINEXR_REQUIRE_TOOLS=1 $(VENV)/bin/pytest $(PYTEST_ARGS)

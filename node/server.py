@@ -112,7 +112,10 @@ def run_server(settings: Settings, config_file: Path | None = None) -> None:
     check_bundle(settings)
     logger.info("queue: %s", "embedded" if settings.embedded_queue else "external broker")
     if not settings.http.api_token.get_secret_value():
-        logger.warning("http.api_token is empty: STOW-RS and the admin API accept anyone")
+        logger.warning(
+            "http.api_token is empty: STOW-RS accepts anyone; the admin API and pages are "
+            "disabled until it is set"
+        )
     sessions = make_session_factory(engine)
     spool = Spool(settings.storage.spool_dir)
     spool.clean_incomplete()

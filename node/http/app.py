@@ -17,7 +17,7 @@ def create_app(settings: Settings, ingest: IngestService | None = None) -> FastA
     settings : Settings
         Validated settings.
     ingest : IngestService, optional
-        When given, STOW-RS routes are mounted.
+        When given, STOW-RS routes and the admin API and pages are mounted.
 
     Returns
     -------
@@ -32,8 +32,17 @@ def create_app(settings: Settings, ingest: IngestService | None = None) -> FastA
         """Process is up."""
         return {"status": "ok", "version": __version__}
 
+    from spinexr.node.http.health import Operations
+    from spinexr.node.http.health import make_router as health_router
+
+    app.state.operations = Operations(settings)  # /readyz and /metrics
+    app.include_router(health_router(app.state.operations))
     if ingest is not None:
         from spinexr.node.http.stow import make_router
 
         app.include_router(make_router(ingest))
+    if ingest is not None:
+        from spinexr.node.http.admin import include_admin
+
+        include_admin(app, settings, ingest.sessions)
     return app

@@ -1,0 +1,265 @@
+"""Admin actions: retry and cancel a job, complete a study, each recorded with its actor.
+
+The state moves are those of the CLI (`spinexr.node.jobs.admin.retry_job`, ``cancel_job``,
+`spinexr.node.ingest.assembler.StudyAssembler.force_complete`); each action adds an
+``admin`` event naming the actor (``admin-api``, ``admin-web``) to the study's timeline and
+hands the job to the queue after the commit. A job whose message cannot be sent (broker
+down) is not lost: the reconciler re-sends queued and built jobs idle longer than a lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from spinexr.node.db.models import Job, Study
+from spinexr.node.db.states import Priority
+from spinexr.node.db.timeline import record
+from spinexr.node.errors import SpinexrError
+from spinexr.node.http.admin.errors import ConflictError, NotFoundError
+from spinexr.node.http.admin.queries import require_job
+from spinexr.node.ingest.assembler import StudyAssembler, model_identity
+from spinexr.node.jobs.admin import cancel_job, retry_job
+from spinexr.node.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Actor = Literal["admin-api", "admin-web"]
+
+
+class Dispatcher(Protocol):
+    """Hands jobs to the queue (after the database commit)."""
+
+    def analysis(self, job_id: int, priority: int) -> None:
+        """Send the analysis message of a ``queued`` job."""
+        ...
+
+    def export(self, job_id: int) -> None:
+        """Send the export message of a ``built`` job."""
+        ...
+
+    def queue(self, sessions: sessionmaker[Session], job_id: int, detail: str) -> bool:
+        """Move a ``complete`` job to ``queued``, commit, then send its message."""
+        ...
+
+
+class CeleryDispatcher:
+    """Publishes to the node's Celery queues (`spinexr.node.queue.dispatch`).
+
+    Parameters
+    ----------
+    settings : Settings
+        Broker settings.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _configure(self) -> None:
+        from spinexr.node.queue.app import configure
+
+        configure(self.settings)
+
+    def analysis(self, job_id: int, priority: int) -> None:
+        """Send the analysis message."""
+        from spinexr.node.queue.dispatch import publish_analysis
+
+        self._configure()
+        publish_analysis(job_id, priority)
+
+    def export(self, job_id: int) -> None:
+        """Send the export message."""
+        from spinexr.node.queue.dispatch import publish_export
+
+        self._configure()
+        publish_export(job_id)
+
+    def queue(self, sessions: sessionmaker[Session], job_id: int, detail: str) -> bool:
+        """Queue a ``complete`` job (`spinexr.node.queue.dispatch.queue_job`)."""
+        from spinexr.node.queue.dispatch import queue_job
+
+        self._configure()
+        return queue_job(sessions, job_id, detail)
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    """What an admin action did.
+
+    Attributes
+    ----------
+    job_id : int or None
+        The job acted on or created (None when completing a study created no job).
+    state : str or None
+        The job's state afterwards.
+    message : str
+        One line for the admin.
+    published : bool
+        Whether a queue message was sent.
+    """
+
+    job_id: int | None
+    state: str | None
+    message: str
+    published: bool = False
+
+
+def _audit(sessions: sessionmaker[Session], job_id: int | None, uid: str, detail: str) -> None:
+    with sessions() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+        if study is None:
+            return
+        job = session.get(Job, job_id) if job_id is not None else None
+        record(session, study, "admin", job=job, detail=detail)
+        session.commit()
+
+
+def _state(sessions: sessionmaker[Session], job_id: int) -> str:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        return job.state.value if job is not None else "?"
+
+
+def _publish(send: Callable[..., object], *args: object) -> bool:
+    try:
+        sent = send(*args)
+    except Exception as exc:  # broker down: the reconciler re-sends the job later
+        logger.warning("queue message not sent (%s); the reconciler will", type(exc).__name__)
+        return False
+    return sent is not False
+
+
+def retry(
+    sessions: sessionmaker[Session], dispatcher: Dispatcher, job_id: int, actor: Actor
+) -> ActionOutcome:
+    """Send a failed, dead, cancelled or finished job round again.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Database sessions.
+    dispatcher : Dispatcher
+        The queue.
+    job_id : int
+        The job.
+    actor : {"admin-api", "admin-web"}
+        Who asked (goes into the timeline).
+
+    Returns
+    -------
+    ActionOutcome
+        The job's new state; export again when it has outputs, else analysis.
+
+    Raises
+    ------
+    NotFoundError
+        If the job does not exist.
+    ConflictError
+        If the job is queued or running.
+    """
+    uid = require_job(sessions, job_id)
+    try:
+        what = retry_job(sessions, job_id)
+    except SpinexrError as exc:
+        raise ConflictError(str(exc)) from exc
+    _audit(sessions, job_id, uid, f"retry ({what}) requested by {actor}")
+    if what == "export":
+        published = _publish(dispatcher.export, job_id)
+    else:
+        published = _publish(dispatcher.analysis, job_id, int(Priority.URGENT))
+    logger.info("job %s: %s retry by %s", job_id, what, actor)
+    return ActionOutcome(
+        job_id, _state(sessions, job_id), f"job {job_id}: {what} queued again", published
+    )
+
+
+def cancel(sessions: sessionmaker[Session], job_id: int, actor: Actor) -> ActionOutcome:
+    """Cancel a job that has not finished.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Database sessions.
+    job_id : int
+        The job.
+    actor : {"admin-api", "admin-web"}
+        Who asked.
+
+    Returns
+    -------
+    ActionOutcome
+        State ``cancelled``.
+
+    Raises
+    ------
+    NotFoundError
+        If the job does not exist.
+    ConflictError
+        If the state machine does not allow cancelling it (finished, dead, ...).
+    """
+    uid = require_job(sessions, job_id)
+    try:
+        cancel_job(sessions, job_id)
+    except SpinexrError as exc:
+        raise ConflictError(str(exc)) from exc
+    _audit(sessions, job_id, uid, f"cancel requested by {actor}")
+    logger.info("job %s: cancelled by %s", job_id, actor)
+    return ActionOutcome(job_id, _state(sessions, job_id), f"job {job_id} cancelled")
+
+
+def complete_study(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    uid: str,
+    actor: Actor,
+) -> ActionOutcome:
+    """Complete a study now; a new job is queued when a bundle can analyse it.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``models.bundle`` (the job key's model) and the queue mode.
+    sessions : sessionmaker
+        Database sessions.
+    dispatcher : Dispatcher
+        The queue.
+    uid : str
+        Study Instance UID.
+    actor : {"admin-api", "admin-web"}
+        Who asked.
+
+    Returns
+    -------
+    ActionOutcome
+        The new job, or none when nothing new is to be analysed.
+
+    Raises
+    ------
+    NotFoundError
+        If the study is unknown.
+    """
+    with sessions() as session:
+        exists = session.scalar(select(Study.id).where(Study.study_instance_uid == uid))
+    if exists is None:
+        raise NotFoundError(f"no study {uid}")
+    assembler = StudyAssembler(settings, sessions, model_identity(settings.models.bundle))
+    job_id = assembler.force_complete(uid)
+    _audit(sessions, job_id, uid, f"completion requested by {actor}")
+    if job_id is None:
+        return ActionOutcome(None, None, "study complete; no new job (nothing new to analyse)")
+    published = False
+    # As `serve` does: scaled out, remote inference workers hold the bundle.
+    if settings.models.bundle is not None or not settings.embedded_queue:
+        published = _publish(dispatcher.queue, sessions, job_id, f"queued by {actor}")
+        message = f"study complete; job {job_id} queued"
+    else:
+        logger.warning("job %s waits: no model bundle loaded", job_id)
+        message = f"study complete; job {job_id} created (waits: no model bundle loaded)"
+    logger.info("study %s completed by %s: job %s", uid, actor, job_id)
+    return ActionOutcome(job_id, _state(sessions, job_id), message, published)

@@ -1,0 +1,173 @@
+"""Authentication of the admin API (bearer token) and pages (signed session cookie, CSRF).
+
+Both use ``http.api_token``. When it is empty the admin API and pages are refused with 503:
+they are never open by default.
+
+* API: ``Authorization: Bearer <token>``, compared in constant time.
+* Pages: a login form; a correct token sets an ``HttpOnly; SameSite=Strict`` cookie whose
+  value is ``<expiry>.<nonce>.<HMAC-SHA256(token, expiry.nonce)>`` (the token itself never
+  leaves the login request; changing the token logs everybody out). POST forms carry a CSRF
+  token, ``HMAC-SHA256(token, "csrf:" + cookie)``, checked in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+
+from fastapi import HTTPException, Request
+
+DISABLED = "admin API disabled: set http.api_token"
+SESSION_COOKIE = "spinexr_admin"
+SESSION_SECONDS = 8 * 3600
+"""How long a page login lasts."""
+
+
+def configured_token(request: Request) -> str:
+    """Return ``http.api_token`` of the app serving ``request`` (empty when unset).
+
+    Parameters
+    ----------
+    request : Request
+        The request.
+
+    Returns
+    -------
+    str
+        The token.
+    """
+    return str(request.app.state.settings.http.api_token.get_secret_value())
+
+
+def token_matches(given: str, token: str) -> bool:
+    """Compare a presented token with the configured one in constant time.
+
+    Parameters
+    ----------
+    given, token : str
+        Presented and configured tokens.
+
+    Returns
+    -------
+    bool
+        True when both are equal and the configured one is not empty.
+    """
+    return bool(token) and secrets.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
+
+
+def require_api_token(request: Request) -> None:
+    """FastAPI dependency: a correct ``Authorization: Bearer`` header, or 503/401.
+
+    Parameters
+    ----------
+    request : Request
+        The request.
+
+    Raises
+    ------
+    HTTPException
+        503 when no token is configured, 401 when the header is missing or wrong.
+    """
+    token = configured_token(request)
+    if not token:
+        raise HTTPException(503, DISABLED)
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token_matches(given.strip(), token):
+        raise HTTPException(
+            401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+def _mac(token: str, message: str) -> str:
+    return hmac.new(token.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def issue_session(token: str, now: float | None = None) -> str:
+    """Return a new session cookie value for a page login.
+
+    Parameters
+    ----------
+    token : str
+        The configured token (the HMAC key).
+    now : float, optional
+        Current UNIX time (tests).
+
+    Returns
+    -------
+    str
+        ``<expiry>.<nonce>.<mac>``.
+    """
+    expiry = int((time.time() if now is None else now) + SESSION_SECONDS)
+    nonce = secrets.token_hex(8)
+    body = f"{expiry}.{nonce}"
+    return f"{body}.{_mac(token, 'session:' + body)}"
+
+
+def session_valid(token: str, value: str, now: float | None = None) -> bool:
+    """Check a session cookie's signature and expiry.
+
+    Parameters
+    ----------
+    token : str
+        The configured token.
+    value : str
+        The cookie value.
+    now : float, optional
+        Current UNIX time (tests).
+
+    Returns
+    -------
+    bool
+        True for an unexpired cookie signed with ``token``.
+    """
+    if not token:
+        return False
+    expiry, _, rest = value.partition(".")
+    nonce, _, mac = rest.partition(".")
+    if not expiry.isdigit() or not nonce or not mac:
+        return False
+    expected = _mac(token, f"session:{expiry}.{nonce}")
+    if not secrets.compare_digest(mac.encode("ascii", "replace"), expected.encode("ascii")):
+        return False
+    return int(expiry) > (time.time() if now is None else now)
+
+
+def csrf_token(token: str, session: str) -> str:
+    """Return the CSRF token that POST forms of a session must carry.
+
+    Parameters
+    ----------
+    token : str
+        The configured token.
+    session : str
+        The session cookie value.
+
+    Returns
+    -------
+    str
+        Hex HMAC.
+    """
+    return _mac(token, "csrf:" + session)
+
+
+def csrf_valid(token: str, session: str, given: str) -> bool:
+    """Check a form's CSRF token in constant time.
+
+    Parameters
+    ----------
+    token : str
+        The configured token.
+    session : str
+        The session cookie value.
+    given : str
+        The form field.
+
+    Returns
+    -------
+    bool
+        True when it matches the session.
+    """
+    expected = csrf_token(token, session)
+    return secrets.compare_digest(given.encode("ascii", "replace"), expected.encode("ascii"))

@@ -1,0 +1,400 @@
+"""Read-only views for the admin API and pages: studies (search, detail), jobs, failures.
+
+The study and job views the CLI already has (`spinexr.node.inspect.show_study`,
+`spinexr.node.jobs.admin.show_job`) are reused as they are; what is added here is search
+and paging, the study's results, and the failures list.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydantic import ValidationError
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from spinexr.node.db.models import ExportAttempt, Instance, Job, OutputObject, Result, Study
+from spinexr.node.db.states import ExportStatus, JobState, StudyStatus
+from spinexr.node.http.admin.errors import NotFoundError
+from spinexr.node.inspect import show_study
+from spinexr.node.jobs.admin import show_job
+from spinexr.pipeline.results import StudyResult
+
+logger = logging.getLogger(__name__)
+
+FAILED_JOB_STATES = (JobState.FAILED, JobState.DEAD)
+"""Jobs listed on the failures page."""
+
+_SETTLED = (JobState.EXPORTED, JobState.VERIFIED, JobState.CANCELLED)
+"""Jobs whose old export failures no longer matter."""
+
+
+def find_studies(
+    sessions: sessionmaker[Session],
+    *,
+    accession: str | None = None,
+    study_uid: str | None = None,
+    status: StudyStatus | None = None,
+    job_state: JobState | None = None,
+    page: int = 1,
+    per_page: int = 50,
+) -> tuple[list[dict[str, Any]], int]:
+    """Search studies, newest first, with their instance count and latest job.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Database sessions.
+    accession : str, optional
+        Accession Number, exact.
+    study_uid : str, optional
+        Study Instance UID or its beginning.
+    status : StudyStatus, optional
+        Assembly status.
+    job_state : JobState, optional
+        State of the study's latest job.
+    page, per_page : int
+        1-based page and its size.
+
+    Returns
+    -------
+    tuple of (list of dict, int)
+        The page's rows and the number of matching studies.
+    """
+    latest = (
+        select(Job.study_id, func.max(Job.id).label("job_id")).group_by(Job.study_id).subquery()
+    )
+    counts = (
+        select(Instance.study_id, func.count(Instance.id).label("n"))
+        .group_by(Instance.study_id)
+        .subquery()
+    )
+    stmt = (
+        select(Study, Job, counts.c.n)
+        .outerjoin(latest, latest.c.study_id == Study.id)
+        .outerjoin(Job, Job.id == latest.c.job_id)
+        .outerjoin(counts, counts.c.study_id == Study.id)
+    )
+    if accession:
+        stmt = stmt.where(Study.accession_number == accession)
+    if study_uid:
+        stmt = stmt.where(Study.study_instance_uid.startswith(study_uid, autoescape=True))
+    if status is not None:
+        stmt = stmt.where(Study.status == status)
+    if job_state is not None:
+        stmt = stmt.where(Job.state == job_state)
+    with sessions() as session:
+        total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+        found = session.execute(
+            stmt.order_by(Study.last_received_at.desc(), Study.id.desc())
+            .offset((page - 1) * per_page)
+            .limit(per_page)
+        ).all()
+        rows = [
+            {
+                "study_instance_uid": st.study_instance_uid,
+                "accession_number": st.accession_number,
+                "modality": st.modality,
+                "calling_ae": st.calling_ae,
+                "instances": int(n or 0),
+                "status": st.status.value,
+                "decision": st.decision,
+                "job_id": job.id if job is not None else None,
+                "job_state": job.state.value if job is not None else None,
+                "first_received_at": st.first_received_at,
+                "last_received_at": st.last_received_at,
+            }
+            for st, job, n in found
+        ]
+    return rows, int(total)
+
+
+def _summarise(row: Result) -> dict[str, Any]:
+    """Summarise a result row with the findings read from its payload."""
+    out: dict[str, Any] = {
+        "outcome": row.outcome,
+        "probability": row.probability,
+        "threshold": row.threshold,
+        "abnormal": row.abnormal,
+        "bundle_name": row.bundle_name,
+        "bundle_version": row.bundle_version,
+        "device_uid": row.device_uid,
+        "demo": None,
+        "failure_reason": None,
+        "flagged_classes": [],
+        "boxes_displayed": 0,
+        "images": [],
+    }
+    try:
+        result = StudyResult.model_validate(row.payload)
+    except ValidationError:
+        logger.warning("job %s: result payload does not match the result schema", row.job_id)
+        return out
+    out["demo"] = result.provenance.demo
+    out["failure_reason"] = result.failure_reason
+    out["flagged_classes"] = [c.display_name for c in result.flagged_classes]
+    for image in result.images:
+        boxes = [
+            {
+                "label": b.label.display_name,
+                "class_id": int(b.label),
+                "score": b.score,
+                "xmin": b.xmin,
+                "ymin": b.ymin,
+                "xmax": b.xmax,
+                "ymax": b.ymax,
+            }
+            for b in image.displayed_boxes
+        ]
+        out["boxes_displayed"] += len(boxes)
+        out["images"].append(
+            {
+                "sop_instance_uid": image.sop_instance_uid,
+                "probability": image.probability,
+                "decision": image.decision,
+                "error": None if image.error is None else image.error.message,
+                "boxes": boxes,
+            }
+        )
+    return out
+
+
+def study_detail(sessions: sessionmaker[Session], uid: str) -> dict[str, Any]:
+    """Return a study with its instances, jobs (results, outputs, exports) and timeline.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Database sessions.
+    uid : str
+        Study Instance UID.
+
+    Returns
+    -------
+    dict
+        `spinexr.node.inspect.show_study`'s view, with the study's identifying columns
+        and each job as `spinexr.node.jobs.admin.show_job` shows it, its result summarised
+        with the findings.
+
+    Raises
+    ------
+    NotFoundError
+        If the study is unknown.
+    """
+    with sessions() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+        if study is None:
+            raise NotFoundError(f"no study {uid}")
+        extra = {
+            "accession_number": study.accession_number,
+            "modality": study.modality,
+            "source": study.source,
+            "first_received_at": study.first_received_at,
+            "last_received_at": study.last_received_at,
+            "completed_at": study.completed_at,
+        }
+        results = {
+            r.job_id: _summarise(r)
+            for r in session.scalars(
+                select(Result).join(Job, Job.id == Result.job_id).where(Job.study_id == study.id)
+            )
+        }
+        sources = dict(
+            session.execute(
+                select(OutputObject.sop_instance_uid, OutputObject.source_sop_instance_uid)
+                .join(Job, Job.id == OutputObject.job_id)
+                .where(Job.study_id == study.id)
+            ).all()
+        )
+    data = show_study(sessions, uid)
+    data.update(extra)
+    jobs = []
+    for brief in data["jobs"]:
+        job = show_job(sessions, brief["id"])
+        job["superseded_job_id"] = brief["superseded_job_id"]
+        job["result"] = results.get(brief["id"])
+        for output in job["outputs"]:
+            output["source_sop_instance_uid"] = sources.get(output["sop_instance_uid"])
+        jobs.append(job)
+    data["jobs"] = jobs
+    latest = next((j["result"] for j in reversed(jobs) if j["result"] is not None), None)
+    data["result"] = latest
+    return data
+
+
+def study_header(spool_dir: Path, sessions: sessionmaker[Session], uid: str) -> dict[str, str]:
+    """Return identifying header values of a study for the admin pages (never logged).
+
+    Read from the first stored instance: Patient's Name and ID, Study Date and
+    Description. Empty when no instance can be read.
+
+    Parameters
+    ----------
+    spool_dir : Path
+        ``storage.spool_dir``.
+    sessions : sessionmaker
+        Database sessions.
+    uid : str
+        Study Instance UID.
+
+    Returns
+    -------
+    dict of str to str
+        ``patient_name``, ``patient_id``, ``study_date``, ``study_description``.
+    """
+    with sessions() as session:
+        path = session.scalar(
+            select(Instance.path)
+            .join(Study, Study.id == Instance.study_id)
+            .where(Study.study_instance_uid == uid)
+            .order_by(Instance.id)
+            .limit(1)
+        )
+    keys = {
+        "patient_name": "PatientName",
+        "patient_id": "PatientID",
+        "study_date": "StudyDate",
+        "study_description": "StudyDescription",
+    }
+    if path is None:
+        return dict.fromkeys(keys, "")
+    try:
+        ds = pydicom.dcmread(spool_dir / path, stop_before_pixels=True)
+    except (OSError, InvalidDicomError):
+        return dict.fromkeys(keys, "")
+    return {k: str(ds.get(keyword, "") or "") for k, keyword in keys.items()}
+
+
+def require_job(sessions: sessionmaker[Session], job_id: int) -> str:
+    """Return the Study Instance UID of a job.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Database sessions.
+    job_id : int
+        The job.
+
+    Returns
+    -------
+    str
+        Its study's UID.
+
+    Raises
+    ------
+    NotFoundError
+        If the job does not exist.
+    """
+    with sessions() as session:
+        uid = session.scalar(
+            select(Study.study_instance_uid)
+            .join(Job, Job.study_id == Study.id)
+            .where(Job.id == job_id)
+        )
+    if uid is None:
+        raise NotFoundError(f"no job {job_id}")
+    return uid
+
+
+def job_detail(sessions: sessionmaker[Session], job_id: int) -> dict[str, Any]:
+    """Return a job as `spinexr.node.jobs.admin.show_job` shows it.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Database sessions.
+    job_id : int
+        The job.
+
+    Returns
+    -------
+    dict
+        The job with its outputs, export attempts and result.
+
+    Raises
+    ------
+    NotFoundError
+        If the job does not exist.
+    """
+    require_job(sessions, job_id)
+    return show_job(sessions, job_id)
+
+
+def failures(sessions: sessionmaker[Session], limit: int = 100) -> dict[str, list[dict[str, Any]]]:
+    """Return failed and dead-letter jobs, and the export failures still unresolved.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Database sessions.
+    limit : int
+        Most jobs listed (most recently updated first).
+
+    Returns
+    -------
+    dict
+        ``jobs``: failed/dead jobs; ``exports``: per job and destination, its latest
+        round's failed or dead objects (jobs since exported or cancelled left out).
+    """
+    with sessions() as session:
+        jobs = [
+            {
+                "id": job.id,
+                "study_instance_uid": study.study_instance_uid,
+                "accession_number": study.accession_number,
+                "state": job.state.value,
+                "attempts": job.attempts,
+                "max_attempts": job.max_attempts,
+                "last_error": job.last_error,
+                "stage": "export" if job.outputs else "analysis",
+                "updated_at": job.updated_at,
+            }
+            for job, study in session.execute(
+                select(Job, Study)
+                .join(Study, Study.id == Job.study_id)
+                .where(Job.state.in_(FAILED_JOB_STATES))
+                .order_by(Job.updated_at.desc(), Job.id.desc())
+                .limit(limit)
+            )
+        ]
+        attempts = session.execute(
+            select(ExportAttempt, Job.state, Study.study_instance_uid)
+            .join(Job, Job.id == ExportAttempt.job_id)
+            .join(Study, Study.id == Job.study_id)
+            .where(Job.state.not_in(_SETTLED))
+            .order_by(ExportAttempt.job_id.desc(), ExportAttempt.attempt.desc())
+            .limit(20 * limit)
+        ).all()
+    latest: dict[tuple[int, str], int] = {}
+    groups: dict[tuple[int, str], dict[str, Any]] = {}
+    for attempt, state, uid in attempts:
+        key = (attempt.job_id, attempt.destination)
+        round_ = latest.setdefault(key, attempt.attempt)
+        if attempt.attempt != round_ or attempt.status not in (
+            ExportStatus.FAILED,
+            ExportStatus.DEAD,
+        ):
+            continue
+        group = groups.setdefault(
+            key,
+            {
+                "job_id": attempt.job_id,
+                "job_state": state.value,
+                "study_instance_uid": uid,
+                "destination": attempt.destination,
+                "attempt": attempt.attempt,
+                "status": attempt.status.value,
+                "objects": 0,
+                "error": attempt.error,
+                "next_try_at": attempt.next_try_at,
+                "finished_at": attempt.finished_at,
+            },
+        )
+        group["objects"] += 1
+        if attempt.status is ExportStatus.DEAD:
+            group["status"] = ExportStatus.DEAD.value
+    return {"jobs": jobs, "exports": list(groups.values())[:limit]}
