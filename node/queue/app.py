@@ -6,6 +6,12 @@ One module-level app (so workers find the tasks), configured from the settings b
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import threading
+import time
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -13,6 +19,8 @@ from spinexr.node.settings import Settings
 
 INFERENCE_QUEUE = "inference"
 EXPORT_QUEUE = "export"
+
+logger = logging.getLogger(__name__)
 
 app = Celery("spinexr", include=["spinexr.node.queue.tasks"])
 
@@ -88,6 +96,35 @@ def configure(settings: Settings) -> Celery:
     return app
 
 
+PARENT_ENV = "SPINEXR_SUPERVISOR_PID"
+"""Set by `WorkerSupervisor`: the ``serve`` process whose death must stop the worker."""
+
+
+def watch_parent(interval: float = 2.0) -> None:
+    """Stop this worker (warm shutdown) when the ``serve`` that started it is gone.
+
+    A ``serve`` killed with SIGKILL cannot stop its children; without this, its worker would
+    outlive it and a restarted ``serve`` would start a second one. Does nothing for workers
+    not started by ``serve`` (scaled-out ``spinexr-node worker``).
+
+    Parameters
+    ----------
+    interval : float
+        Seconds between checks.
+    """
+    expected = os.environ.get(PARENT_ENV)
+    if not expected or not expected.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(expected):
+            time.sleep(interval)
+        logger.warning("serve (pid %s) is gone; worker %d stops", expected, os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_worker(settings: Settings, queues: list[str], concurrency: int) -> None:
     """Run a worker in this process until interrupted.
 
@@ -104,6 +141,7 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int) -> None:
 
     configure(settings)
     init_runtime(settings, inference=INFERENCE_QUEUE in queues)
+    watch_parent()
     pool = "solo" if concurrency == 1 else "prefork"
     app.worker_main(
         [

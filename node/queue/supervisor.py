@@ -6,6 +6,7 @@ Embedded: it consumes the inference and export queues; scaled out: export only.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -37,7 +38,9 @@ class WorkerSupervisor:
         if self.config_file is not None:
             cmd += ["--config", str(self.config_file)]
         cmd += ["worker", "--queues", ",".join(self.queues)]
-        proc = subprocess.Popen(cmd)
+        from spinexr.node.queue.app import PARENT_ENV
+
+        proc = subprocess.Popen(cmd, env={**os.environ, PARENT_ENV: str(os.getpid())})
         logger.info("worker started (pid %d, queues %s)", proc.pid, ",".join(self.queues))
         return proc
 
