@@ -19,7 +19,7 @@ import click
 from spinexr.node import __version__
 from spinexr.node.db.states import JobState
 from spinexr.node.errors import ConfigError, SpinexrError
-from spinexr.node.settings import Settings, load_settings, masked_dict
+from spinexr.node.settings import Settings, effective_settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -153,17 +153,7 @@ def config_check(obj: Context, as_json: bool) -> None:
     """
     from spinexr.node.tomlout import dumps
 
-    settings = obj.settings()
-    data = masked_dict(settings)
-    data["_derived"] = {
-        "database_url": "********"
-        if settings.database.url.get_secret_value()
-        else settings.database_url,
-        "queue": "embedded (SQLite broker, in-process worker)"
-        if settings.embedded_queue
-        else "external broker",
-        "spool_dir": str(settings.storage.spool_dir),
-    }
+    data = effective_settings(obj.settings())
     click.echo(json.dumps(data, indent=2) if as_json else dumps(data), nl=not as_json)
     click.echo("settings OK", err=True)
 

@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ import torch
 
 from spinexr.training.data import DisplayCache, ImageRecord, load_dataset
 from spinexr.training.detection.config import DetectorTrainConfig, build_training_config
+from spinexr.training.progress import RateProgress
 
 logger = logging.getLogger(__name__)
 
@@ -87,22 +87,9 @@ def warm_cache(
     workers : int
         Decoding processes (0: in this process).
     """
-    out = stream if stream is not None else sys.stderr
     total = len(records)
-    start = last = time.monotonic()
-
-    def report(done: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last >= every or done == total:
-            rate = done / max(now - start, 1e-9)
-            eta = (total - done) / rate if rate > 0 else 0.0
-            print(
-                f"[cache] {label}: {done}/{total} ({rate:.1f}/s, ETA {eta:.0f} s)",
-                file=out,
-                flush=True,
-            )
-            last = now
+    progress = RateProgress(total, label, prefix="cache", every=every, stream=stream)
+    report = progress.update
 
     if workers > 0 and total > 1:
         import concurrent.futures

@@ -10,8 +10,6 @@ threshold and mode, by `spinexr.training.evaluation.scores`.
 from __future__ import annotations
 
 import logging
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -25,6 +23,7 @@ from spinexr.pipeline.engine import Pipeline, boxes_from_detections
 from spinexr.pipeline.preprocess import prepare_image
 from spinexr.pipeline.results import Box
 from spinexr.training.data import ImageRecord
+from spinexr.training.progress import RateProgress
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +94,9 @@ def predict_records(
     spinexr.pipeline.errors.UnsupportedImageError
         When an image cannot be analysed (evaluation must not skip images silently).
     """
-    out = stream if stream is not None else sys.stderr
     results: list[ImagePrediction] = []
     total = len(records)
-    start = last = time.monotonic()
+    progress = RateProgress(total, label, prefix="predict", every=every, stream=stream)
     scale = pipeline.bundle.detector_scale
     for first in range(0, total, pipeline.chunk_size):
         chunk = records[first : first + pipeline.chunk_size]
@@ -123,17 +121,7 @@ def predict_records(
                     boxes=tuple(boxes),
                 )
             )
-        now = time.monotonic()
-        done = len(results)
-        if now - last >= every or done == total:
-            rate = done / max(now - start, 1e-9)
-            eta = (total - done) / rate if rate > 0 else 0.0
-            print(
-                f"[predict] {label}: {done}/{total} ({rate:.2f} img/s, ETA {eta:.0f} s)",
-                file=out,
-                flush=True,
-            )
-            last = now
+        progress.update(len(results))
     return results
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from spinexr.pipeline.classes import NO_FINDING, LesionClass
+from spinexr.training.data.vindr import CSV_COLUMNS
 from spinexr.training.phantoms.anatomy import REGIONS, Region, View
 from spinexr.training.phantoms.dicom import Photometric, SopKind, hex_uid, phantom_uid, write
 from spinexr.training.phantoms.image import (
@@ -35,18 +36,8 @@ from spinexr.training.phantoms.image import (
     seed_label,
 )
 
-CSV_HEADER = (
-    "study_id",
-    "series_id",
-    "image_id",
-    "rad_id",
-    "lesion_type",
-    "xmin",
-    "ymin",
-    "xmax",
-    "ymax",
-)
-"""Columns of ``annotations/{train,test}.csv`` (VinDr-SpineXR 1.0.0)."""
+CSV_HEADER = CSV_COLUMNS
+"""Columns of ``annotations/{train,test}.csv`` (VinDr-SpineXR 1.0.0), as the loader reads them."""
 
 SPLITS = ("train", "test")
 
