@@ -13,7 +13,7 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml scripts/install.sh scripts/build-mmcv-wheel.sh
 	@bash scripts/install.sh
 
 system-deps:

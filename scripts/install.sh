@@ -25,7 +25,7 @@ STAMP="$VENV/.spinexr-install-stamp"
 
 say() { printf '[install %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
-want_stamp="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/install.sh" | sha256sum | cut -c1-16)"
+want_stamp="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/install.sh" "$ROOT/scripts/build-mmcv-wheel.sh" | sha256sum | cut -c1-16)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" ]]; then
   say "environment up to date ($VENV)"
   exit 0
@@ -53,40 +53,8 @@ if "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.versio
 else
   if ! ls "$WHEELDIR"/mmcv-*.whl >/dev/null 2>&1; then
     say "3/4 building mmcv $MMCV_VERSION from source against torch $TORCH_VERSION (about 12 minutes on 2 cores; cached afterwards in $WHEELDIR)"
-    BUILD="$(mktemp -d)"
-    trap 'rm -rf "$BUILD"' EXIT
-    "${PIP[@]}" download -q --no-deps --no-build-isolation --no-binary :all: "mmcv==$MMCV_VERSION" -d "$BUILD"
-    tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
-    SRC="$BUILD/mmcv-$MMCV_VERSION"
-    # torch 2.14's headers need C++20; mmcv 2.1.0's setup.py forces C++14/17.
-    sed -i -e 's/-std=c++14/-std=c++20/g' -e 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
-    grep -q 'c++20' "$SRC/setup.py" || { say "C++20 patch did not apply to mmcv's setup.py"; exit 1; }
-    mkdir -p "$WHEELDIR"
-    LOG="$BUILD/build.log"
-    ( cd "$SRC" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-        "${PIP[@]}" wheel -v --no-build-isolation --no-deps -w "$BUILD/dist" . ) >"$LOG" 2>&1 &
-    PID=$!
-    START=$SECONDS
-    while kill -0 "$PID" 2>/dev/null; do
-      sleep 30
-      step="$(grep -oE '\[[0-9]+/[0-9]+\]' "$LOG" | tail -n1 | tr -d '[]' || true)"
-      el=$((SECONDS - START))
-      if [[ -n "$step" ]]; then
-        done_n="${step%/*}"; total_n="${step#*/}"
-        eta="?"
-        if (( done_n > 0 )); then eta="$(( el * (total_n - done_n) / done_n ))s"; fi
-        say "   mmcv build: $done_n/$total_n objects compiled, ${el}s elapsed, ETA $eta"
-      else
-        say "   mmcv build: preparing, ${el}s elapsed"
-      fi
-    done
-    if ! wait "$PID"; then
-      tail -n 60 "$LOG"
-      say "mmcv build failed (log above)"
-      exit 1
-    fi
-    mv "$BUILD"/dist/mmcv-*.whl "$WHEELDIR"/
-    say "   mmcv wheel cached: $(ls "$WHEELDIR")"
+    PYTHON="$VENV/bin/python" MMCV_VERSION="$MMCV_VERSION" \
+      bash "$ROOT/scripts/build-mmcv-wheel.sh" "$WHEELDIR"
   else
     say "3/4 mmcv $MMCV_VERSION wheel from cache $WHEELDIR"
   fi

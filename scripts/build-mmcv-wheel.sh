@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds an mmcv wheel (with its compiled ops) against the torch that is already installed.
 #
-#   deploy/build-mmcv-wheel.sh OUT_DIR
+#   scripts/build-mmcv-wheel.sh OUT_DIR
 #
 # mmcv has no Linux wheels on PyPI, only a source distribution, and mmcv 2.1.0 (the newest
 # that mmdet 3.3.0 accepts) does not build against torch 2.14 as shipped: its setup.py
 # forces -std=c++14/-std=c++17 while torch 2.14's headers need C++20. This script downloads
 # the sdist, applies that one fix and builds the wheel with --no-build-isolation (so it
 # compiles against the installed torch instead of a torch pip would fetch for the build).
-# It is the same recipe as scripts/install.sh step 3, as a script the Docker images call.
+# scripts/install.sh (step 3) and the Docker images (deploy/) call it.
 #
 # Environment:
 #   PYTHON                interpreter whose environment has torch (default: python3);
@@ -76,5 +76,9 @@ if ! wait "$PID"; then
   exit 1
 fi
 mkdir -p "$OUT"
-mv "$BUILD"/dist/mmcv-*.whl "$OUT"/
+# Copy, then rename inside OUT: a build killed here never leaves a partial wheel behind that
+# a later run would take for a cached one.
+WHEEL="$(cd "$BUILD/dist" && ls mmcv-*.whl)"
+cp "$BUILD/dist/$WHEEL" "$OUT/.$WHEEL.partial"
+mv "$OUT/.$WHEEL.partial" "$OUT/$WHEEL"
 say "wheel in $OUT: $(cd "$OUT" && ls mmcv-*.whl) ($((SECONDS - START))s)"
