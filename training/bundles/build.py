@@ -57,8 +57,8 @@ class BundleSpec:
         Validation split parameters (those of training).
     detector_scale : tuple of int
         (shorter, longer bound) the detector was trained at.
-    fusion : FusionMode
-        Image score c* is fitted for.
+    fusion : FusionMode or None
+        Image score c* is fitted for; None picks the mode with the higher validation AUROC.
     display_threshold : float
         Lowest displayed box score.
     demo : bool
@@ -78,7 +78,7 @@ class BundleSpec:
     val_fraction: float = 0.2
     split_seed: int = 0
     detector_scale: tuple[int, int] = (DETECTOR_SHORTER, DETECTOR_LONGER_MAX)
-    fusion: FusionMode = FusionMode.PAPER
+    fusion: FusionMode | None = FusionMode.PAPER
     display_threshold: float = 0.3
     demo: bool = False
     training_data: dict[str, Any] = field(default_factory=dict)
@@ -165,7 +165,7 @@ def build_bundle(
         "threshold": 0.5,
         "threshold_method": "provisional",
         "display_threshold": spec.display_threshold,
-        "fusion": spec.fusion,
+        "fusion": spec.fusion or FusionMode.PAPER,
         "demo": spec.demo,
         "training_data": {
             **spec.training_data,
@@ -182,8 +182,10 @@ def build_bundle(
         y = labels(predictions)
         if y.all() or not y.any():
             raise ValueError("the validation split needs normal and abnormal images to fit c*")
-        threshold = fit_threshold(predictions, spec.fusion)
-        scores = image_scores(predictions, spec.fusion)
+        aurocs = {m: auroc(y, image_scores(predictions, m)) for m in FusionMode}
+        mode = spec.fusion if spec.fusion is not None else max(aurocs, key=aurocs.__getitem__)
+        threshold = fit_threshold(predictions, mode)
+        scores = image_scores(predictions, mode)
         point = binary_metrics(y, scores, threshold)
         validation = {
             "images": len(predictions),
@@ -193,12 +195,16 @@ def build_bundle(
             "f1": point["f1"],
             "map50_detector": _finite(detection_report(predictions).mean),
             "map50_fusion": _finite(
-                detection_report(predictions, threshold=threshold, mode=spec.fusion).mean
+                detection_report(predictions, threshold=threshold, mode=mode).mean
             ),
+            "auroc_by_fusion": {str(m): a for m, a in aurocs.items()},
         }
+        if spec.fusion is None:
+            validation["fusion_chosen_by"] = "higher validation AUROC"
         fields |= {
             "threshold": threshold,
             "threshold_method": THRESHOLD_METHOD,
+            "fusion": mode,
             "metrics": {"validation": validation, **spec.extra_metrics},
         }
         staged = {rel: staging / rel for rel in files}

@@ -8,7 +8,8 @@ COCO dataset, pipelines, schedule and hooks of mmdet's base configs with ours:
   ``[jitter[0], jitter[1]] × shorter``, the paper's 640–800 for 800), and optionally mmdet's
   ``AutoAugment`` with a bounding-box policy (the paper's "bbox AutoAugment");
 - rare classes: repeat-factor sampling (mmdet's ``ClassBalancedDataset``, LVIS rule);
-- schedule: iterations, linear warm-up, learning rate ×0.1 at 60 % (the paper's 30k of 50k);
+- schedule: iterations, linear warm-up, learning rate ×0.1 at 60 % (the paper's 30k of 50k;
+  ``lr_drop``);
 - checkpoints every ``checkpoint_every`` iterations (``last_checkpoint`` for resume), the best
   by validation mAP@0.5 (`SpineXRMetric`) when validation runs.
 """
@@ -63,6 +64,9 @@ class DetectorTrainConfig:
         Save a resumable checkpoint every N iterations.
     warmup : int
         Linear warm-up iterations.
+    lr_drop : float
+        Fraction of the iterations after which the learning rate drops ×0.1 (the paper:
+        30k of 50k = 0.6).
     init : pathlib.Path or None
         Local checkpoint to start from (``load_from``): COCO-pretrained weights, say.
     resume : bool
@@ -98,6 +102,7 @@ class DetectorTrainConfig:
     val_every: int = 5_000
     checkpoint_every: int = 5_000
     warmup: int = 500
+    lr_drop: float = 0.6
     init: Path | None = None
     resume: bool = False
     seed: int = 0
@@ -151,6 +156,8 @@ def build_training_config(cfg: DetectorTrainConfig) -> Any:
 
     if cfg.iterations < 1 or cfg.batch_size < 1:
         raise ValueError("iterations and batch size must be at least 1")
+    if not 0.0 < cfg.lr_drop <= 1.0:
+        raise ValueError(f"lr_drop must be in (0, 1], got {cfg.lr_drop}")
     if cfg.init is not None and not Path(cfg.init).is_file():
         raise FileNotFoundError(f"initial weights {cfg.init} do not exist (local files only)")
     source = Path(cfg.config) if cfg.config.endswith(".py") else detector_config_path(cfg.config)
@@ -238,7 +245,7 @@ def build_training_config(cfg: DetectorTrainConfig) -> Any:
             by_epoch=False,
             begin=0,
             end=cfg.iterations,
-            milestones=[max(1, int(cfg.iterations * 0.6))],
+            milestones=[max(1, int(cfg.iterations * cfg.lr_drop))],
             gamma=0.1,
         ),
     ]
