@@ -379,12 +379,12 @@ def verify_bundle(directory: Path) -> Bundle:
             f"expected {list(CLASS_NAMES)}, found {manifest.classes}"
         )
     expected = json.loads(json.dumps(PREPROCESSING))
-    found = dict(manifest.preprocessing)
-    _check_detector_scale(manifest, found)
+    declared = dict(manifest.preprocessing)
+    _check_detector_scale(manifest, declared)
     for key in DETECTOR_SCALE_KEYS:
-        found[key] = expected[key]
-    if found != expected:
-        diff = _dict_diff(expected, found)
+        declared[key] = expected[key]
+    if declared != expected:
+        diff = _dict_diff(expected, declared)
         raise PreprocessingMismatchError(
             f"bundle {manifest.name} {manifest.version} was made for other preprocessing: {diff}"
         )

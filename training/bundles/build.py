@@ -187,7 +187,7 @@ def build_bundle(
         threshold = fit_threshold(predictions, mode)
         scores = image_scores(predictions, mode)
         point = binary_metrics(y, scores, threshold)
-        validation = {
+        validation: dict[str, Any] = {
             "images": len(predictions),
             "auroc": auroc(y, scores),
             "sensitivity": point["sensitivity"],

@@ -81,7 +81,7 @@ def register() -> None:
     register_all_modules(init_default_scope=False)
 
     @DATASETS.register_module(force=True)
-    class SpineXRDetDataset(BaseDetDataset):  # type: ignore[misc]
+    class SpineXRDetDataset(BaseDetDataset):
         """One split of a VinDr-SpineXR-layout folder (`spinexr.training.data.load_dataset`).
 
         Parameters
@@ -117,7 +117,7 @@ def register() -> None:
             return list(self.data_list)
 
     @TRANSFORMS.register_module(force=True)
-    class LoadSpineDisplayImage(BaseTransform):  # type: ignore[misc]
+    class LoadSpineDisplayImage(BaseTransform):
         """Load the display image of ``img_path`` from the cache; scale the boxes to it.
 
         Parameters
@@ -149,7 +149,7 @@ def register() -> None:
             return results
 
     @METRICS.register_module(force=True)
-    class SpineXRMetric(BaseMetric):  # type: ignore[misc]
+    class SpineXRMetric(BaseMetric):
         """mAP@0.5 (101-point, all images) with `spinexr.training.metrics.average_precision`."""
 
         default_prefix = "spinexr"
