@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/ingest.py [--files 200] [--size 2500x2000] [--pdu 131072]
         [--associations 1 4] [--repeats 3] [--targets storescp storescp+fsync ours]
+        [--dcmtk-nagle] [--baseline DIR]
 
 Sends the same N phantom DX files (uncompressed, 16-bit) over loopback with dcmtk's
 ``storescu`` (one process per association, files split round-robin) to
@@ -17,8 +18,13 @@ Sends the same N phantom DX files (uncompressed, 16-bit) over loopback with dcmt
 
 with the same maximum PDU on both, and prints MB/s (file bytes, 10^6) and instances/s
 (median of the repeats) and the ratio ours / storescp per association count. Dirty pages are
-flushed (``sync``) between runs, outside the timed part. After each run of ours every
-instance must be acknowledged (storescu exit code 0) and in the database.
+flushed (``sync``) between runs, outside the timed part. A node is timed once its start-up is
+over (its processes idle), not while its worker is still importing. After each run of ours
+every instance must be acknowledged (storescu exit code 0) and in the database.
+
+``--baseline DIR`` adds the target ``baseline``: the same node run from another checkout
+(e.g. ``git worktree add /tmp/base HEAD``), interleaved with the others so that a change is
+compared with what it replaces under the same load.
 """
 
 from __future__ import annotations
@@ -179,19 +185,88 @@ def run_storescp_fsync(files: list[Path], associations: int, pdu: int, work: Pat
     return run_storescp(files, associations, pdu, work, fsync=True)
 
 
-def run_ours(files: list[Path], associations: int, pdu: int, work: Path) -> RunResult:
-    data, dport, hport = work / "var", free_port(), free_port()
-    env = node_env(
-        data,
-        dport,
-        hport,
-        SPINEXR_DICOM__MAX_PDU=str(pdu),
-        SPINEXR_DICOM__MAX_ASSOCIATIONS=str(max(10, associations)),
-        SPINEXR_STUDY__COMPLETION_SECONDS="1000000",
-    )
-    node = NodeProcess(data, dport, hport, env, work / "serve.log")
-    node.start()
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time (user + system) used so far by process ``root`` and its descendants."""
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parent[int(entry)] = int(fields[1])
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(
+    pid: int, *, busy: float = 0.1, window: float = 1.0, timeout: float = 90
+) -> float:
+    """Wait until a process tree uses less than ``busy`` of a core; return the seconds waited."""
+    t0 = time.monotonic()
+    before = tree_cpu_seconds(pid)
+    while time.monotonic() - t0 < timeout:
+        time.sleep(window)
+        now = tree_cpu_seconds(pid)
+        if (now - before) / window < busy:
+            break
+        before = now
+    return time.monotonic() - t0
+
+
+BASELINE_PATH: list[str] = []
+"""PYTHONPATH that makes ``spinexr`` the baseline checkout's (set by ``--baseline``)."""
+
+
+def baseline_path(tree: Path, work: Path) -> str:
+    """A folder whose ``spinexr/`` package maps to another checkout's node, pipeline, training."""
+    pkg = work / "spinexr"
+    pkg.mkdir(parents=True)
+    for top in ("node", "pipeline", "training"):
+        if not (tree / top).is_dir():
+            raise SystemExit(f"--baseline: {tree / top} is not a folder")
+        (pkg / top).symlink_to((tree / top).resolve())
+    return str(work)
+
+
+def run_ours(
+    files: list[Path], associations: int, pdu: int, work: Path, *, pythonpath: str = ""
+) -> RunResult:
+    data = work / "var"
+    extra = {"PYTHONPATH": pythonpath} if pythonpath else {}
+    for attempt in range(3):  # a free port may be taken by someone else before serve binds it
+        dport, hport = free_port(), free_port()
+        env = node_env(
+            data,
+            dport,
+            hport,
+            SPINEXR_DICOM__MAX_PDU=str(pdu),
+            SPINEXR_DICOM__MAX_ASSOCIATIONS=str(max(10, associations)),
+            SPINEXR_STUDY__COMPLETION_SECONDS="1000000",
+            **extra,
+        )
+        node = NodeProcess(data, dport, hport, env, work / "serve.log")
+        try:
+            node.start()
+            break
+        except Exception as exc:
+            node.kill()
+            if attempt == 2:
+                raise
+            log(f"serve did not start ({type(exc).__name__}); trying other ports")
     try:
+        assert node.proc is not None
+        wait_until_idle(node.proc.pid)
         result = send("SPINEXR", dport, files, associations, pdu)
     finally:
         code = node.stop()
@@ -205,11 +280,27 @@ def run_ours(files: list[Path], associations: int, pdu: int, work: Path) -> RunR
     return result
 
 
-TARGETS = {"storescp": run_storescp, "storescp+fsync": run_storescp_fsync, "ours": run_ours}
+def run_baseline(files: list[Path], associations: int, pdu: int, work: Path) -> RunResult:
+    return run_ours(files, associations, pdu, work, pythonpath=BASELINE_PATH[0])
+
+
+TARGETS = {
+    "storescp": run_storescp,
+    "storescp+fsync": run_storescp_fsync,
+    "ours": run_ours,
+    "baseline": run_baseline,
+}
 DEFAULT_TARGETS = ["storescp", "ours"]
+NODES = ("ours", "baseline")
 
 
 # --------------------------------------------------------------------------- main
+
+
+def paired(times: dict[tuple[str, int], list[float]], ref: str, node: str, assoc: int) -> float:
+    """Median over the repeats of ref time / node time (runs of one repeat are adjacent)."""
+    pairs = zip(times[(ref, assoc)], times[(node, assoc)], strict=True)
+    return statistics.median(r / n for r, n in pairs)
 
 
 def main() -> int:
@@ -224,6 +315,12 @@ def main() -> int:
         "--dcmtk-nagle", action="store_true", help="leave Nagle on in dcmtk (its default)"
     )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "spinexr-bench")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run the node of another checkout (target 'baseline'), e.g. a git worktree",
+    )
     args = parser.parse_args()
     rows, cols = (int(v) for v in args.size.lower().split("x"))
     if not 4096 <= args.pdu <= DCMTK_MAX_PDU:
@@ -234,6 +331,13 @@ def main() -> int:
 
     if args.dcmtk_nagle:
         DCMTK_ENV.pop("TCP_NODELAY", None)
+    if args.baseline is not None:
+        links = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+        BASELINE_PATH.append(baseline_path(args.baseline, links))
+        if "baseline" not in args.targets:
+            args.targets.append("baseline")
+    elif "baseline" in args.targets:
+        parser.error("target 'baseline' needs --baseline DIR")
     files = make_files(args.files, rows, cols, args.cache)
     # Read once: the sender starts from a warm page cache for every target.
     total = sum(len(f.read_bytes()) for f in files)
@@ -266,21 +370,31 @@ def main() -> int:
                 times.setdefault((target, assoc), []).append(result.seconds)
 
     log("")
-    refs = [t for t in args.targets if t != "ours"] if "ours" in args.targets else []
+    refs = [t for t in args.targets if t not in NODES]
+    nodes = [t for t in args.targets if t in NODES]
+    columns = [f"{n}/{r}" for n in nodes for r in refs]
+    if "ours" in nodes and "baseline" in nodes:
+        columns.append("ours/baseline")
     log(
         f"{'target':>14} {'assoc':>5} {'MB/s':>8} {'inst/s':>8}"
-        + "".join(f" {'ours/' + r:>20}" for r in refs)
+        + "".join(f" {c:>22}" for c in columns)
     )
     for assoc in args.associations:
         medians = {t: statistics.median(times[(t, assoc)]) for t in args.targets}
         for target in args.targets:
             s = medians[target]
             ratios = ""
-            if target == "ours":
-                ratios = "".join(f" {f'{medians[r] / s:.2f}x':>20}" for r in refs)
+            if target in NODES:
+                cells = {f"{target}/{r}": paired(times, r, target, assoc) for r in refs}
+                if target == "ours" and "baseline" in medians:
+                    cells["ours/baseline"] = paired(times, "baseline", target, assoc)
+                ratios = "".join(
+                    f" {f'{cells[c]:.2f}x' if c in cells else '':>22}" for c in columns
+                )
             log(f"{target:>14} {assoc:>5} {mb / s:8.1f} {len(files) / s:8.1f}{ratios}")
     log(
-        "(median of the repeats; storescp neither fsyncs nor keeps a database; "
+        "(MB/s and inst/s: median of the repeats; ratios: median of the per-repeat ratios of "
+        "throughput; storescp neither fsyncs nor keeps a database; "
         "storescp+fsync runs `sync FILE` before each response)"
     )
     log("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))

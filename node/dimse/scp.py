@@ -18,9 +18,16 @@ from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
+from spinexr.node.dimse.transport import (
+    LimitedSocket,
+    StreamedDataSet,
+    StreamFactory,
+    StreamingAssociation,
+    StreamingDUL,
+)
 from spinexr.node.errors import IngestError
 from spinexr.node.ingest.service import IngestService
 from spinexr.node.ingest.statuses import SUCCESS, status_for
@@ -39,53 +46,20 @@ REJECT_NO_REASON = (0x01, 0x01, 0x01)  # permanent, service-user, no reason give
 REJECT_CONGESTION = (0x02, 0x03, 0x01)  # transient, service-provider, temporary congestion
 
 
-class _LimitedSocket(AssociationSocket):
-    """Reads whole PDUs efficiently and refuses oversized ones before reading them.
-
-    pynetdicom reads a PDU in 4 KiB ``recv`` calls appended to a bytearray; for 128 KiB
-    PDUs of multi-megabyte images that loop dominates the SCP's CPU time. Here a PDU is
-    read with ``recv_into`` straight into one preallocated buffer.
-    """
-
-    max_pdu_read = 2**20
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        """Read ``nr_bytes``; an oversized PDU closes the connection instead."""
-        if nr_bytes > self.max_pdu_read:
-            logger.warning(
-                "closing connection: peer sent a %d-byte PDU, limit %d",
-                nr_bytes,
-                self.max_pdu_read,
-            )
-            raise OSError("PDU larger than the negotiated maximum")
-        sock = self.socket
-        if sock is None or nr_bytes <= 0:
-            return super().recv(nr_bytes)
-        buf = bytearray(nr_bytes)
-        view = memoryview(buf)
-        got = 0
-        try:
-            while got < nr_bytes:
-                n = sock.recv_into(view[got:])
-                if n == 0:  # peer closed: pynetdicom sees a short read, as with its own loop
-                    break
-                got += n
-        finally:
-            view.release()
-        if got < nr_bytes:
-            del buf[got:]
-        return buf
-
-
 class _RequestHandler(RequestHandler):
     max_pdu_read = 2**20
+    stream_factory: StreamFactory | None = None
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
         sock = assoc.dul.socket
         assert sock is not None
-        sock.__class__ = _LimitedSocket
-        cast(_LimitedSocket, sock).max_pdu_read = self.max_pdu_read
+        sock.__class__ = LimitedSocket
+        cast(LimitedSocket, sock).max_pdu_read = self.max_pdu_read
+        # The threads start with the association, after this.
+        assoc.__class__ = StreamingAssociation
+        assoc.dul.__class__ = StreamingDUL
+        cast(StreamingDUL, assoc.dul).prepare(type(self).stream_factory)
         return assoc
 
 
@@ -142,16 +116,35 @@ class StoreSCP:
         logger.info("C-ECHO from %s", event.assoc.requestor.ae_title.strip())
         return SUCCESS
 
+    def _open_stream(self, head: bytes) -> StreamedDataSet:
+        """Start a C-STORE data set's spool file (after the free-space check)."""
+        limit = self.settings.dicom.max_dataset_bytes
+        try:
+            writer = self.ingest.open_writer()
+        except IngestError as exc:
+            return StreamedDataSet(None, exc, limit)
+        except OSError as exc:
+            failure = IngestError("storage_failure", f"cannot create a spool file: {exc.strerror}")
+            return StreamedDataSet(None, failure, limit)
+        stream = StreamedDataSet(writer, None, limit)
+        stream.write(head)
+        return stream
+
     def _on_store(self, event: evt.Event) -> int:
         calling = event.assoc.requestor.ae_title.strip()
-        sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", ""))
+        request = cast(C_STORE, event.request)
+        sop_uid = str(getattr(request, "AffectedSOPInstanceUID", ""))
         try:
-            meta = DicomBytesIO()
-            write_file_meta_info(meta, event.file_meta, enforce_standard=True)
-            request = cast(C_STORE, event.request)
-            assert request.DataSet is not None
-            parts = (b"\x00" * 128 + b"DICM", meta.getvalue(), request.DataSet.getbuffer())
-            result = self.ingest.ingest(parts, calling_ae=calling, source="dimse")
+            data = request.DataSet
+            if isinstance(data, StreamedDataSet):  # already in the spool (see transport)
+                spooled = data.claim()
+                result = self.ingest.ingest_spooled(spooled, calling_ae=calling, source="dimse")
+            else:
+                assert data is not None
+                meta = DicomBytesIO()
+                write_file_meta_info(meta, event.file_meta, enforce_standard=True)
+                parts = (b"\x00" * 128 + b"DICM", meta.getvalue(), data.getbuffer())
+                result = self.ingest.ingest(parts, calling_ae=calling, source="dimse")
         except IngestError as exc:
             status = status_for(exc.reason)
             logger.warning("C-STORE %s from %s refused 0x%04X: %s", sop_uid, calling, status, exc)
@@ -212,7 +205,12 @@ class StoreSCP:
             (evt.EVT_C_STORE, self._on_store),
         ]
         handler_cls = type(
-            "_Handler", (_RequestHandler,), {"max_pdu_read": max(cfg.max_pdu, 2**16) + 1024}
+            "_Handler",
+            (_RequestHandler,),
+            {
+                "max_pdu_read": max(cfg.max_pdu, 2**16) + 1024,
+                "stream_factory": staticmethod(self._open_stream),
+            },
         )
         server = ae.make_server(
             (cfg.host, cfg.port),

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 
 from spinexr.node.errors import IngestError
 
@@ -40,9 +42,33 @@ class InstanceHeader:
     expected_pixel_bytes: int
 
 
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _may_be_sequence(ds: Dataset, tag: BaseTag) -> bool:
+    """Whether an element can be a sequence, decided without converting it when possible."""
+    elem = ds.get_item(tag)
+    vr = elem.VR
+    if vr == "SQ":
+        return True
+    if vr is not None and vr != "UN":
+        return False
+    # Implicit VR (or UN): pydicom makes an element a sequence from the dictionary or
+    # from an undefined length; anything else cannot hold items.
+    if getattr(elem, "length", 0) == _UNDEFINED_LENGTH:
+        return True
+    try:
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:
+        return True  # private or unknown: let pydicom convert it
+
+
 def _depth(ds: Dataset, limit: int, level: int = 1) -> int:
     deepest = level - 1
-    for elem in ds:
+    for tag in list(ds.keys()):
+        if not _may_be_sequence(ds, tag):
+            continue
+        elem = ds[tag]
         if elem.VR == "SQ":
             if level > limit:
                 return level

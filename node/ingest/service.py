@@ -1,29 +1,25 @@
 """The one ingest path shared by the SCP and STOW-RS.
 
-Order of work for each instance: free-space check → bytes to a temporary file → header
-parsed and checked → loop prevention → rules → fsync → (under the write lock) duplicate
-check, atomic move into place, database rows, commit. Only then does the caller answer
-success. Nothing slow (no pixel decoding, no inference) happens here.
+Order of work for each instance: free-space check → bytes to a temporary file (hashed on the
+way; the SCP streams each received fragment straight there) → header parsed and checked →
+loop prevention → rules → fsync → (one recording at a time, see :mod:`.recorder`) duplicate
+check, database rows, atomic move into place, folder fsync, commit. Only then does the
+caller answer success. Nothing slow (no pixel decoding, no inference) happens here.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from spinexr.node.db.models import Instance, Study, utcnow
-from spinexr.node.db.states import JobState, Priority, StudyStatus
-from spinexr.node.db.timeline import record
 from spinexr.node.errors import IngestError
-from spinexr.node.ingest.header import InstanceHeader, read_header
-from spinexr.node.ingest.rules import ANALYSE, Decision, decide, is_own_object
-from spinexr.node.ingest.spool import Spool, SpooledFile
+from spinexr.node.ingest.header import read_header
+from spinexr.node.ingest.recorder import Arrival, IngestResult, Outcome, Recorder
+from spinexr.node.ingest.rules import decide, is_own_object
+from spinexr.node.ingest.spool import Spool
+from spinexr.node.ingest.spoolwriter import PendingSpool, SpooledFile, SpoolWriter
 from spinexr.node.settings import Settings
 from spinexr.node.sopclasses import ANALYSABLE_SOP_CLASSES, OUTPUT_LIKE_SOP_CLASSES
 
@@ -31,25 +27,7 @@ SUPPORTED_SOP_CLASSES = frozenset(ANALYSABLE_SOP_CLASSES) | frozenset(OUTPUT_LIK
 
 logger = logging.getLogger(__name__)
 
-
-class Outcome(enum.StrEnum):
-    """What happened to a received instance that was answered with success."""
-
-    STORED = "stored"
-    DUPLICATE = "duplicate"
-    NEW_VERSION = "new_version"
-    DROPPED_OWN = "dropped_own"
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    """Success outcome for one instance."""
-
-    outcome: Outcome
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    decision: str
+__all__ = ["SUPPORTED_SOP_CLASSES", "IngestResult", "IngestService", "Outcome"]
 
 
 class IngestService:
@@ -69,9 +47,7 @@ class IngestService:
         self.settings = settings
         self.sessions = sessions
         self.spool = spool
-        # SQLite has one writer; serialising the short critical section here avoids
-        # busy-waiting and keeps the duplicate check and the insert atomic.
-        self._lock = threading.Lock()
+        self._recorder = Recorder(settings, sessions, spool)
 
     def check_space(self) -> None:
         """Raise ``out_of_resources`` when the spool is below the free-space watermark."""
@@ -83,9 +59,28 @@ class IngestService:
                 f"{self.settings.storage.min_free_mb} MiB",
             )
 
+    def open_writer(self) -> SpoolWriter:
+        """Start receiving one instance: free-space check, then a new temporary file.
+
+        The caller writes the Part-10 file (preamble, file meta, dataset) into the writer,
+        hands :meth:`SpoolWriter.close`'s result to :meth:`ingest_spooled`, or discards it.
+
+        Returns
+        -------
+        SpoolWriter
+            The writer.
+
+        Raises
+        ------
+        IngestError
+            ``out_of_resources`` below the free-space watermark.
+        """
+        self.check_space()
+        return self.spool.open_writer(background=True)
+
     def ingest(
         self,
-        parts: Iterable[bytes | memoryview],
+        parts: Iterable[bytes | bytearray | memoryview],
         *,
         calling_ae: str,
         source: str,
@@ -116,6 +111,45 @@ class IngestService:
         """
         self.check_space()
         spooled = self.spool.write_parts(parts)
+        return self.ingest_spooled(
+            spooled, calling_ae=calling_ae, source=source, expected_study_uid=expected_study_uid
+        )
+
+    def ingest_spooled(
+        self,
+        spooled: SpooledFile | PendingSpool,
+        *,
+        calling_ae: str,
+        source: str,
+        expected_study_uid: str | None = None,
+    ) -> IngestResult:
+        """Check, sync and record a file already written to the spool's temporary area.
+
+        The temporary file is consumed: moved into place on success, deleted otherwise.
+
+        Parameters
+        ----------
+        spooled : SpooledFile or PendingSpool
+            From :meth:`Spool.write_parts`, or :meth:`SpoolWriter.finish` (its hash and fsync
+            may still be running: the header is read meanwhile).
+        calling_ae : str
+            The sender's AE title (``STOW-RS`` for HTTP).
+        source : str
+            ``dimse`` or ``stowrs``.
+        expected_study_uid : str, optional
+            STOW-RS to ``/studies/{study}``: instances of other studies are refused.
+
+        Returns
+        -------
+        IngestResult
+            The success outcome.
+
+        Raises
+        ------
+        IngestError
+            When the instance is refused; nothing is kept in that case.
+        """
+        pending = spooled
         try:
             cfg = self.settings.dicom
             header = read_header(
@@ -129,6 +163,8 @@ class IngestService:
                 )
             if expected_study_uid is not None and header.study_instance_uid != expected_study_uid:
                 raise IngestError("wrong_study", "instance belongs to another study")
+            if isinstance(spooled, PendingSpool):
+                spooled = spooled.result()
             if spooled.size > cfg.max_dataset_bytes:
                 raise IngestError(
                     "too_large", f"dataset of {spooled.size} bytes > limit {cfg.max_dataset_bytes}"
@@ -145,118 +181,8 @@ class IngestService:
                 )
             decision = decide(header, calling_ae, self.settings)
             self.spool.sync(spooled)
-            with self._lock:
-                result = self._record(header, decision, spooled, calling_ae, source)
         except BaseException:
-            self.spool.discard(spooled)
+            self.spool.discard(pending)
             raise
-        return result
-
-    def _record(
-        self,
-        header: InstanceHeader,
-        decision: Decision,
-        spooled: SpooledFile,
-        calling_ae: str,
-        source: str,
-    ) -> IngestResult:
-        with self.sessions() as session:
-            versions = session.execute(
-                select(Instance.version, Instance.sha256).where(
-                    Instance.sop_instance_uid == header.sop_instance_uid
-                )
-            ).all()
-            if any(sha == spooled.sha256 for _, sha in versions):
-                self.spool.discard(spooled)
-                logger.info("duplicate of %s with identical bytes", header.sop_instance_uid)
-                return IngestResult(
-                    Outcome.DUPLICATE,
-                    header.sop_class_uid,
-                    header.sop_instance_uid,
-                    header.study_instance_uid,
-                    decision.text,
-                )
-            version = max((v for v, _ in versions), default=0) + 1
-            relative = self.spool.relative_path(
-                header.study_instance_uid, header.sop_instance_uid, version
-            )
-            self.spool.place(spooled, relative)
-            now = utcnow()
-            study = session.scalar(
-                select(Study).where(Study.study_instance_uid == header.study_instance_uid)
-            )
-            urgent = calling_ae in self.settings.study.urgent_calling_aets
-            if study is None:
-                study = Study(
-                    study_instance_uid=header.study_instance_uid,
-                    accession_number=header.accession_number or None,
-                    modality=header.modality or None,
-                    calling_ae=calling_ae[:16],
-                    source=source,
-                    priority=int(Priority.URGENT if urgent else Priority.ROUTINE),
-                    status=StudyStatus.RECEIVING,
-                    decision=decision.text,
-                    first_received_at=now,
-                    last_received_at=now,
-                )
-                session.add(study)
-                record(
-                    session,
-                    study,
-                    "state",
-                    to_state=JobState.RECEIVED,
-                    detail=f"first instance from {calling_ae} via {source}",
-                )
-            else:
-                study.last_received_at = now
-                if urgent:
-                    study.priority = int(Priority.URGENT)
-                if decision.analyse and study.decision != ANALYSE:
-                    study.decision = ANALYSE
-                if study.status is StudyStatus.COMPLETE:
-                    study.status = StudyStatus.RECEIVING
-                    study.completed_at = None
-                    record(
-                        session,
-                        study,
-                        "reopened",
-                        detail="new instance after completion; results will be superseded",
-                    )
-            session.add(
-                Instance(
-                    study=study,
-                    series_instance_uid=header.series_instance_uid,
-                    sop_instance_uid=header.sop_instance_uid,
-                    sop_class_uid=header.sop_class_uid,
-                    transfer_syntax_uid=header.transfer_syntax_uid,
-                    version=version,
-                    path=str(relative),
-                    size_bytes=spooled.size,
-                    sha256=spooled.sha256,
-                    calling_ae=calling_ae[:16],
-                    source=source,
-                    decision=decision.text,
-                    received_at=now,
-                )
-            )
-            if version > 1:
-                record(
-                    session,
-                    study,
-                    "new_version",
-                    detail=f"{header.sop_instance_uid} received again with different "
-                    f"content, stored as version {version}",
-                )
-                logger.warning(
-                    "%s received with different bytes: stored as version %d",
-                    header.sop_instance_uid,
-                    version,
-                )
-            session.commit()
-        return IngestResult(
-            Outcome.NEW_VERSION if version > 1 else Outcome.STORED,
-            header.sop_class_uid,
-            header.sop_instance_uid,
-            header.study_instance_uid,
-            decision.text,
-        )
+        # The recorder consumes the file from here on (moved into place or deleted).
+        return self._recorder.record(Arrival(header, decision, spooled, calling_ae, source))

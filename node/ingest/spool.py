@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
 
 from spinexr.node.ingest.header import is_valid_uid
+from spinexr.node.ingest.spoolwriter import PendingSpool, SpooledFile, SpoolWriter
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +38,6 @@ def safe_component(uid: str) -> str:
     if is_valid_uid(uid) and uid not in (".", ".."):
         return uid
     return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
-
-
-@dataclass(frozen=True)
-class SpooledFile:
-    """A file written to the spool's temporary area, not yet in place."""
-
-    tmp_path: Path
-    size: int
-    sha256: str
 
 
 def _fsync_dir(path: Path) -> None:
@@ -92,18 +81,22 @@ class Spool:
         """Return free space on the spool's file system."""
         return shutil.disk_usage(self.root).free
 
-    @contextlib.contextmanager
-    def writer(self) -> Iterator[tuple[BinaryIO, Path]]:
-        """Open a new temporary file; it is removed if the block raises."""
-        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
-        try:
-            with open(tmp, "wb") as fh:
-                yield fh, tmp
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    def open_writer(self, *, background: bool = False) -> SpoolWriter:
+        """Create a new temporary file to be written piece by piece.
 
-    def write_parts(self, parts: Iterable[bytes | memoryview]) -> SpooledFile:
+        Parameters
+        ----------
+        background : bool
+            Hash it in a helper thread that follows the file (see :class:`SpoolWriter`).
+
+        Returns
+        -------
+        SpoolWriter
+            The writer; :meth:`SpoolWriter.finish` or :meth:`SpoolWriter.discard` ends it.
+        """
+        return SpoolWriter(self.tmp / f"{uuid.uuid4().hex}.part", background=background)
+
+    def write_parts(self, parts: Iterable[bytes | bytearray | memoryview]) -> SpooledFile:
         """Write ``parts`` to a temporary file and hash them (not yet fsynced).
 
         Parameters
@@ -116,14 +109,14 @@ class Spool:
         SpooledFile
             The temporary file with its size and SHA-256.
         """
-        digest = hashlib.sha256()
-        size = 0
-        with self.writer() as (fh, tmp):
+        writer = self.open_writer()
+        try:
             for part in parts:
-                fh.write(part)
-                digest.update(part)
-                size += len(part)
-        return SpooledFile(tmp, size, digest.hexdigest())
+                writer.write(part)
+        except BaseException:
+            writer.discard()
+            raise
+        return writer.close()
 
     def relative_path(self, study_uid: str, sop_uid: str, version: int) -> Path:
         """Return the final path (relative to the root) of an instance version."""
@@ -132,6 +125,8 @@ class Spool:
 
     def sync(self, spooled: SpooledFile) -> None:
         """Fsync a temporary file's content (the slow part, done outside any lock)."""
+        if spooled.synced:
+            return
         fd = os.open(spooled.tmp_path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -156,22 +151,47 @@ class Spool:
         Path
             The absolute final path.
         """
-        final = self.root / relative
-        if not final.resolve().is_relative_to(self.root.resolve()):
-            raise ValueError("spool path escapes the spool")
-        folder = final.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        os.replace(spooled.tmp_path, final)
-        _fsync_dir(folder)
-        if folder.name not in self._durable:
+        return self.place_all([(spooled, relative)])[0]
+
+    def place_all(self, moves: list[tuple[SpooledFile, Path]]) -> list[Path]:
+        """:meth:`place` for several files: every move first, then one fsync per folder.
+
+        Parameters
+        ----------
+        moves : list of (SpooledFile, Path)
+            Synced temporary files and their paths relative to the root.
+
+        Returns
+        -------
+        list of Path
+            The absolute final paths, in order.
+        """
+        root = self.root.resolve()
+        finals: list[Path] = []
+        folders: dict[Path, None] = {}
+        for spooled, relative in moves:
+            final = self.root / relative
+            if not final.resolve().is_relative_to(root):
+                raise ValueError("spool path escapes the spool")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(spooled.tmp_path, final)
+            finals.append(final)
+            folders[final.parent] = None
+        for folder in folders:
+            _fsync_dir(folder)
+        new = [f.name for f in folders if f.name not in self._durable]
+        if new:
             _fsync_dir(self.root)
             with self._durable_lock:
-                self._durable.add(folder.name)
-        return final
+                self._durable.update(new)
+        return finals
 
-    def discard(self, spooled: SpooledFile) -> None:
+    def discard(self, spooled: SpooledFile | PendingSpool) -> None:
         """Delete a temporary file that will not be kept."""
-        spooled.tmp_path.unlink(missing_ok=True)
+        if isinstance(spooled, PendingSpool):
+            spooled.discard()
+        else:
+            spooled.tmp_path.unlink(missing_ok=True)
 
 
 ORPHAN_DIR = ".orphans"

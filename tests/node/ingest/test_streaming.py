@@ -1,0 +1,164 @@
+"""The fast ingest path: spool files hashed while written, C-STORE data streamed to the spool,
+and instances that arrive together recorded in one transaction (group commit)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+from ingest_support import Stack, build_stack, phantom_bytes
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
+from sqlalchemy import func, select
+
+from spinexr.node.db.models import Instance, Study
+from spinexr.node.dimse.scp import StoreSCP
+from spinexr.node.ingest.recorder import Outcome, Recorder
+from spinexr.node.ingest.spoolwriter import CHUNK, SpoolWriter
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """What follows the Part-10 preamble and file meta group."""
+    meta = pydicom.filereader.read_file_meta_info(path)
+    return path.read_bytes()[132 + 12 + meta.FileMetaInformationGroupLength :]
+
+
+def rows(stack: Stack) -> int:
+    with stack.sessions() as s:
+        return s.scalar(select(func.count()).select_from(Instance))
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_spool_writer_hash_size_and_sync(tmp_path: Path, background: bool) -> None:
+    data = os.urandom(3 * CHUNK + 12345)
+    writer = SpoolWriter(tmp_path / "a.part", background=background)
+    # Pieces of odd sizes, some larger than a hashing chunk.
+    cuts = [0, 1, 700, CHUNK + 3, 2 * CHUNK + 5000, len(data)]
+    for a, b in itertools.pairwise(cuts):
+        writer.write(memoryview(data)[a:b])
+    spooled = writer.finish(sync=True).result()
+    assert spooled.sha256 == hashlib.sha256(data).hexdigest()
+    assert spooled.size == len(data) and spooled.synced
+    assert (tmp_path / "a.part").read_bytes() == data
+
+
+def test_spool_writer_discard_stops_the_helper_and_deletes(tmp_path: Path) -> None:
+    before = threading.active_count()
+    writer = SpoolWriter(tmp_path / "b.part", background=True)
+    writer.write(os.urandom(CHUNK + 1))
+    writer.discard()
+    assert not (tmp_path / "b.part").exists()
+    assert threading.active_count() == before
+    with pytest.raises(ValueError):
+        writer.write(b"x")
+
+
+def test_concurrent_arrivals_share_commits_and_all_are_recorded(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = [phantom_bytes(100 + i)[0] for i in range(8)]
+    twin = files[0]  # sent twice at once: one row, one duplicate
+    groups: list[int] = []
+    original = Recorder._transaction
+
+    def slow_transaction(self, group):
+        groups.append(len(group))
+        threading.Event().wait(0.2)  # others arrive meanwhile and wait for the next commit
+        return original(self, group)
+
+    monkeypatch.setattr(Recorder, "_transaction", slow_transaction)
+    results: list = [None] * (len(files) + 1)
+
+    def send(i: int, data: bytes) -> None:
+        results[i] = stack.ingest.ingest([data], calling_ae="PACS", source="dimse")
+
+    threads = [threading.Thread(target=send, args=(i, d)) for i, d in enumerate([*files, twin])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    outcomes = sorted(r.outcome for r in results)
+    assert outcomes.count(Outcome.DUPLICATE) == 1
+    assert outcomes.count(Outcome.STORED) == len(files)
+    assert sum(groups) == len(files) + 1 and max(groups) > 1, groups
+    with stack.sessions() as s:
+        instances = s.scalars(select(Instance)).all()
+        assert len(instances) == len(files)
+        assert s.scalar(select(func.count()).select_from(Study)) == len(files)
+        for inst in instances:
+            stored = (stack.spool.root / inst.path).read_bytes()
+            assert hashlib.sha256(stored).hexdigest() == inst.sha256
+    assert list(stack.spool.tmp.iterdir()) == []
+
+
+def test_a_failed_group_fails_every_member_and_keeps_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(moves):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stack.spool, "place_all", broken)
+    data, _ = phantom_bytes(130)
+    with pytest.raises(OSError):
+        stack.ingest.ingest([data], calling_ae="PACS", source="dimse")
+    assert rows(stack) == 0
+    assert list(stack.spool.tmp.iterdir()) == []
+    monkeypatch.undo()
+    again = stack.ingest.ingest([data], calling_ae="PACS", source="dimse")
+    assert again.outcome is Outcome.STORED and rows(stack) == 1
+
+
+@pytest.mark.integration
+def test_streamed_c_store_is_byte_exact_and_an_oversized_one_is_refused_mid_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    small, small_ds = phantom_bytes(140, size=(256, 192))
+    big, _ = phantom_bytes(141, size=(1024, 768))
+    limit = (len(small) + len(big)) // 2
+    stack = build_stack(tmp_path, dicom={"max_dataset_bytes": limit})
+    streams: list[object] = []
+    open_stream = StoreSCP._open_stream
+
+    def counting(self, head):
+        streams.append(stream := open_stream(self, head))
+        return stream
+
+    monkeypatch.setattr(StoreSCP, "_open_stream", counting)
+    stack.scp = StoreSCP(stack.settings, stack.ingest)
+    stack.scp.start()
+    try:
+        (tmp_path / "small.dcm").write_bytes(small)
+        (tmp_path / "big.dcm").write_bytes(big)
+        monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+        ae = AE(ae_title="PACS")
+        ts = str(small_ds.file_meta.TransferSyntaxUID)
+        ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ts])
+        ae.maximum_pdu_size = 16384  # many data PDUs per instance
+        assoc = ae.associate("127.0.0.1", stack.port, ae_title="SPINEXR")
+        assert assoc.is_established
+        try:
+            status_big = assoc.send_c_store(tmp_path / "big.dcm")
+            status_small = assoc.send_c_store(tmp_path / "small.dcm")
+        finally:
+            assoc.release()
+    finally:
+        stack.scp.stop()
+    assert len(streams) == 2  # both data sets went straight to the spool
+    assert status_big.Status == 0xA701
+    assert status_small.Status == 0x0000
+    with stack.sessions() as s:
+        inst = s.scalars(select(Instance)).one()
+    stored = (stack.spool.root / inst.path).read_bytes()
+    assert hashlib.sha256(stored).hexdigest() == inst.sha256 and inst.size_bytes == len(stored)
+    got = pydicom.dcmread(stack.spool.root / inst.path)
+    assert got.SOPInstanceUID == small_ds.SOPInstanceUID
+    assert got.PixelData == small_ds.PixelData
+    # The data set bytes are exactly the sender's (only the file meta is ours).
+    assert dataset_bytes(stack.spool.root / inst.path) == dataset_bytes(tmp_path / "small.dcm")
+    assert list(stack.spool.tmp.iterdir()) == []
