@@ -23,3 +23,5 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     # pynetdicom logs every PDU at DEBUG/INFO, including dataset summaries: keep it quiet.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    # pylibjpeg-openjpeg logs every encoded tile at INFO (thousands of lines for the phantoms).
+    logging.getLogger("openjpeg").setLevel(max(logging.WARNING, root.level))

@@ -342,9 +342,10 @@ def _train_detector(
 
 def _logging_to_stderr() -> None:
     """In a spawned training process: INFO progress lines to stderr like the parent's."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from spinexr.node.logs import configure_logging
+
+    if not logging.getLogger().handlers:
+        configure_logging("INFO")
 
 
 def _phantoms(data: Path, recipe: DemoRecipe, speak: Callable[[str], None]) -> None:
