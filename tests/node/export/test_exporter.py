@@ -155,11 +155,13 @@ def test_rejecting_destination_retries_then_dead_letter(
     elif case == "failure_status":
         # a real SCP (a second node) that answers every C-STORE with 0xC210
         peer = build_stack(tmp_path / "peer")
-        monkeypatch.setattr(
-            peer.ingest,
-            "ingest",
-            lambda *a, **k: (_ for _ in ()).throw(IngestError("unparseable", "simulated refusal")),
-        )
+
+        def refuse(spooled, **kwargs):
+            peer.spool.discard(spooled)
+            raise IngestError("unparseable", "simulated refusal")
+
+        # Both the streamed C-STORE path and whole-dataset ingest end here.
+        monkeypatch.setattr(peer.ingest, "ingest_spooled", refuse)
         peer_scp = NodeSCP(peer.settings, peer.ingest)
         peer_scp.start()
         dest = dimse(peer.port, aet="SPINEXR")
