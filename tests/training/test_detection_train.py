@@ -109,3 +109,14 @@ def test_missing_init_and_bad_resume_are_clear(data: Path, tmp_path: Path) -> No
         build_training_config(_config(data, tmp_path, init=tmp_path / "nope.pth"))
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
         train_detector(_config(data, tmp_path / "empty", resume=True))
+
+
+def test_two_runs_in_one_process_keep_their_own_validation_figures(
+    data: Path, tmp_path: Path
+) -> None:
+    # mmengine hands out visualizers by name: a fixed name made the second run write its
+    # scalars (validation mAP) into the first run's folder, and report no best mAP.
+    runs = [train_detector(_config(data, tmp_path / name)) for name in ("a", "b")]
+    for name, run in zip(("a", "b"), runs, strict=True):
+        assert run.best_map is not None
+        assert list((tmp_path / name).glob("*/vis_data/scalars.json"))

@@ -267,6 +267,11 @@ def build_training_config(cfg: DetectorTrainConfig) -> Any:
         visualization=dict(type="DetVisualizationHook", draw=False),
     )
     mm.log_processor = dict(type="LogProcessor", window_size=cfg.log_every, by_epoch=False)
+    # mmdet's default runtime names its visualizer "visualizer"; mmengine then hands a second
+    # run in the same process the first run's instance, which writes the scalars (and so the
+    # validation mAP) into the first run's folder. Without a name each run gets its own
+    # (named after the run's timestamp, like its log folder).
+    mm.visualizer = dict(type="DetLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")])
     mm.work_dir = str(cfg.out)
     mm.load_from = str(cfg.init) if cfg.init is not None else None
     mm.resume = bool(cfg.resume)
