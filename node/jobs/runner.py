@@ -8,16 +8,19 @@ A job whose lease expires (a killed worker) is found by the reconciler and queue
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pydicom
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from spinexr.node.db.models import Instance, Job, OutputObject, Result, utcnow
@@ -129,6 +132,52 @@ class JobRunner:
                 return job_id
         return None
 
+    # ------------------------------------------------------------------ lease
+    @contextlib.contextmanager
+    def lease_kept(self, job_id: int) -> Iterator[None]:
+        """Renew this runner's lease on ``job_id`` every third of a lease while the block runs.
+
+        A long analysis (a large study on a CPU, a loaded machine) must not look like a lost
+        worker: without renewal the reconciler would queue the job again while it still runs,
+        and the study would be analysed twice. A killed worker stops renewing, so its lease
+        still runs out. Renewal ends early when the job is no longer this runner's.
+
+        Parameters
+        ----------
+        job_id : int
+            A job this runner claimed.
+        """
+        lease = dt.timedelta(seconds=self.settings.queue.lease_seconds)
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(lease.total_seconds() / 3):
+                try:
+                    with self.sessions() as session:
+                        kept = session.execute(
+                            update(Job)
+                            .where(
+                                Job.id == job_id,
+                                Job.state == JobState.ANALYZING,
+                                Job.lease_owner == self.owner,
+                            )
+                            .values(lease_expires_at=utcnow() + lease)
+                        ).rowcount  # type: ignore[attr-defined]
+                        session.commit()
+                except SQLAlchemyError as exc:  # try again next period
+                    logger.warning("job %s: lease not renewed: %s", job_id, type(exc).__name__)
+                    continue
+                if not kept:
+                    return
+
+        thread = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
     # ------------------------------------------------------------------ analysis
     def _sources(self, session: Session, job: Job) -> list[pydicom.Dataset]:
         rows = session.scalars(
@@ -193,10 +242,11 @@ class JobRunner:
                 study_uid = job.study.study_instance_uid
             if not sources:
                 raise RuntimeError("no analysable instance is left in the spool")
-            result = self.pipeline().analyze_study(sources, study_instance_uid=study_uid)
-            built = build_outputs(
-                sources, result, self.settings, job_key=key, predecessor=predecessor
-            )
+            with self.lease_kept(job_id):
+                result = self.pipeline().analyze_study(sources, study_instance_uid=study_uid)
+                built = build_outputs(
+                    sources, result, self.settings, job_key=key, predecessor=predecessor
+                )
             with self.sessions() as session:
                 job = session.get(Job, job_id)
                 assert job is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import time
 
 import pytest
 from ingest_support import Stack, phantom_bytes
@@ -104,6 +105,24 @@ def test_expired_lease_is_requeued_by_the_reconciler(stack: Stack) -> None:
     with stack.sessions() as s:
         details = [e.detail for e in s.scalars(select(AuditEvent)) if e.detail]
     assert any("expired: worker lost" in d for d in details)
+
+
+def test_a_running_analysis_keeps_its_lease(stack: Stack) -> None:
+    stack.settings.queue.lease_seconds = 10  # renewed every 3.3 s
+    job_id = queued_job(stack)
+    runner = JobRunner(stack.settings, stack.sessions, no_pipeline)
+    runner.claim()
+    claimed = state(stack, job_id).lease_expires_at
+    rec = Reconciler(stack.settings, stack.sessions, lambda j, p: None, lambda j: None)
+    with runner.lease_kept(job_id):
+        time.sleep(4.5)  # one renewal
+        renewed = state(stack, job_id).lease_expires_at
+        assert renewed > claimed + dt.timedelta(seconds=3)
+        # Past the claimed lease but within the renewed one: not a lost worker.
+        assert rec.reconcile(now=claimed + dt.timedelta(seconds=1))["lease_expired"] == 0
+    time.sleep(3.6)  # no renewal once the analysis is over
+    assert state(stack, job_id).lease_expires_at == renewed
+    assert state(stack, job_id).state is JobState.ANALYZING
 
 
 def test_startup_requeues_orphans_and_publishes_completed_jobs(stack: Stack) -> None:
