@@ -60,6 +60,8 @@ def configure(settings: Settings) -> Celery:
     """
     settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     url = broker_url(settings)
+    if app.conf.broker_url not in (None, url):
+        _forget_connections()
     options: dict[str, object] = {}
     if url.startswith(("redis://", "rediss://")):
         options = {
@@ -94,6 +96,19 @@ def configure(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     return app
+
+
+def _forget_connections() -> None:
+    """Drop the app's cached broker connection and producer pools (the broker changed).
+
+    Celery creates them once, for the broker configured at that time; a process configured
+    again for another broker (another settings file, as in tests) would otherwise go on
+    publishing to the first one while reading queue depths from the second.
+    """
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
 
 
 PARENT_ENV = "SPINEXR_SUPERVISOR_PID"
