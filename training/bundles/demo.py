@@ -87,7 +87,7 @@ class DemoRecipe:
     detector_batch: int = 4
     detector_lr: float = 0.0014
     detector_lr_drop: float = 0.6
-    detector_oversample_thr: float = 1.0
+    detector_oversample_thr: float = 3.0
     detector_scale: tuple[int, int] = (384, 512)
     fusion: str = "auto"
     display_threshold: float = 0.3
