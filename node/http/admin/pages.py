@@ -425,9 +425,7 @@ def make_pages_router() -> APIRouter:
         target = _safe_next(back)
         try:
             done = work()
-        except NotFoundError as exc:
-            return _redirect(request, target, "error", str(exc))
-        except ConflictError as exc:
+        except (NotFoundError, ConflictError) as exc:
             return _redirect(request, target, "error", str(exc))
         text: str = ok_text(done)
         return _redirect(request, target, "ok", text)
