@@ -70,8 +70,6 @@ class DemoRecipe:
         Lowest displayed box score.
     bootstrap : int
         Resamples of the test evaluation's CIs.
-    parallel : bool
-        Train the classifier and the detector side by side (see `_parallel`).
     """
 
     studies: int = 400
@@ -92,7 +90,6 @@ class DemoRecipe:
     fusion: str = "auto"
     display_threshold: float = 0.3
     bootstrap: int = 10_000
-    parallel: bool = False
 
     def digest(self) -> str:
         """Short digest of the recipe (the cache key)."""
@@ -187,7 +184,7 @@ def demo(
         2,
         f"training densenet121 ({recipe.classifier_iterations} iterations) and "
         f"{recipe.detector_config} ({recipe.detector_iterations} iterations)"
-        + (" side by side" if _parallel(recipe) else ", one after the other"),
+        + ", one after the other",
     )
     cls_best, det_result = _train_both(data, work, recipe, device)
 
@@ -259,39 +256,21 @@ def demo(
     return bundle
 
 
-def _parallel(recipe: DemoRecipe) -> bool:
-    """Whether to train the two models side by side (one single-threaded process each).
-
-    Measured on 2 cores: DenseNet-121 gives 4.8 images/s with 2 threads alone and 2.5 with
-    1 thread beside the detector; the light RetinaNet 1.3 s per iteration alone and 2.5
-    beside the classifier. Sequential with both threads is faster for this recipe, so the
-    default is sequential; ``parallel`` suits machines with more cores than threads scale to.
-    """
-    return recipe.parallel and (os.cpu_count() or 1) >= 2
-
-
 def _train_both(
     data: Path, work: Path, recipe: DemoRecipe, device: str
 ) -> tuple[Path, DetectorTrainResult]:
-    """Train the classifier and the detector (in parallel processes when there are cores)."""
-    if not _parallel(recipe):
-        return _train_classifier(data, work, recipe, device, None), _train_detector(
-            data, work, recipe, device, None
-        )
-    import concurrent.futures
-    import multiprocessing
+    """Train the classifier, then the detector, each with every thread.
 
-    threads = max(1, (os.cpu_count() or 2) // 2)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
-        detector = pool.submit(_train_detector, data, work, recipe, device, threads)
-        classifier = pool.submit(_train_classifier, data, work, recipe, device, threads)
-        return classifier.result(), detector.result()
+    Measured on 2 cores: DenseNet-121 gives 4.8 images/s with 2 threads alone but 2.5 with
+    1 thread beside the detector; the light RetinaNet 1.3 s per iteration alone but 2.5
+    beside the classifier. One after the other is faster than side by side.
+    """
+    return _train_classifier(data, work, recipe, device), _train_detector(
+        data, work, recipe, device
+    )
 
 
-def _train_classifier(
-    data: Path, work: Path, recipe: DemoRecipe, device: str, threads: int | None
-) -> Path:
+def _train_classifier(data: Path, work: Path, recipe: DemoRecipe, device: str) -> Path:
     from spinexr.training.classifier import ClassifierTrainConfig, train_classifier
 
     _logging_to_stderr()
@@ -308,22 +287,15 @@ def _train_classifier(
         eval_every=max(1, recipe.classifier_iterations // 5),
         workers=0,
         device=device,
-        threads=threads,
         resume=(out / "last.pt").is_file(),
     )
     return Path(train_classifier(config).best_path)
 
 
-def _train_detector(
-    data: Path, work: Path, recipe: DemoRecipe, device: str, threads: int | None
-) -> DetectorTrainResult:
-    import torch
-
+def _train_detector(data: Path, work: Path, recipe: DemoRecipe, device: str) -> DetectorTrainResult:
     from spinexr.training.detection import DetectorTrainConfig, train_detector
 
     _logging_to_stderr()
-    if threads is not None:
-        torch.set_num_threads(threads)
     out = work / "detector"
     return train_detector(
         DetectorTrainConfig(
@@ -352,7 +324,7 @@ def _train_detector(
 
 
 def _logging_to_stderr() -> None:
-    """In a spawned training process: INFO progress lines to stderr like the parent's."""
+    """INFO progress lines (loss, rate, ETA) to stderr unless the caller set up logging."""
     from spinexr.node.logs import configure_logging
 
     if not logging.getLogger().handlers:
