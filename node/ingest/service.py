@@ -130,8 +130,8 @@ class IngestService:
         Parameters
         ----------
         spooled : SpooledFile or PendingSpool
-            From :meth:`Spool.write_parts`, or :meth:`SpoolWriter.finish` (its hash and fsync
-            may still be running: the header is read meanwhile).
+            From :meth:`Spool.write_parts`, or :meth:`SpoolWriter.finish` (its fsync may still
+            be running: the header is read meanwhile).
         calling_ae : str
             The sender's AE title (``STOW-RS`` for HTTP).
         source : str
@@ -152,6 +152,8 @@ class IngestService:
         pending = spooled
         try:
             cfg = self.settings.dicom
+            if isinstance(spooled, PendingSpool):
+                spooled.wait_written()  # its fsync may still run while the header is read
             header = read_header(
                 spooled.tmp_path,
                 max_sequence_depth=cfg.max_sequence_depth,

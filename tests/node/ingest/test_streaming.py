@@ -3,6 +3,7 @@ and instances that arrive together recorded in one transaction (group commit).""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import os
@@ -18,8 +19,9 @@ from sqlalchemy import func, select
 
 from spinexr.node.db.models import Instance, Study
 from spinexr.node.dimse.scp import StoreSCP
+from spinexr.node.ingest import spoolwriter
 from spinexr.node.ingest.recorder import Outcome, Recorder
-from spinexr.node.ingest.spoolwriter import CHUNK, SpoolWriter
+from spinexr.node.ingest.spoolwriter import BLOCK, CHUNK, CHUNKS_IN_FLIGHT, SpoolWriter
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -31,6 +33,72 @@ def dataset_bytes(path: Path) -> bytes:
 def rows(stack: Stack) -> int:
     with stack.sessions() as s:
         return s.scalar(select(func.count()).select_from(Instance))
+
+
+@pytest.mark.parametrize("background", [False, True])
+@pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, CHUNK, CHUNK + 1, 2 * CHUNK + BLOCK + 7])
+def test_spool_writer_file_ends_exactly(tmp_path: Path, background: bool, size: int) -> None:
+    """Direct writes pad the last block: the file is cut back to its exact length."""
+    data = os.urandom(size)
+    writer = SpoolWriter(tmp_path / "e.part", background=background)
+    for start in range(0, size, 5000):
+        writer.write(data[start : start + 5000])
+    pending = writer.finish(sync=True)
+    pending.wait_written()
+    spooled = pending.result()
+    assert (tmp_path / "e.part").read_bytes() == data
+    assert (spooled.size, spooled.sha256) == (size, hashlib.sha256(data).hexdigest())
+
+
+def test_spool_writer_without_direct_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that refuses O_DIRECT (EINVAL) gets buffered writes, same result."""
+    real_open = os.open
+
+    def no_direct(path, flags, *args):
+        if flags & spoolwriter.O_DIRECT:
+            real_open(path, flags & ~spoolwriter.O_DIRECT, *args)  # created, as Linux does
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(spoolwriter, "O_DIRECT", getattr(os, "O_DIRECT", 0o40000))
+    monkeypatch.setattr(os, "open", no_direct)
+    data = os.urandom(CHUNK + 777)
+    writer = SpoolWriter(tmp_path / "f.part", background=True)
+    assert not writer.direct
+    writer.write(data)
+    spooled = writer.finish(sync=True).result()
+    assert (tmp_path / "f.part").read_bytes() == data
+    assert spooled.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_spool_writer_failed_write_is_reported_and_nothing_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed chunk write (disk full) surfaces to the receiver; the file and helper go."""
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = threading.active_count()
+    writer = SpoolWriter(tmp_path / "g.part", background=True)
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError) as raised:
+        for _ in range(CHUNKS_IN_FLIGHT + 2):  # the error shows at a later hand-over
+            writer.write(bytes(CHUNK))
+    assert raised.value.errno == errno.ENOSPC
+    writer.discard()
+    assert not (tmp_path / "g.part").exists()
+    assert threading.active_count() == before
+
+    writer = SpoolWriter(tmp_path / "h.part", background=True)
+    writer.write(b"x" * 10)
+    pending = writer.finish(sync=True)
+    with pytest.raises(OSError):
+        pending.wait_written()
+    with pytest.raises(OSError):
+        pending.result()
+    pending.discard()
+    assert not (tmp_path / "h.part").exists()
 
 
 @pytest.mark.parametrize("background", [False, True])
