@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.datadict import dictionary_VR
@@ -79,8 +83,88 @@ def _depth(ds: Dataset, limit: int, level: int = 1) -> int:
     return max(deepest, level - 1)
 
 
+class HeadThenFile(io.RawIOBase):
+    """A file read from its first bytes in memory, and from the file only beyond them.
+
+    Parameters
+    ----------
+    head : bytes
+        The file's first bytes.
+    path : Path
+        The file, opened only when a read goes past ``head``.
+    size : int
+        The file's size.
+    before_file : callable, optional
+        Called once before the file is opened (e.g. to wait until it is written).
+    """
+
+    def __init__(
+        self, head: bytes, path: Path, size: int, before_file: Callable[[], None] | None = None
+    ) -> None:
+        super().__init__()
+        self._head = head
+        self._path = path
+        self._size = size
+        self._before = before_file
+        self._pos = 0
+        self._fd = -1
+
+    @property
+    def name(self) -> str:
+        """The file's path (pydicom names the data set's source by it)."""
+        return str(self._path)
+
+    def readable(self) -> bool:
+        """Return True."""
+        return True
+
+    def seekable(self) -> bool:
+        """Return True."""
+        return True
+
+    def tell(self) -> int:
+        """Return the position."""
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Move the position (as :meth:`io.IOBase.seek`)."""
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        """Read into ``buffer`` from the head, or from the file beyond it."""
+        view = memoryview(buffer).cast("B")
+        if self._pos < len(self._head):
+            n = min(len(view), len(self._head) - self._pos)
+            view[:n] = self._head[self._pos : self._pos + n]
+        else:
+            if self._fd < 0:
+                if self._before is not None:
+                    self._before()
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            n = os.preadv(self._fd, [view], self._pos)
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        """Close the file if it was opened."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+        super().close()
+
+
 def read_header(
-    path: Path, *, max_sequence_depth: int, max_decompressed_bytes: int
+    path: Path,
+    *,
+    max_sequence_depth: int,
+    max_decompressed_bytes: int,
+    head: bytes = b"",
+    size: int = 0,
+    before_file: Callable[[], None] | None = None,
 ) -> InstanceHeader:
     """Parse a Part-10 file up to (not including) its pixel data and check it.
 
@@ -93,6 +177,13 @@ def read_header(
     max_decompressed_bytes : int
         Largest pixel data (Rows × Columns × Frames × Samples × BitsAllocated / 8) accepted;
         guards against decompression bombs before anything decodes the pixels.
+    head : bytes, optional
+        The file's first bytes, already in memory: the file itself is read only if the
+        header goes on past them (see :class:`HeadThenFile`).
+    size : int, optional
+        The file's size (with ``head``).
+    before_file : callable, optional
+        With ``head``: called before the file is first read.
 
     Returns
     -------
@@ -107,7 +198,12 @@ def read_header(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if head:
+                raw = HeadThenFile(head, path, size, before_file)
+                with io.BufferedReader(raw, buffer_size=2**16) as fileobj:
+                    ds = pydicom.dcmread(fileobj, stop_before_pixels=True)
+            else:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
         # pydicom reads truncated or mis-encoded data leniently and only warns.
         broken = [w for w in caught if any(s in str(w.message) for s in _BROKEN_STREAM)]
         if broken:

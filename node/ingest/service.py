@@ -152,12 +152,15 @@ class IngestService:
         pending = spooled
         try:
             cfg = self.settings.dicom
-            if isinstance(spooled, PendingSpool):
-                spooled.wait_written()  # its fsync may still run while the header is read
+            # From the file's first bytes in memory while its end may still be being written
+            # and synced; the file is read (once written) only for a header longer than that.
             header = read_header(
                 spooled.tmp_path,
                 max_sequence_depth=cfg.max_sequence_depth,
                 max_decompressed_bytes=cfg.max_decompressed_bytes,
+                head=spooled.head,
+                size=spooled.size,
+                before_file=spooled.wait_written if isinstance(spooled, PendingSpool) else None,
             )
             if header.sop_class_uid not in SUPPORTED_SOP_CLASSES:
                 raise IngestError(

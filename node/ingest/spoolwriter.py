@@ -10,10 +10,11 @@ file's end, less than a block, is written padded to the block size and the file 
 its length. File systems without direct I/O get buffered writes (same chunks, same hash).
 
 The file's SHA-256 is computed chunk by chunk. With ``background=True`` a helper thread
-hashes and writes the chunks while the next ones are being received (the receiving thread only
-copies into a free chunk; it waits only when all :data:`CHUNKS_IN_FLIGHT` are still being
-written), and with ``finish(sync=True)`` it fsyncs the file once its end is written, while the
-caller already reads the header (:meth:`PendingSpool.wait_written`).
+writes (and, while other files are being received too, hashes) the chunks while the next
+ones are being received (the receiving thread waits only when all :data:`CHUNKS_IN_FLIGHT`
+are still being written), and with ``finish(sync=True)`` it fsyncs the file once its end is
+written. The file's first
+:data:`HEAD` bytes are kept in memory, so that the caller parses the header meanwhile.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import mmap
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CHUNK = 2**20
@@ -34,6 +35,9 @@ BLOCK = 4096
 4 KiB logical blocks)."""
 CHUNKS_IN_FLIGHT = 3
 """Chunks per background writer: one being filled, up to two being hashed and written."""
+HEAD = 2**18
+"""Bytes of the file's start kept in memory, so that its header is parsed without reading
+the file back (direct writes leave nothing in the page cache)."""
 _POOL_KEEP = 32
 """Free chunks kept for reuse (fresh anonymous pages cost a page fault each on first use)."""
 
@@ -64,6 +68,23 @@ class _ChunkPool:
 _pool = _ChunkPool()
 
 
+class _Receiving:
+    """How many files are being received with a helper in this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, n: int) -> int:
+        """Change the count by ``n``; return the new count."""
+        with self._lock:
+            self.count += n
+            return self.count
+
+
+_receiving = _Receiving()
+
+
 @dataclass(frozen=True)
 class SpooledFile:
     """A file written to the spool's temporary area, not yet in place."""
@@ -73,6 +94,8 @@ class SpooledFile:
     sha256: str
     synced: bool = False
     """Whether its content is already fsynced."""
+    head: bytes = field(default=b"", repr=False, compare=False)
+    """The file's first bytes (up to :data:`HEAD`), when the writer kept them."""
 
 
 def _open(path: Path) -> tuple[int, bool]:
@@ -93,13 +116,11 @@ class _File:
 
     def __init__(self, path: Path) -> None:
         self.fd, self.direct = _open(path)
-        self.digest = hashlib.sha256()
         self.offset = 0
 
     def put(self, chunk: mmap.mmap, n: int) -> None:
-        """Hash and append the first ``n`` bytes of ``chunk``."""
+        """Append the first ``n`` bytes of ``chunk``."""
         with memoryview(chunk) as view:
-            self.digest.update(view[:n])
             if self.direct and n % BLOCK:
                 # The end of the file: a whole block written, then the file cut to length.
                 padded = -(-n // BLOCK) * BLOCK
@@ -125,9 +146,11 @@ class _File:
 class _Follower(threading.Thread):
     """Hashes and writes the chunks handed to it, fsyncs at the end."""
 
-    def __init__(self, file: _File) -> None:
+    def __init__(self, file: _File, digest: hashlib._Hash, *, hashes: bool) -> None:
         super().__init__(name="spool-write", daemon=True)
         self._file = file
+        self.digest = digest
+        self.hashes = hashes
         self._todo: queue.SimpleQueue[tuple[mmap.mmap, int] | None] = queue.SimpleQueue()
         self.free: queue.Queue[mmap.mmap] = queue.Queue()
         self._sync = False
@@ -161,6 +184,9 @@ class _Follower(threading.Thread):
                 chunk, n = item
                 try:
                     if self.error is None:
+                        if self.hashes:
+                            with memoryview(chunk) as view:
+                                self.digest.update(view[:n])
                         self._file.put(chunk, n)
                 except BaseException as exc:  # kept for the writer and the caller
                     self.error = exc
@@ -201,12 +227,15 @@ class PendingSpool:
         follower: _Follower | None = None,
         spooled: SpooledFile | None = None,
         chunks: list[mmap.mmap] | None = None,
+        head: bytes = b"",
     ) -> None:
         self.tmp_path = tmp_path
         self.size = size
         self._follower = follower
         self._spooled = spooled
         self._chunks = chunks or []
+        self.head = head if spooled is None else spooled.head
+        """The file's first bytes (up to :data:`HEAD`), readable before it is written."""
 
     def _release(self) -> None:
         chunks, self._chunks = self._chunks, []
@@ -250,8 +279,9 @@ class PendingSpool:
             self._spooled = SpooledFile(
                 self.tmp_path,
                 self.size,
-                follower._file.digest.hexdigest(),
+                follower.digest.hexdigest(),
                 synced=follower._sync,
+                head=self.head,
             )
         return self._spooled
 
@@ -278,12 +308,22 @@ class SpoolWriter:
         self.path = path
         self.size = 0
         self._file: _File | None = _File(path)
+        self._digest = hashlib.sha256()
+        self._head = b""
+        self._passed = 0
+        self._counted = False
+        self._hash_here = True
         self._follower: _Follower | None = None
         self._chunks: list[mmap.mmap] = []
         try:
             self._chunk = self._new_chunk()
             if background:
-                self._follower = _Follower(self._file)
+                # A file received alone is hashed by the receiving thread, beside the
+                # helper's writes (a shorter wait after its last byte); with several at once
+                # the receiving threads are kept lean and each helper hashes its own file.
+                self._counted = True
+                self._hash_here = _receiving.add(1) == 1
+                self._follower = _Follower(self._file, self._digest, hashes=not self._hash_here)
                 for _ in range(CHUNKS_IN_FLIGHT - 1):
                     self._follower.free.put(self._new_chunk())
                 self._follower.start()
@@ -306,6 +346,12 @@ class SpoolWriter:
         chunks, self._chunks = self._chunks, []
         for chunk in chunks:
             _pool.give(chunk)
+        self._uncount()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            _receiving.add(-1)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data`` to the file (and to the hash).
@@ -330,8 +376,18 @@ class SpoolWriter:
                 self._put_chunk()
         self.size += total
 
+    def _chunk_done(self) -> None:
+        """Keep the head from the file's first chunk; hash the chunk unless the helper does."""
+        with memoryview(self._chunk) as view:
+            if not self._passed:
+                self._head = bytes(view[: min(self._fill, HEAD)])
+            if self._hash_here:
+                self._digest.update(view[: self._fill])
+        self._passed += self._fill
+
     def _put_chunk(self) -> None:
         """Write the full current chunk (or hand it to the helper) and start a new one."""
+        self._chunk_done()
         follower = self._follower
         if follower is None:
             assert self._file is not None
@@ -359,14 +415,18 @@ class SpoolWriter:
         file = self._file
         if file is None:
             raise ValueError("spool writer is closed")
+        self._chunk_done()
         follower = self._follower
         if follower is not None:
             if self._fill:
                 follower.hand(self._chunk, self._fill)
             follower.end(sync=sync)
+            self._uncount()
             self._file, self._follower = None, None
             chunks, self._chunks = self._chunks, []
-            return PendingSpool(self.path, self.size, follower=follower, chunks=chunks)
+            return PendingSpool(
+                self.path, self.size, follower=follower, chunks=chunks, head=self._head
+            )
         self._file = None
         try:
             if self._fill:
@@ -376,7 +436,9 @@ class SpoolWriter:
         finally:
             file.close()
             self._release()
-        spooled = SpooledFile(self.path, self.size, file.digest.hexdigest(), synced=sync)
+        spooled = SpooledFile(
+            self.path, self.size, self._digest.hexdigest(), synced=sync, head=self._head
+        )
         return PendingSpool(self.path, self.size, spooled=spooled)
 
     def close(self) -> SpooledFile:

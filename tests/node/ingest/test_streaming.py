@@ -19,9 +19,11 @@ from sqlalchemy import func, select
 
 from spinexr.node.db.models import Instance, Study
 from spinexr.node.dimse.scp import StoreSCP
+from spinexr.node.errors import IngestError
 from spinexr.node.ingest import spoolwriter
+from spinexr.node.ingest.header import read_header
 from spinexr.node.ingest.recorder import Outcome, Recorder
-from spinexr.node.ingest.spoolwriter import BLOCK, CHUNK, CHUNKS_IN_FLIGHT, SpoolWriter
+from spinexr.node.ingest.spoolwriter import BLOCK, CHUNK, CHUNKS_IN_FLIGHT, HEAD, SpoolWriter
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -230,3 +232,64 @@ def test_streamed_c_store_is_byte_exact_and_an_oversized_one_is_refused_mid_stre
     # The data set bytes are exactly the sender's (only the file meta is ours).
     assert dataset_bytes(stack.spool.root / inst.path) == dataset_bytes(tmp_path / "small.dcm")
     assert list(stack.spool.tmp.iterdir()) == []
+
+
+def test_header_is_read_from_memory_and_from_the_file_only_past_the_head(tmp_path: Path) -> None:
+    """The header parsed from the spool writer's head equals the one read from the file."""
+    data = phantom_bytes(7)[0]
+    path = tmp_path / "p.dcm"
+    path.write_bytes(data)
+    limits = {"max_sequence_depth": 8, "max_decompressed_bytes": 2**30}
+    whole = read_header(path, **limits)
+    opened: list[int] = []
+    for head_len in (len(data), 400, 140):  # all of it; the header runs past the head
+        got = read_header(
+            path,
+            **limits,
+            head=data[:head_len],
+            size=len(data),
+            before_file=lambda: opened.append(1),
+        )
+        assert got == whole
+    assert len(opened) == 2  # the file is read only when the head is not enough
+
+    cut = tmp_path / "cut.dcm"  # truncated inside the header: refused the same way
+    cut.write_bytes(data[:600])
+    reasons = []
+    for head in (b"", data[:300]):
+        with pytest.raises(IngestError) as refused:
+            read_header(cut, **limits, head=head, size=600)
+        reasons.append(refused.value.reason)
+    assert reasons[0] == reasons[1] and reasons[0] in {"unparseable", "missing_uid"}
+
+
+def test_spool_writer_keeps_the_head_of_the_file(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK + 10)
+    writer = SpoolWriter(tmp_path / "h.part", background=True)
+    writer.write(data)
+    pending = writer.finish(sync=True)
+    assert pending.head == data[:HEAD]
+    assert pending.result().head == data[:HEAD]
+    small = SpoolWriter(tmp_path / "s.part")
+    small.write(b"abc")
+    assert small.close().head == b"abc"
+
+
+def test_spool_writers_at_once_hash_in_their_helpers_and_stay_exact(tmp_path: Path) -> None:
+    """A file received alone is hashed by its receiver; one among several by its helper."""
+    datas = [os.urandom(2 * CHUNK + 999), os.urandom(3 * CHUNK + 5)]
+    first = SpoolWriter(tmp_path / "1.part", background=True)
+    second = SpoolWriter(tmp_path / "2.part", background=True)
+    assert first._hash_here and not second._hash_here
+    for start in range(0, 3 * CHUNK + 5, 70_000):  # interleaved, as two associations
+        first.write(datas[0][start : start + 70_000])
+        second.write(datas[1][start : start + 70_000])
+    for writer, data, name in ((first, datas[0], "1.part"), (second, datas[1], "2.part")):
+        spooled = writer.finish(sync=True).result()
+        assert spooled.sha256 == hashlib.sha256(data).hexdigest()
+        assert (tmp_path / name).read_bytes() == data
+    assert spoolwriter._receiving.count == 0
+    third = SpoolWriter(tmp_path / "3.part", background=True)
+    assert third._hash_here  # alone again
+    third.discard()
+    assert spoolwriter._receiving.count == 0
