@@ -3,14 +3,18 @@
 Usage::
 
     .venv/bin/python benchmarks/ingest.py [--files 200] [--size 2500x2000] [--pdu 131072]
-        [--associations 1 4] [--repeats 3] [--targets storescp storescp+fsync ours]
-        [--dcmtk-nagle] [--baseline DIR]
+        [--associations 1 4] [--repeats 3]
+        [--targets storescp storescp-nodelay storescp+fsync ours] [--dcmtk-nagle]
+        [--baseline DIR]
 
 Sends the same N phantom DX files (uncompressed, 16-bit) over loopback with dcmtk's
 ``storescu`` (one process per association, files split round-robin) to
 
-* ``storescp``: dcmtk's reference SCP (``--fork``, writes each file to a folder; it does
-  not fsync and keeps no database, which favours it),
+* ``storescp``: dcmtk's reference SCP as shipped (``--fork``, writes each file to a folder;
+  it does not fsync and keeps no database, which favours it). dcmtk >= 3.6.2 leaves Nagle's
+  algorithm on unless ``TCP_NODELAY=1`` is set, so it writes each C-STORE response in two
+  pieces and the second waits for the sender's delayed ACK (~40 ms per instance on Linux),
+* ``storescp-nodelay``: the same with ``TCP_NODELAY=1``, its best case,
 * ``storescp+fsync`` (only with ``--targets``): the same, running ``sync FILE`` before each
   response (``--exec-on-reception --exec-sync``): a durability-equivalent reference, and
 * ``ours``: ``spinexr-node serve`` (fsync of file and folder, SQLite commit with
@@ -48,11 +52,11 @@ from testsupport import NodeProcess, free_port, node_env  # noqa: E402
 
 DCMTK_MAX_PDU = 131072  # storescu/storescp accept 4096..131072
 
-# dcmtk >= 3.6.2 leaves Nagle's algorithm on unless TCP_NODELAY=1 is set; storescp then writes
-# each C-STORE response in two pieces and waits for the sender's delayed ACK (~40 ms per
-# instance on Linux). The reference and the sender run with Nagle off (their best case)
-# unless --dcmtk-nagle is given.
+# The sender (storescu, for every target) runs with Nagle off, its best case, unless
+# --dcmtk-nagle is given; the target 'storescp' runs as shipped (Nagle on), 'storescp-nodelay'
+# with Nagle off.
 DCMTK_ENV: dict[str, str] = {**os.environ, "TCP_NODELAY": "1"}
+DCMTK_DEFAULT_ENV: dict[str, str] = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
 
 
 def log(msg: str) -> None:
@@ -152,7 +156,13 @@ def wait_for_echo(aec: str, port: int, proc: subprocess.Popen[bytes], timeout: f
 
 
 def run_storescp(
-    files: list[Path], associations: int, pdu: int, work: Path, *, fsync: bool = False
+    files: list[Path],
+    associations: int,
+    pdu: int,
+    work: Path,
+    *,
+    fsync: bool = False,
+    nodelay: bool = False,
 ) -> RunResult:
     """dcmtk's storescp; with ``fsync`` it runs ``sync FILE`` before each response."""
     out = work / "storescp-out"
@@ -166,7 +176,7 @@ def run_storescp(
         [*cmd, "-od", str(out), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=DCMTK_ENV,
+        env=DCMTK_ENV if nodelay else DCMTK_DEFAULT_ENV,
     )
     try:
         wait_for_echo("STORESCP", port, proc)
@@ -181,8 +191,12 @@ def run_storescp(
     return result
 
 
+def run_storescp_nodelay(files: list[Path], associations: int, pdu: int, work: Path) -> RunResult:
+    return run_storescp(files, associations, pdu, work, nodelay=True)
+
+
 def run_storescp_fsync(files: list[Path], associations: int, pdu: int, work: Path) -> RunResult:
-    return run_storescp(files, associations, pdu, work, fsync=True)
+    return run_storescp(files, associations, pdu, work, fsync=True, nodelay=True)
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -286,11 +300,12 @@ def run_baseline(files: list[Path], associations: int, pdu: int, work: Path) -> 
 
 TARGETS = {
     "storescp": run_storescp,
+    "storescp-nodelay": run_storescp_nodelay,
     "storescp+fsync": run_storescp_fsync,
     "ours": run_ours,
     "baseline": run_baseline,
 }
-DEFAULT_TARGETS = ["storescp", "ours"]
+DEFAULT_TARGETS = ["storescp", "storescp-nodelay", "ours"]
 NODES = ("ours", "baseline")
 
 
@@ -312,7 +327,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=DEFAULT_TARGETS)
     parser.add_argument(
-        "--dcmtk-nagle", action="store_true", help="leave Nagle on in dcmtk (its default)"
+        "--dcmtk-nagle",
+        action="store_true",
+        help="leave Nagle on in the sender (storescu) and in every storescp",
     )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "spinexr-bench")
     parser.add_argument(
@@ -331,6 +348,8 @@ def main() -> int:
 
     if args.dcmtk_nagle:
         DCMTK_ENV.pop("TCP_NODELAY", None)
+        if "storescp-nodelay" in args.targets:
+            args.targets.remove("storescp-nodelay")
     if args.baseline is not None:
         links = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
         BASELINE_PATH.append(baseline_path(args.baseline, links))
@@ -345,7 +364,7 @@ def main() -> int:
     log(
         f"{len(files)} files, {mb:.0f} MB ({mb / len(files):.1f} MB each), "
         f"max PDU {args.pdu}, {os.cpu_count()} CPUs, repeats {args.repeats}, "
-        f"dcmtk Nagle {'on (default)' if args.dcmtk_nagle else 'off (TCP_NODELAY=1)'}"
+        f"sender Nagle {'on (default)' if args.dcmtk_nagle else 'off (TCP_NODELAY=1)'}"
     )
 
     log("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
@@ -394,7 +413,8 @@ def main() -> int:
             log(f"{target:>14} {assoc:>5} {mb / s:8.1f} {len(files) / s:8.1f}{ratios}")
     log(
         "(MB/s and inst/s: median of the repeats; ratios: median of the per-repeat ratios of "
-        "throughput; storescp neither fsyncs nor keeps a database; "
+        "throughput; storescp neither fsyncs nor keeps a database; storescp: as shipped "
+        "(Nagle on), storescp-nodelay: TCP_NODELAY=1; "
         "storescp+fsync runs `sync FILE` before each response)"
     )
     log("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))

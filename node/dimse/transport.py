@@ -8,8 +8,9 @@ and all of it happens after the last byte arrived, while the sender waits for th
 Here, once a C-STORE request's command set is decoded, its data set goes to a
 :class:`StreamedDataSet`: the Part-10 preamble and file meta are written to a new spool
 temporary file at once, and each data fragment is appended (and hashed) as it arrives. The
-P-DATA-TF PDUs that carry only data fragments of that message are read with ``recv_into`` into
-one reused buffer and written from there, bypassing pynetdicom's PDU objects and state machine
+P-DATA-TF PDUs that carry only data fragments of that message are parsed in the socket's read
+buffer (filled by large ``recv_into`` calls, several PDUs at a time) and their fragments
+written from there, bypassing pynetdicom's PDU objects and state machine
 (in state Sta6 a P-DATA-TF only ever hands its fragments to the DIMSE layer, which is what
 happens here). The PDU with the last fragment goes through pynetdicom as a one-byte fragment,
 so the message completes, and the handler finds the stream as ``event.request.DataSet``.
@@ -63,27 +64,32 @@ _LAST_DATA_FRAGMENT = 0x02
 
 
 class LimitedSocket(AssociationSocket):
-    """Reads whole PDUs with ``recv_into`` and refuses oversized ones before reading them.
+    """Reads through one buffer filled by large ``recv_into`` calls; refuses oversized PDUs.
 
-    Bytes read but not used (:meth:`unread`) are served again first.
+    Every reader (the streaming path with :meth:`fill` / :meth:`consume`, pynetdicom with
+    :meth:`recv`) takes bytes from the same buffer, so bytes read ahead are never lost and a
+    data set's PDUs cost a few large reads instead of two small ones each.
     """
 
     max_pdu_read = 2**20
-    _pushback: bytes = b""
+    _rbuf: bytearray | None = None
+    _rpos = 0
+    _rend = 0
 
-    def unread(self, data: bytes | bytearray | memoryview) -> None:
-        """Put bytes back so that the next reads return them first."""
-        self._pushback = bytes(data) + self._pushback
+    @property
+    def buffered(self) -> int:
+        """Bytes read from the connection and not yet taken."""
+        return self._rend - self._rpos
 
     @property
     def ready(self) -> bool:
         """Return ``True`` if there is data available to be read."""
-        return bool(self._pushback) or bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+        return self.buffered > 0 or bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 
     def has_buffered_data(self) -> bool:
-        """Whether bytes are waiting that ``select`` cannot see (put back, or inside TLS)."""
+        """Whether bytes are waiting that ``select`` cannot see (buffered, or inside TLS)."""
         sock = self.socket
-        return bool(self._pushback) or (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0)
+        return self.buffered > 0 or (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0)
 
     def wait_readable(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for data; True when some can be read."""
@@ -98,6 +104,57 @@ class LimitedSocket(AssociationSocket):
             return False
         return bool(ready)
 
+    def _refill(self) -> bool:
+        """One ``recv_into`` into the buffer's free space; False when the peer closed."""
+        if self._rbuf is None:
+            self._rbuf = bytearray(2 * (self.max_pdu_read + 6))
+        buf = self._rbuf
+        if self._rend == len(buf):  # the end is reached: move what is left to the front
+            left = self.buffered
+            buf[:left] = buf[self._rpos : self._rend]
+            self._rpos, self._rend = 0, left
+        sock = self.socket
+        if sock is None:
+            return False
+        with memoryview(buf) as view:
+            got = sock.recv_into(view[self._rend :])
+        if got == 0:
+            return False
+        self._rend += got
+        return True
+
+    def fill(self, n: int) -> memoryview | None:
+        """Make the next ``n`` bytes available without taking them.
+
+        Parameters
+        ----------
+        n : int
+            At most ``max_pdu_read`` + 6.
+
+        Returns
+        -------
+        memoryview or None
+            The next ``n`` bytes (valid until the next read), or None when the peer closed
+            the connection first (what came stays buffered).
+        """
+        if self._rbuf is None:
+            self._rbuf = bytearray(2 * (self.max_pdu_read + 6))
+        buf = self._rbuf
+        if self._rpos + n > len(buf):  # move what is left to the front
+            left = self.buffered
+            buf[:left] = buf[self._rpos : self._rend]
+            self._rpos, self._rend = 0, left
+        while self.buffered < n:
+            if not self._refill():
+                return None
+        return memoryview(buf)[self._rpos : self._rpos + n]
+
+    def consume(self, n: int) -> None:
+        """Take ``n`` buffered bytes."""
+        self._rpos += n
+        if self._rpos == self._rend:
+            self._rpos = self._rend = 0
+
     def read_into(self, view: memoryview) -> int:
         """Fill ``view``; fewer bytes only when the peer closed the connection.
 
@@ -111,18 +168,15 @@ class LimitedSocket(AssociationSocket):
         int
             Number of bytes read.
         """
-        got = 0
-        if self._pushback:
-            got = min(len(self._pushback), len(view))
-            view[:got] = self._pushback[:got]
-            self._pushback = self._pushback[got:]
-        sock = self.socket
-        if sock is None:
-            return got
-        while got < len(view):
-            n = sock.recv_into(view[got:])
-            if n == 0:  # peer closed: a short read, as with pynetdicom's own loop
-                break
+        got, total = 0, len(view)
+        while got < total:
+            if not self.buffered and not self._refill():
+                break  # peer closed: a short read, as with pynetdicom's own loop
+            assert self._rbuf is not None
+            n = min(self.buffered, total - got)
+            with memoryview(self._rbuf) as buffered:
+                view[got : got + n] = buffered[self._rpos : self._rpos + n]
+            self.consume(n)
             got += n
         return got
 
@@ -135,7 +189,7 @@ class LimitedSocket(AssociationSocket):
                 self.max_pdu_read,
             )
             raise OSError("PDU larger than the negotiated maximum")
-        if nr_bytes <= 0 or (self.socket is None and not self._pushback):
+        if nr_bytes <= 0 or (self.socket is None and not self.buffered):
             return super().recv(nr_bytes)
         buf = bytearray(nr_bytes)
         with memoryview(buf) as view:
@@ -305,7 +359,6 @@ class StreamingDUL(DULServiceProvider):
     """
 
     stream_factory: StreamFactory | None = None
-    _buffer: bytearray | None = None
     _streams: list[StreamedDataSet] | None = None
 
     # ------------------------------------------------------------------ streams
@@ -362,57 +415,54 @@ class StreamingDUL(DULServiceProvider):
         if message is None or not isinstance(sock, LimitedSocket) or not self._fast_path_open():
             super()._read_pdu_data()
             return
-        if self._buffer is None:
-            self._buffer = bytearray(sock.max_pdu_read)
-        with memoryview(self._buffer) as buf:
-            # The rest of the data set is expected: read on while it comes (pynetdicom's
-            # reactor would sleep 1 ms after every PDU that queues no event), as long as
-            # nothing else needs the reactor.
-            while self._read_data_pdu(sock, buf, message):
-                self._idle_timer.restart()
-                if (
-                    self.assoc.dimse.message is not message
-                    or self._kill_thread
-                    or not self.to_provider_queue.empty()
-                    or not self._fast_path_open()
-                    or not sock.wait_readable(DATA_WAIT)
-                ):
-                    return
+        # The rest of the data set is expected: read on while it comes (pynetdicom's reactor
+        # would sleep 1 ms after every PDU that queues no event), as long as nothing else
+        # needs the reactor.
+        while self._read_data_pdu(sock, message):
+            self._idle_timer.restart()
+            if (
+                self.assoc.dimse.message is not message
+                or self._kill_thread
+                or not self.to_provider_queue.empty()
+                or not self._fast_path_open()
+                or not sock.wait_readable(DATA_WAIT)
+            ):
+                return
         super()._read_pdu_data()
 
-    def _read_data_pdu(self, sock: LimitedSocket, buf: memoryview, message: C_STORE_RQ) -> bool:
-        """Stream one P-DATA-TF of data fragments; False (bytes put back) for anything else."""
+    def _read_data_pdu(self, sock: LimitedSocket, message: C_STORE_RQ) -> bool:
+        """Stream one P-DATA-TF of data fragments; False (nothing taken) for anything else."""
         try:
-            got = sock.read_into(buf[:6])
-            if got < 6:
-                sock.unread(buf[:got])
+            head = sock.fill(6)
+            if head is None:
                 return False
-            pdu_type, _, length = struct.unpack(">BBL", buf[:6])
-            if pdu_type != P_DATA_TF or length > len(buf) - 6:
-                sock.unread(buf[:6])
+            pdu_type, _, length = struct.unpack(">BBL", head)
+            if pdu_type != P_DATA_TF or length > sock.max_pdu_read:
                 return False
-            got = sock.read_into(buf[6 : 6 + length])
+            pdu = sock.fill(6 + length)
         except (OSError, TimeoutError):
             logger.info("connection closed while a PDU was being received")
             self.event_queue.put("Evt17")  # transport connection closed, as pynetdicom does
             return True
-        body = buf[6 : 6 + length]
+        if pdu is None:  # closed mid-PDU: pynetdicom's path reads what came and ends
+            return False
+        body = pdu[6:]
         context_id = cast(int, message.context_id)
-        plan = _plan(body, context_id) if got == length else None
+        plan = _plan(body, context_id)
         if plan is None:
-            sock.unread(buf[: 6 + got])
             return False
         ranges, end = plan
         stream = cast(StreamedDataSet, message.data_set)
         for start, stop in ranges:
             stream.write(body[start:stop])
+        rest = bytes(body[end:]) if end is not None else b""
+        sock.consume(6 + length)
         if end is not None:
             # Complete the message through pynetdicom: the last fragment, now empty, and
             # whatever PDVs followed it in this PDU.
-            rest = bytes(body[end:])
-            pdu = struct.pack(">BBLLBB", P_DATA_TF, 0, 6 + len(rest), 2, context_id, 0x02)
+            pdu_bytes = struct.pack(">BBLLBB", P_DATA_TF, 0, 6 + len(rest), 2, context_id, 0x02)
             try:
-                decoded, event = self._decode_pdu(bytearray(pdu + rest))
+                decoded, event = self._decode_pdu(bytearray(pdu_bytes + rest))
             except Exception:
                 logger.exception("unable to decode the received PDU data")
                 self.event_queue.put("Evt19")  # invalid PDU, as pynetdicom does

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import itertools
 import os
+import socket
 import threading
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sqlalchemy import func, select
 
 from spinexr.node.db.models import Instance, Study
 from spinexr.node.dimse.scp import StoreSCP
+from spinexr.node.dimse.transport import LimitedSocket
 from spinexr.node.errors import IngestError
 from spinexr.node.ingest import spoolwriter
 from spinexr.node.ingest.header import read_header
@@ -293,3 +295,31 @@ def test_spool_writers_at_once_hash_in_their_helpers_and_stay_exact(tmp_path: Pa
     assert third._hash_here  # alone again
     third.discard()
     assert spoolwriter._receiving.count == 0
+
+
+def test_socket_read_buffer_serves_every_reader_and_loses_nothing() -> None:
+    """Bytes read ahead for the streaming path are what pynetdicom's reads get next."""
+    a, b = socket.socketpair()
+    sock = object.__new__(LimitedSocket)  # as the SCP does: the class of a live socket
+    sock.socket = a
+    sock.max_pdu_read = 4096
+    try:
+        payload = os.urandom(10_000)
+        b.sendall(payload)
+        head = sock.fill(6)
+        assert head is not None and bytes(head) == payload[:6]
+        assert sock.buffered >= 6  # read ahead, nothing taken yet
+        sock.consume(6)
+        assert bytes(sock.recv(3000)) == payload[6:3006]  # pynetdicom's path
+        view = memoryview(bytearray(6994))
+        assert sock.read_into(view) == 6994 and bytes(view) == payload[3006:]
+        assert sock.buffered == 0 and not sock.has_buffered_data()
+        b.sendall(b"xyz")
+        b.close()
+        assert sock.fill(10) is None  # closed first: what came stays buffered
+        view = memoryview(bytearray(10))
+        assert sock.read_into(view) == 3 and bytes(view[:3]) == b"xyz"  # a short read
+        with pytest.raises(OSError):
+            sock.recv(5000)  # larger than the PDU limit: refused
+    finally:
+        a.close()
