@@ -144,7 +144,8 @@ class Instance(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     path: Mapped[str] = mapped_column(String(512), doc="Relative to the spool folder.")
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
+    content_hash: Mapped[str] = mapped_column(String(80))
+    """``algorithm:hex digest`` of the file as received (``blake3:``; ``sha256:`` before 0002)."""
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(16), default="dimse")
     decision: Mapped[str] = mapped_column(

@@ -57,7 +57,7 @@ def idempotency_key(study_uid: str, instances: list[tuple[str, str]], model: str
     study_uid : str
         Study Instance UID.
     instances : list of (str, str)
-        (SOP Instance UID, SHA-256) of every analysable instance.
+        (SOP Instance UID, content hash) of every analysable instance.
     model : str
         From :func:`model_identity`.
 
@@ -176,7 +176,9 @@ class StudyAssembler:
             assert study is not None
             session.refresh(study)
             analysable = [
-                (i.sop_instance_uid, i.sha256) for i in study.instances if i.decision == ANALYSE
+                (i.sop_instance_uid, i.content_hash)
+                for i in study.instances
+                if i.decision == ANALYSE
             ]
             how = "forced by admin" if forced else "completion timer"
             if not analysable:

@@ -189,11 +189,11 @@ class Recorder:
         """Duplicate check and the rows of one arrival, in the open transaction."""
         header, spooled = arrival.header, arrival.spooled
         versions = conn.execute(
-            select(_INSTANCES.c.version, _INSTANCES.c.sha256).where(
+            select(_INSTANCES.c.version, _INSTANCES.c.content_hash).where(
                 _INSTANCES.c.sop_instance_uid == header.sop_instance_uid
             )
         ).all()
-        if any(sha == spooled.sha256 for _, sha in versions):
+        if any(digest == spooled.content_hash for _, digest in versions):
             return IngestResult(
                 Outcome.DUPLICATE,
                 header.sop_class_uid,
@@ -217,7 +217,7 @@ class Recorder:
                 version=version,
                 path=str(arrival.relative),
                 size_bytes=spooled.size,
-                sha256=spooled.sha256,
+                content_hash=spooled.content_hash,
                 calling_ae=arrival.calling_ae[:16],
                 source=arrival.source,
                 decision=arrival.decision.text,

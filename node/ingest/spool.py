@@ -107,7 +107,7 @@ class Spool:
         Returns
         -------
         SpooledFile
-            The temporary file with its size and SHA-256.
+            The temporary file with its size and content hash.
         """
         writer = self.open_writer()
         try:

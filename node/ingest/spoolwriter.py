@@ -9,24 +9,25 @@ take about a tenth of the kernel time and reach the disk's own rate from one thr
 file's end, less than a block, is written padded to the block size and the file truncated to
 its length. File systems without direct I/O get buffered writes (same chunks, same hash).
 
-The file's SHA-256 is computed chunk by chunk. With ``background=True`` a helper thread
-writes (and, while other files are being received too, hashes) the chunks while the next
-ones are being received (the receiving thread waits only when all :data:`CHUNKS_IN_FLIGHT`
-are still being written), and with ``finish(sync=True)`` it fsyncs the file once its end is
-written. The file's first
+The file's content hash (BLAKE3, :data:`HASH_PREFIX`) is computed chunk by chunk. With
+``background=True`` a helper thread writes (and, while other files are being received too,
+hashes) the chunks while the next ones are being received (the receiving thread waits only
+when all :data:`CHUNKS_IN_FLIGHT` are still being written), and with ``finish(sync=True)``
+it fsyncs the file once its end is written. The file's first
 :data:`HEAD` bytes are kept in memory, so that the caller parses the header meanwhile.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import mmap
 import os
 import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from blake3 import blake3
 
 CHUNK = 2**20
 """Bytes gathered before a write (a multiple of :data:`BLOCK`)."""
@@ -42,6 +43,9 @@ _POOL_KEEP = 32
 """Free chunks kept for reuse (fresh anonymous pages cost a page fault each on first use)."""
 
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+HASH_PREFIX = "blake3:"
+"""Content hashes are ``blake3:`` and the hex digest (BLAKE3: about 6 GB/s on one core,
+three times SHA-256 with SHA-NI; it lets other threads run while it hashes)."""
 
 
 class _ChunkPool:
@@ -91,7 +95,8 @@ class SpooledFile:
 
     tmp_path: Path
     size: int
-    sha256: str
+    content_hash: str
+    """``blake3:`` and the hex digest of the whole file."""
     synced: bool = False
     """Whether its content is already fsynced."""
     head: bytes = field(default=b"", repr=False, compare=False)
@@ -146,7 +151,7 @@ class _File:
 class _Follower(threading.Thread):
     """Hashes and writes the chunks handed to it, fsyncs at the end."""
 
-    def __init__(self, file: _File, digest: hashlib._Hash, *, hashes: bool) -> None:
+    def __init__(self, file: _File, digest: blake3, *, hashes: bool) -> None:
         super().__init__(name="spool-write", daemon=True)
         self._file = file
         self.digest = digest
@@ -262,7 +267,7 @@ class PendingSpool:
         Returns
         -------
         SpooledFile
-            The file with its SHA-256.
+            The file with its content hash.
 
         Raises
         ------
@@ -279,7 +284,7 @@ class PendingSpool:
             self._spooled = SpooledFile(
                 self.tmp_path,
                 self.size,
-                follower.digest.hexdigest(),
+                HASH_PREFIX + follower.digest.hexdigest(),
                 synced=follower._sync,
                 head=self.head,
             )
@@ -308,7 +313,7 @@ class SpoolWriter:
         self.path = path
         self.size = 0
         self._file: _File | None = _File(path)
-        self._digest = hashlib.sha256()
+        self._digest = blake3()
         self._head = b""
         self._passed = 0
         self._counted = False
@@ -437,7 +442,11 @@ class SpoolWriter:
             file.close()
             self._release()
         spooled = SpooledFile(
-            self.path, self.size, self._digest.hexdigest(), synced=sync, head=self._head
+            self.path,
+            self.size,
+            HASH_PREFIX + self._digest.hexdigest(),
+            synced=sync,
+            head=self._head,
         )
         return PendingSpool(self.path, self.size, spooled=spooled)
 
@@ -447,7 +456,7 @@ class SpoolWriter:
         Returns
         -------
         SpooledFile
-            The temporary file with its size and SHA-256.
+            The temporary file with its size and content hash.
         """
         return self.finish().result()
 

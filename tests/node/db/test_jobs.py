@@ -122,7 +122,7 @@ def test_instance_versions_unique_per_sop_instance(session: Session) -> None:
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         path="x",
         size_bytes=10,
-        sha256="0" * 64,
+        content_hash="blake3:" + "0" * 64,
     )
     session.add(Instance(version=1, **common))
     session.add(Instance(version=2, **common))

@@ -74,3 +74,36 @@ def test_migrations_on_postgresql(postgres_url: str) -> None:
 def test_postgres_url_gets_psycopg3_driver() -> None:
     assert normalise_url("postgresql://u:p@h:5432/db") == "postgresql+psycopg://u:p@h:5432/db"
     assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_0002_keeps_earlier_hashes_with_their_algorithm(tmp_path: Path) -> None:
+    """Rows hashed with SHA-256 before 0002 keep that digest, named; downgrade restores it."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'h.db'}")
+    upgrade(engine, "0001")
+    digest = "ab" * 32
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO studies (id, study_instance_uid, source, priority, status, "
+                "decision, first_received_at, last_received_at) VALUES "
+                "(1, '1.2.3', 'dimse', 0, 'RECEIVING', 'analyse', '2026-01-01', '2026-01-01')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO instances (study_id, series_instance_uid, sop_instance_uid, "
+                "sop_class_uid, transfer_syntax_uid, version, path, size_bytes, sha256, source, "
+                "decision, received_at) VALUES (1, '1.2.3.1', '1.2.3.1.1', '1.2', '1.2.840.10008"
+                ".1.2.1', 1, 'a/b.dcm', 10, :digest, 'dimse', 'analyse', '2026-01-01')"
+            ),
+            {"digest": digest},
+        )
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT content_hash FROM instances")).scalar() == (
+            "sha256:" + digest
+        )
+    assert_schema_matches_models(engine)
+    downgrade(engine, "0001")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT sha256 FROM instances")).scalar() == digest

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from blake3 import blake3
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -275,7 +276,8 @@ def test_sigkill_during_storescu_loses_no_acknowledged_instance(tmp_path: Path) 
         assert stored.is_file(), f"{src.sop_uid}: {stored} missing"
         data = stored.read_bytes()
         assert len(data) == row.size_bytes, f"{stored}: size differs from the database"
-        assert hashlib.sha256(data).hexdigest() == row.sha256, f"{stored}: sha256 differs"
+        digest = "blake3:" + blake3(data).hexdigest()
+        assert digest == row.content_hash, f"{stored}: content hash differs"
         check_complete(stored)
         ds = pydicom.dcmread(stored)
         assert ds.SOPInstanceUID == src.sop_uid

@@ -4,7 +4,6 @@ and instances that arrive together recorded in one transaction (group commit).""
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import os
 import socket
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from blake3 import blake3
 from ingest_support import Stack, build_stack, phantom_bytes
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
@@ -26,6 +26,11 @@ from spinexr.node.ingest import spoolwriter
 from spinexr.node.ingest.header import read_header
 from spinexr.node.ingest.recorder import Outcome, Recorder
 from spinexr.node.ingest.spoolwriter import BLOCK, CHUNK, CHUNKS_IN_FLIGHT, HEAD, SpoolWriter
+
+
+def blake3_of(data: bytes) -> str:
+    """The content hash the node records, computed independently."""
+    return "blake3:" + blake3(data).hexdigest()
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -51,7 +56,7 @@ def test_spool_writer_file_ends_exactly(tmp_path: Path, background: bool, size: 
     pending.wait_written()
     spooled = pending.result()
     assert (tmp_path / "e.part").read_bytes() == data
-    assert (spooled.size, spooled.sha256) == (size, hashlib.sha256(data).hexdigest())
+    assert (spooled.size, spooled.content_hash) == (size, blake3_of(data))
 
 
 def test_spool_writer_without_direct_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,7 +77,7 @@ def test_spool_writer_without_direct_io(tmp_path: Path, monkeypatch: pytest.Monk
     writer.write(data)
     spooled = writer.finish(sync=True).result()
     assert (tmp_path / "f.part").read_bytes() == data
-    assert spooled.sha256 == hashlib.sha256(data).hexdigest()
+    assert spooled.content_hash == blake3_of(data)
 
 
 def test_spool_writer_failed_write_is_reported_and_nothing_is_left(
@@ -114,7 +119,7 @@ def test_spool_writer_hash_size_and_sync(tmp_path: Path, background: bool) -> No
     for a, b in itertools.pairwise(cuts):
         writer.write(memoryview(data)[a:b])
     spooled = writer.finish(sync=True).result()
-    assert spooled.sha256 == hashlib.sha256(data).hexdigest()
+    assert spooled.content_hash == blake3_of(data)
     assert spooled.size == len(data) and spooled.synced
     assert (tmp_path / "a.part").read_bytes() == data
 
@@ -164,7 +169,7 @@ def test_concurrent_arrivals_share_commits_and_all_are_recorded(
         assert s.scalar(select(func.count()).select_from(Study)) == len(files)
         for inst in instances:
             stored = (stack.spool.root / inst.path).read_bytes()
-            assert hashlib.sha256(stored).hexdigest() == inst.sha256
+            assert blake3_of(stored) == inst.content_hash
     assert list(stack.spool.tmp.iterdir()) == []
 
 
@@ -227,7 +232,7 @@ def test_streamed_c_store_is_byte_exact_and_an_oversized_one_is_refused_mid_stre
     with stack.sessions() as s:
         inst = s.scalars(select(Instance)).one()
     stored = (stack.spool.root / inst.path).read_bytes()
-    assert hashlib.sha256(stored).hexdigest() == inst.sha256 and inst.size_bytes == len(stored)
+    assert blake3_of(stored) == inst.content_hash and inst.size_bytes == len(stored)
     got = pydicom.dcmread(stack.spool.root / inst.path)
     assert got.SOPInstanceUID == small_ds.SOPInstanceUID
     assert got.PixelData == small_ds.PixelData
@@ -288,7 +293,7 @@ def test_spool_writers_at_once_hash_in_their_helpers_and_stay_exact(tmp_path: Pa
         second.write(datas[1][start : start + 70_000])
     for writer, data, name in ((first, datas[0], "1.part"), (second, datas[1], "2.part")):
         spooled = writer.finish(sync=True).result()
-        assert spooled.sha256 == hashlib.sha256(data).hexdigest()
+        assert spooled.content_hash == blake3_of(data)
         assert (tmp_path / name).read_bytes() == data
     assert spoolwriter._receiving.count == 0
     third = SpoolWriter(tmp_path / "3.part", background=True)
