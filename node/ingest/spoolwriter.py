@@ -20,6 +20,7 @@ it fsyncs the file once its end is written. The file's first
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import queue
@@ -140,7 +141,16 @@ class _File:
     def _write(self, view: memoryview) -> None:
         done = 0
         while done < len(view):
-            done += os.pwrite(self.fd, view[done:], self.offset + done)
+            try:
+                done += os.pwrite(self.fd, view[done:], self.offset + done)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not self.direct:
+                    raise
+                # Direct I/O accepted at open but not for this write (stricter alignment):
+                # the rest of the file is written buffered.
+                flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~O_DIRECT)
+                self.direct = False
 
     def close(self) -> None:
         if self.fd >= 0:

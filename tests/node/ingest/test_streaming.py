@@ -4,6 +4,7 @@ and instances that arrive together recorded in one transaction (group commit).""
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import os
 import socket
@@ -328,3 +329,35 @@ def test_socket_read_buffer_serves_every_reader_and_loses_nothing() -> None:
             sock.recv(5000)  # larger than the PDU limit: refused
     finally:
         a.close()
+
+
+def test_spool_writer_falls_back_when_a_direct_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EINVAL from a direct write (alignment stricter than ours): the rest goes buffered."""
+    real_pwrite = os.pwrite
+    refused: list[int] = []
+
+    def strict(fd, data, offset):
+        if not refused and fcntl.fcntl(fd, fcntl.F_GETFL) & spoolwriter.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", strict)
+    data = os.urandom(2 * CHUNK + 333)
+    writer = SpoolWriter(tmp_path / "d.part", background=True)
+    writer.write(data)
+    spooled = writer.finish(sync=True).result()
+    assert (tmp_path / "d.part").read_bytes() == data
+    assert spooled.content_hash == blake3_of(data)
+    if spoolwriter.O_DIRECT and writer_was_direct(tmp_path):
+        assert refused == [0]
+
+
+def writer_was_direct(folder: Path) -> bool:
+    probe = SpoolWriter(folder / "probe.part")
+    try:
+        return probe.direct
+    finally:
+        probe.discard()
