@@ -104,15 +104,20 @@ class LimitedSocket(AssociationSocket):
             return False
         return bool(ready)
 
-    def _refill(self) -> bool:
-        """One ``recv_into`` into the buffer's free space; False when the peer closed."""
+    def _room(self, n: int) -> bytearray:
+        """Return the read buffer, what is left moved to the front if ``n`` more would not fit."""
         if self._rbuf is None:
             self._rbuf = bytearray(2 * (self.max_pdu_read + 6))
         buf = self._rbuf
-        if self._rend == len(buf):  # the end is reached: move what is left to the front
+        if self._rpos + n > len(buf):
             left = self.buffered
             buf[:left] = buf[self._rpos : self._rend]
             self._rpos, self._rend = 0, left
+        return buf
+
+    def _refill(self) -> bool:
+        """One ``recv_into`` into the buffer's free space; False when the peer closed."""
+        buf = self._room(self.buffered + 1)
         sock = self.socket
         if sock is None:
             return False
@@ -137,13 +142,7 @@ class LimitedSocket(AssociationSocket):
             The next ``n`` bytes (valid until the next read), or None when the peer closed
             the connection first (what came stays buffered).
         """
-        if self._rbuf is None:
-            self._rbuf = bytearray(2 * (self.max_pdu_read + 6))
-        buf = self._rbuf
-        if self._rpos + n > len(buf):  # move what is left to the front
-            left = self.buffered
-            buf[:left] = buf[self._rpos : self._rend]
-            self._rpos, self._rend = 0, left
+        buf = self._room(n)
         while self.buffered < n:
             if not self._refill():
                 return None

@@ -62,12 +62,13 @@ class _ChunkPool:
                 return self._free.pop()
         return mmap.mmap(-1, CHUNK)  # anonymous mappings start on a page boundary
 
-    def give(self, chunk: mmap.mmap) -> None:
+    def give(self, chunks: list[mmap.mmap]) -> None:
+        """Take chunks back (closing those beyond the ones kept)."""
         with self._lock:
-            if len(self._free) < _POOL_KEEP:
-                self._free.append(chunk)
-                return
-        chunk.close()
+            keep = max(0, _POOL_KEEP - len(self._free))
+            self._free.extend(chunks[:keep])
+        for chunk in chunks[keep:]:
+            chunk.close()
 
 
 _pool = _ChunkPool()
@@ -254,8 +255,7 @@ class PendingSpool:
 
     def _release(self) -> None:
         chunks, self._chunks = self._chunks, []
-        for chunk in chunks:
-            _pool.give(chunk)
+        _pool.give(chunks)
 
     def wait_written(self) -> None:
         """Wait until every byte is in the file (it may not be fsynced yet).
@@ -325,7 +325,6 @@ class SpoolWriter:
         self._file: _File | None = _File(path)
         self._digest = blake3()
         self._head = b""
-        self._passed = 0
         self._counted = False
         self._hash_here = True
         self._follower: _Follower | None = None
@@ -359,8 +358,7 @@ class SpoolWriter:
 
     def _release(self) -> None:
         chunks, self._chunks = self._chunks, []
-        for chunk in chunks:
-            _pool.give(chunk)
+        _pool.give(chunks)
         self._uncount()
 
     def _uncount(self) -> None:
@@ -394,11 +392,10 @@ class SpoolWriter:
     def _chunk_done(self) -> None:
         """Keep the head from the file's first chunk; hash the chunk unless the helper does."""
         with memoryview(self._chunk) as view:
-            if not self._passed:
+            if not self._head:  # the file's first chunk (full ones are never empty)
                 self._head = bytes(view[: min(self._fill, HEAD)])
             if self._hash_here:
                 self._digest.update(view[: self._fill])
-        self._passed += self._fill
 
     def _put_chunk(self) -> None:
         """Write the full current chunk (or hand it to the helper) and start a new one."""
