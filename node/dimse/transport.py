@@ -61,6 +61,10 @@ IDLE_WAIT = 0.05
 """Longest sleep of an idle reactor (timers are checked this often); data, a primitive to
 send or a stop request wake it at once."""
 _LAST_DATA_FRAGMENT = 0x02
+READ_BUFFER = 4 * 2**20
+"""Most bytes one ``recv_into`` takes (more when a PDU is larger). Every read lets other
+threads take the GIL, and while several associations are busy, each hand-over costs a thread
+switch: large reads, a few per data set, keep them rare."""
 
 
 class LimitedSocket(AssociationSocket):
@@ -107,7 +111,7 @@ class LimitedSocket(AssociationSocket):
     def _room(self, n: int) -> bytearray:
         """Return the read buffer, what is left moved to the front if ``n`` more would not fit."""
         if self._rbuf is None:
-            self._rbuf = bytearray(2 * (self.max_pdu_read + 6))
+            self._rbuf = bytearray(max(READ_BUFFER, 2 * (self.max_pdu_read + 6)))
         buf = self._rbuf
         if self._rpos + n > len(buf):
             left = self.buffered
@@ -117,7 +121,8 @@ class LimitedSocket(AssociationSocket):
 
     def _refill(self) -> bool:
         """One ``recv_into`` into the buffer's free space; False when the peer closed."""
-        buf = self._room(self.buffered + 1)
+        # Room for a whole PDU at least, so that no read is cut short by the buffer's end.
+        buf = self._room(self.buffered + self.max_pdu_read)
         sock = self.socket
         if sock is None:
             return False

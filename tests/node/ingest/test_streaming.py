@@ -331,6 +331,43 @@ def test_socket_read_buffer_serves_every_reader_and_loses_nothing() -> None:
         a.close()
 
 
+def test_socket_reads_many_waiting_pdus_at_once() -> None:
+    """A data set's PDUs that have arrived cost a few large reads, not one or two each."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2**22)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2**22)
+    sock = object.__new__(LimitedSocket)
+    sock.socket = a
+    sock.max_pdu_read = 16384 + 1024
+    reads = 0
+    real_refill = LimitedSocket._refill
+
+    def counting_refill(self: LimitedSocket) -> bool:
+        nonlocal reads
+        reads += 1
+        return real_refill(self)
+
+    try:
+        # As many 16 KiB PDUs as surely wait in the socket at once (up to 1 MiB).
+        room = b.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
+        count = min(64, room // (16384 + 6))
+        assert count >= 8
+        pdus = [os.urandom(16384 + 6) for _ in range(count)]
+        sender = threading.Thread(target=b.sendall, args=(b"".join(pdus),))
+        sender.start()
+        sender.join(timeout=10)  # all of it waits in the socket before the first read
+        assert not sender.is_alive()
+        sock._refill = counting_refill.__get__(sock)  # type: ignore[method-assign]
+        for pdu in pdus:
+            got = sock.fill(len(pdu))
+            assert got is not None and bytes(got) == pdu
+            sock.consume(len(pdu))
+        assert reads <= max(2, count // 8)  # (two PDUs per read before)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_spool_writer_falls_back_when_a_direct_write_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
