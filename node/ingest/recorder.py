@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +39,19 @@ logger = logging.getLogger(__name__)
 _INSTANCES = cast(Table, Instance.__table__)
 _STUDIES = cast(Table, Study.__table__)
 _EVENTS = cast(Table, AuditEvent.__table__)
+
+# Built once: SQLAlchemy keeps a statement's cache key with the statement, so each execution
+# only binds the values (a statement built per instance is analysed again every time).
+_VERSIONS = select(_INSTANCES.c.version, _INSTANCES.c.content_hash).where(
+    _INSTANCES.c.sop_instance_uid == bindparam("sop_uid")
+)
+_STUDY = select(_STUDIES.c.id, _STUDIES.c.status, _STUDIES.c.decision).where(
+    _STUDIES.c.study_instance_uid == bindparam("study_uid")
+)
+_NEW_STUDY = insert(_STUDIES)
+_NEW_INSTANCE = insert(_INSTANCES)
+_NEW_EVENT = insert(_EVENTS)
+_STUDY_UPDATE = update(_STUDIES).where(_STUDIES.c.id == bindparam("study_row"))
 
 
 class Outcome(enum.StrEnum):
@@ -188,11 +201,7 @@ class Recorder:
     def _rows(self, conn: Connection, arrival: Arrival) -> IngestResult:
         """Duplicate check and the rows of one arrival, in the open transaction."""
         header, spooled = arrival.header, arrival.spooled
-        versions = conn.execute(
-            select(_INSTANCES.c.version, _INSTANCES.c.content_hash).where(
-                _INSTANCES.c.sop_instance_uid == header.sop_instance_uid
-            )
-        ).all()
+        versions = conn.execute(_VERSIONS, {"sop_uid": header.sop_instance_uid}).all()
         if any(digest == spooled.content_hash for _, digest in versions):
             return IngestResult(
                 Outcome.DUPLICATE,
@@ -208,21 +217,22 @@ class Recorder:
         now = utcnow()
         study_id = self._upsert_study(conn, arrival, now)
         conn.execute(
-            insert(_INSTANCES).values(
-                study_id=study_id,
-                series_instance_uid=header.series_instance_uid,
-                sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=header.sop_class_uid,
-                transfer_syntax_uid=header.transfer_syntax_uid,
-                version=version,
-                path=str(arrival.relative),
-                size_bytes=spooled.size,
-                content_hash=spooled.content_hash,
-                calling_ae=arrival.calling_ae[:16],
-                source=arrival.source,
-                decision=arrival.decision.text,
-                received_at=now,
-            )
+            _NEW_INSTANCE,
+            {
+                "study_id": study_id,
+                "series_instance_uid": header.series_instance_uid,
+                "sop_instance_uid": header.sop_instance_uid,
+                "sop_class_uid": header.sop_class_uid,
+                "transfer_syntax_uid": header.transfer_syntax_uid,
+                "version": version,
+                "path": str(arrival.relative),
+                "size_bytes": spooled.size,
+                "content_hash": spooled.content_hash,
+                "calling_ae": arrival.calling_ae[:16],
+                "source": arrival.source,
+                "decision": arrival.decision.text,
+                "received_at": now,
+            },
         )
         if version > 1:
             _audit(
@@ -251,25 +261,22 @@ class Recorder:
         header, decision = arrival.header, arrival.decision
         calling_ae, source = arrival.calling_ae, arrival.source
         urgent = calling_ae in self.settings.study.urgent_calling_aets
-        row = conn.execute(
-            select(_STUDIES.c.id, _STUDIES.c.status, _STUDIES.c.decision).where(
-                _STUDIES.c.study_instance_uid == header.study_instance_uid
-            )
-        ).first()
+        row = conn.execute(_STUDY, {"study_uid": header.study_instance_uid}).first()
         if row is None:
             inserted = conn.execute(
-                insert(_STUDIES).values(
-                    study_instance_uid=header.study_instance_uid,
-                    accession_number=header.accession_number or None,
-                    modality=header.modality or None,
-                    calling_ae=calling_ae[:16],
-                    source=source,
-                    priority=int(Priority.URGENT if urgent else Priority.ROUTINE),
-                    status=StudyStatus.RECEIVING,
-                    decision=decision.text,
-                    first_received_at=now,
-                    last_received_at=now,
-                )
+                _NEW_STUDY,
+                {
+                    "study_instance_uid": header.study_instance_uid,
+                    "accession_number": header.accession_number or None,
+                    "modality": header.modality or None,
+                    "calling_ae": calling_ae[:16],
+                    "source": source,
+                    "priority": int(Priority.URGENT if urgent else Priority.ROUTINE),
+                    "status": StudyStatus.RECEIVING,
+                    "decision": decision.text,
+                    "first_received_at": now,
+                    "last_received_at": now,
+                },
             )
             key = inserted.inserted_primary_key
             assert key is not None
@@ -299,7 +306,7 @@ class Recorder:
                 now,
                 detail="new instance after completion; results will be superseded",
             )
-        conn.execute(update(_STUDIES).where(_STUDIES.c.id == study_id).values(**changes))
+        conn.execute(_STUDY_UPDATE, {"study_row": study_id, **changes})
         return study_id
 
 
@@ -314,11 +321,12 @@ def _audit(
 ) -> None:
     """Add one timeline row in the caller's transaction, like :func:`.timeline.record`."""
     conn.execute(
-        insert(_EVENTS).values(
-            study_id=study_id,
-            event=event,
-            detail=detail,
-            to_state=to_state.value if to_state else None,
-            at=at,
-        )
+        _NEW_EVENT,
+        {
+            "study_id": study_id,
+            "event": event,
+            "detail": detail,
+            "to_state": to_state.value if to_state else None,
+            "at": at,
+        },
     )
