@@ -1,8 +1,9 @@
 """Writing one received file into the spool's temporary area, piece by piece.
 
 A :class:`SpoolWriter` gathers the pieces as they arrive into page-aligned chunks of
-:data:`CHUNK` bytes and writes each full chunk with direct I/O (``O_DIRECT``): the bytes go
-from the chunk to the disk without being copied into the page cache and written back later.
+:data:`CHUNK` bytes (:data:`CHUNK_ALONE` for a file received alone) and writes each full
+chunk with direct I/O (``O_DIRECT``): the bytes go from the chunk to the disk without being
+copied into the page cache and written back later.
 On these machines that is what a buffered write plus fsync costs most of its CPU time for
 (copying into new page-cache pages, then their write-back): direct writes of the same files
 take about a tenth of the kernel time and reach the disk's own rate from one thread. The
@@ -30,8 +31,13 @@ from pathlib import Path
 
 from blake3 import blake3
 
-CHUNK = 2**20
-"""Bytes gathered before a write (a multiple of :data:`BLOCK`)."""
+CHUNK = 2**22
+"""Bytes gathered before a write while other files are being received too (a multiple of
+:data:`BLOCK`): each chunk is a hand-over to the helper and back, and with several busy
+threads every hand-over costs thread switches."""
+CHUNK_ALONE = 2**20
+"""Bytes gathered before a write for a file received alone: what is left to write after its
+last byte arrives is less (the sender waits for that)."""
 BLOCK = 4096
 """Alignment of direct writes: offsets, lengths and buffer addresses (covers 512-byte and
 4 KiB logical blocks)."""
@@ -40,7 +46,7 @@ CHUNKS_IN_FLIGHT = 3
 HEAD = 2**18
 """Bytes of the file's start kept in memory, so that its header is parsed without reading
 the file back (direct writes leave nothing in the page cache)."""
-_POOL_KEEP = 32
+_POOL_KEEP = 16
 """Free chunks kept for reuse (fresh anonymous pages cost a page fault each on first use)."""
 
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
@@ -327,6 +333,7 @@ class SpoolWriter:
         self._head = b""
         self._counted = False
         self._hash_here = True
+        self._chunk_size = CHUNK_ALONE
         self._follower: _Follower | None = None
         self._chunks: list[mmap.mmap] = []
         try:
@@ -337,6 +344,8 @@ class SpoolWriter:
                 # the receiving threads are kept lean and each helper hashes its own file.
                 self._counted = True
                 self._hash_here = _receiving.add(1) == 1
+                if not self._hash_here:
+                    self._chunk_size = CHUNK
                 self._follower = _Follower(self._file, self._digest, hashes=not self._hash_here)
                 for _ in range(CHUNKS_IN_FLIGHT - 1):
                     self._follower.free.put(self._new_chunk())
@@ -381,11 +390,11 @@ class SpoolWriter:
         view = memoryview(data).cast("B")
         done, total = 0, len(view)
         while done < total:
-            n = min(CHUNK - self._fill, total - done)
+            n = min(self._chunk_size - self._fill, total - done)
             self._chunk[self._fill : self._fill + n] = view[done : done + n]
             self._fill += n
             done += n
-            if self._fill == CHUNK:
+            if self._fill == self._chunk_size:
                 self._put_chunk()
         self.size += total
 

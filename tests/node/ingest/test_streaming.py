@@ -26,7 +26,14 @@ from spinexr.node.errors import IngestError
 from spinexr.node.ingest import spoolwriter
 from spinexr.node.ingest.header import read_header
 from spinexr.node.ingest.recorder import Outcome, Recorder
-from spinexr.node.ingest.spoolwriter import BLOCK, CHUNK, CHUNKS_IN_FLIGHT, HEAD, SpoolWriter
+from spinexr.node.ingest.spoolwriter import (
+    BLOCK,
+    CHUNK,
+    CHUNK_ALONE,
+    CHUNKS_IN_FLIGHT,
+    HEAD,
+    SpoolWriter,
+)
 
 
 def blake3_of(data: bytes) -> str:
@@ -46,7 +53,10 @@ def rows(stack: Stack) -> int:
 
 
 @pytest.mark.parametrize("background", [False, True])
-@pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, CHUNK, CHUNK + 1, 2 * CHUNK + BLOCK + 7])
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, BLOCK - 1, BLOCK, CHUNK_ALONE, CHUNK_ALONE + 1, CHUNK, CHUNK + 1, 2 * CHUNK + BLOCK + 7],
+)
 def test_spool_writer_file_ends_exactly(tmp_path: Path, background: bool, size: int) -> None:
     """Direct writes pad the last block: the file is cut back to its exact length."""
     data = os.urandom(size)
@@ -284,11 +294,15 @@ def test_spool_writer_keeps_the_head_of_the_file(tmp_path: Path) -> None:
 
 
 def test_spool_writers_at_once_hash_in_their_helpers_and_stay_exact(tmp_path: Path) -> None:
-    """A file received alone is hashed by its receiver; one among several by its helper."""
+    """A file received alone is hashed by its receiver; one among several by its helper, in
+    larger chunks."""
     datas = [os.urandom(2 * CHUNK + 999), os.urandom(3 * CHUNK + 5)]
     first = SpoolWriter(tmp_path / "1.part", background=True)
     second = SpoolWriter(tmp_path / "2.part", background=True)
     assert first._hash_here and not second._hash_here
+    # Short hand-overs for a file alone (less left after its last byte), longer ones among
+    # several (fewer thread switches).
+    assert (first._chunk_size, second._chunk_size) == (CHUNK_ALONE, CHUNK)
     for start in range(0, 3 * CHUNK + 5, 70_000):  # interleaved, as two associations
         first.write(datas[0][start : start + 70_000])
         second.write(datas[1][start : start + 70_000])
