@@ -333,7 +333,6 @@ class SpoolWriter:
         self._head = b""
         self._counted = False
         self._hash_here = True
-        self._chunk_size = CHUNK_ALONE
         self._follower: _Follower | None = None
         self._chunks: list[mmap.mmap] = []
         try:
@@ -344,8 +343,6 @@ class SpoolWriter:
                 # the receiving threads are kept lean and each helper hashes its own file.
                 self._counted = True
                 self._hash_here = _receiving.add(1) == 1
-                if not self._hash_here:
-                    self._chunk_size = CHUNK
                 self._follower = _Follower(self._file, self._digest, hashes=not self._hash_here)
                 for _ in range(CHUNKS_IN_FLIGHT - 1):
                     self._follower.free.put(self._new_chunk())
@@ -359,6 +356,11 @@ class SpoolWriter:
     def direct(self) -> bool:
         """Whether the file is written with direct I/O."""
         return self._file is not None and self._file.direct
+
+    @property
+    def _chunk_size(self) -> int:
+        """Bytes per chunk: short hand-overs for a file alone, fewer among several."""
+        return CHUNK_ALONE if self._hash_here else CHUNK
 
     def _new_chunk(self) -> mmap.mmap:
         chunk = _pool.take()
@@ -388,13 +390,13 @@ class SpoolWriter:
         if self._file is None:
             raise ValueError("spool writer is closed")
         view = memoryview(data).cast("B")
-        done, total = 0, len(view)
+        done, total, size = 0, len(view), self._chunk_size
         while done < total:
-            n = min(self._chunk_size - self._fill, total - done)
+            n = min(size - self._fill, total - done)
             self._chunk[self._fill : self._fill + n] = view[done : done + n]
             self._fill += n
             done += n
-            if self._fill == self._chunk_size:
+            if self._fill == size:
                 self._put_chunk()
         self.size += total
 
