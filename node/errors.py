@@ -37,8 +37,8 @@ class IngestError(SpinexrError):
     """A received instance cannot be accepted.
 
     ``reason`` is a short code the SCP and STOW-RS map to a status: ``unparseable``,
-    ``missing_uid``, ``too_deep``, ``too_large``, ``unsupported_sop_class``,
-    ``out_of_resources``, ``not_authorised``.
+    ``truncated``, ``missing_uid``, ``invalid_uid``, ``too_deep``, ``too_large``,
+    ``unsupported_sop_class``, ``out_of_resources``, ``not_authorised``.
     """
 
     def __init__(self, reason: str, message: str) -> None:

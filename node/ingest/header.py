@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 
 from spinexr.node.errors import IngestError
+from spinexr.node.ingest.inflate import read_file_meta
+from spinexr.node.ingest.integrity import check_complete
+from spinexr.node.sopclasses import ANALYSABLE_SOP_CLASSES, SECONDARY_CAPTURE
 
 _BROKEN_STREAM = ("End of file reached", "Expected explicit VR", "Unknown VR", "Unexpected")
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -44,14 +48,21 @@ class InstanceHeader:
     manufacturer: str
     software_versions: str
     expected_pixel_bytes: int
+    series_description: str = ""
+    protocol_name: str = ""
 
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+IMAGE_SOP_CLASSES = frozenset((*ANALYSABLE_SOP_CLASSES, SECONDARY_CAPTURE))
+"""SOP classes whose Pixel Data is Type 1."""
+DEFER_SIZE = 2**20
+"""Values longer than this (the pixels, large private blobs) are skipped when reading a
+header: their positions and lengths are checked, their bytes are not read."""
 
 
 def _may_be_sequence(ds: Dataset, tag: BaseTag) -> bool:
     """Whether an element can be a sequence, decided without converting it when possible."""
-    elem = ds.get_item(tag)
+    elem = ds.get_item(tag, keep_deferred=True)  # a deferred value stays unread
     vr = elem.VR
     if vr == "SQ":
         return True
@@ -137,6 +148,8 @@ class HeadThenFile(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         """Read into ``buffer`` from the head, or from the file beyond it."""
         view = memoryview(buffer).cast("B")
+        if self._pos >= self._size:
+            return 0
         if self._pos < len(self._head):
             n = min(len(view), len(self._head) - self._pos)
             view[:n] = self._head[self._pos : self._pos + n]
@@ -157,6 +170,58 @@ class HeadThenFile(io.RawIOBase):
         super().close()
 
 
+def _read_dataset(fileobj: io.BufferedReader, max_sequence_depth: int) -> Dataset:
+    """Read the whole structure to the end of the file (values over DEFER_SIZE skipped)."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(fileobj, defer_size=DEFER_SIZE)
+        # pydicom reads truncated or mis-encoded data leniently and only warns.
+        broken = [w for w in caught if any(s in str(w.message) for s in _BROKEN_STREAM)]
+        if broken:
+            message = str(broken[0].message)
+            raise EOFError(message) if "End of file" in message else ValueError(message)
+        depth = _depth(ds, max_sequence_depth)
+    except EOFError as exc:
+        raise IngestError("truncated", "the data set ends before its last element does") from exc
+    except (InvalidDicomError, ValueError, TypeError, KeyError, OSError, struct.error) as exc:
+        raise IngestError("unparseable", f"dataset cannot be parsed: {type(exc).__name__}") from exc
+    except RecursionError as exc:
+        raise IngestError("too_deep", "sequence nesting exceeds the parser's limit") from exc
+    if depth > max_sequence_depth:
+        raise IngestError("too_deep", f"sequence nesting {depth} > limit {max_sequence_depth}")
+    return ds
+
+
+def decoded_pixel_bytes(ds: Dataset) -> int:
+    """Return the bytes the pixels take once decoded (at least one byte per sample).
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The data set's header.
+
+    Returns
+    -------
+    int
+        ``Rows × Columns × Frames × Samples × max(BitsAllocated, 8) / 8``: the guard against
+        decompression bombs, before anything decodes the pixels.
+
+    Raises
+    ------
+    IngestError
+        ``unparseable`` when the Image Pixel module's values are not numbers.
+    """
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+    except (TypeError, ValueError) as exc:
+        raise IngestError("unparseable", "image pixel module values are not numbers") from exc
+    return rows * cols * frames * samples * max(bits, 8) // 8
+
+
 def read_header(
     path: Path,
     *,
@@ -166,7 +231,7 @@ def read_header(
     size: int = 0,
     before_file: Callable[[], None] | None = None,
 ) -> InstanceHeader:
-    """Parse a Part-10 file up to (not including) its pixel data and check it.
+    """Parse a Part-10 file's structure to its end (pixel values skipped) and check it.
 
     Parameters
     ----------
@@ -193,46 +258,33 @@ def read_header(
     Raises
     ------
     IngestError
-        ``reason`` ``"unparseable"``, ``"missing_uid"``, ``"too_deep"`` or ``"too_large"``.
+        ``reason`` ``"unparseable"``, ``"truncated"`` (the file ends before an element or its
+        pixels do, see :mod:`.integrity`), ``"missing_uid"``, ``"invalid_uid"``,
+        ``"too_deep"`` or ``"too_large"``.
     """
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if head:
-                raw = HeadThenFile(head, path, size, before_file)
-                with io.BufferedReader(raw, buffer_size=2**16) as fileobj:
-                    ds = pydicom.dcmread(fileobj, stop_before_pixels=True)
-            else:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-        # pydicom reads truncated or mis-encoded data leniently and only warns.
-        broken = [w for w in caught if any(s in str(w.message) for s in _BROKEN_STREAM)]
-        if broken:
-            raise ValueError(str(broken[0].message))
-        depth = _depth(ds, max_sequence_depth)
-    except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
-        raise IngestError("unparseable", f"dataset cannot be parsed: {type(exc).__name__}") from exc
-    except RecursionError as exc:
-        raise IngestError("too_deep", "sequence nesting exceeds the parser's limit") from exc
-    if depth > max_sequence_depth:
-        raise IngestError("too_deep", f"sequence nesting {depth} > limit {max_sequence_depth}")
+    if not head:
+        size = path.stat().st_size
+    raw = HeadThenFile(head, path, size, before_file)
+    with io.BufferedReader(raw, buffer_size=2**16) as fileobj:
+        read_file_meta(fileobj)  # a broken preamble or meta group is "unparseable"
+        fileobj.seek(0)
+        ds = _read_dataset(fileobj, max_sequence_depth)
+        expected = decoded_pixel_bytes(ds)
+        if expected > max_decompressed_bytes:
+            raise IngestError(
+                "too_large",
+                f"pixel data would decode to {expected} bytes > limit {max_decompressed_bytes}",
+            )
+        syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
+        sop_class = str(
+            ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", "")
+        )
+        check_complete(fileobj, ds, size, syntax, requires_pixels=sop_class in IMAGE_SOP_CLASSES)
 
     def text(keyword: str) -> str:
         value = ds.get(keyword, "")
         return "" if value is None else str(value).strip()
 
-    try:
-        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits = int(ds.get("BitsAllocated", 8) or 8)
-    except (TypeError, ValueError) as exc:
-        raise IngestError("unparseable", "image pixel module values are not numbers") from exc
-    expected = rows * cols * frames * samples * max(bits, 8) // 8
-    if expected > max_decompressed_bytes:
-        raise IngestError(
-            "too_large",
-            f"pixel data would decode to {expected} bytes > limit {max_decompressed_bytes}",
-        )
     header = InstanceHeader(
         sop_class_uid=text("SOPClassUID")
         or str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or ""),
@@ -247,9 +299,18 @@ def read_header(
         manufacturer=text("Manufacturer"),
         software_versions=text("SoftwareVersions"),
         expected_pixel_bytes=expected,
+        series_description=text("SeriesDescription"),
+        protocol_name=text("ProtocolName"),
     )
     for name in ("sop_instance_uid", "study_instance_uid", "series_instance_uid"):
         value = getattr(header, name)
-        if not value or len(value) > 64:
-            raise IngestError("missing_uid", f"{name} is missing or longer than 64 characters")
+        if not value:
+            raise IngestError("missing_uid", f"{name} is missing")
+        if not is_valid_uid(value):
+            # Never logged or echoed: an invalid value may be anything the sender put there.
+            raise IngestError(
+                "invalid_uid",
+                f"{name} is not a valid UID ({len(value)} characters; PS3.5 9.1 allows "
+                "at most 64 of digits and dots, no empty component, no leading zero)",
+            )
     return header

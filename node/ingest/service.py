@@ -1,7 +1,8 @@
 """The one ingest path shared by the SCP and STOW-RS.
 
 Order of work for each instance: free-space check → bytes to a temporary file (hashed on the
-way; the SCP streams each received fragment straight there) → header parsed and checked →
+way; the SCP streams each received fragment straight there) → a deflated data set inflated
+into a new temporary file in bounded pieces → header parsed and the file checked complete →
 loop prevention → rules → fsync → (one recording at a time, see :mod:`.recorder`) duplicate
 check, database rows, atomic move into place, folder fsync, commit. Only then does the
 caller answer success. Nothing slow (no pixel decoding, no inference) happens here.
@@ -9,13 +10,15 @@ caller answer success. Nothing slow (no pixel decoding, no inference) happens he
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterable
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from spinexr.node.errors import IngestError
-from spinexr.node.ingest.header import read_header
+from spinexr.node.ingest.header import HeadThenFile, read_header
+from spinexr.node.ingest.inflate import inflated_parts, read_file_meta
 from spinexr.node.ingest.recorder import Arrival, IngestResult, Outcome, Recorder
 from spinexr.node.ingest.rules import decide, is_own_object
 from spinexr.node.ingest.spool import Spool
@@ -152,6 +155,7 @@ class IngestService:
         pending = spooled
         try:
             cfg = self.settings.dicom
+            spooled = pending = self._inflated(spooled)
             # From the file's first bytes in memory while its end may still be being written
             # and synced; the file is read (once written) only for a header longer than that.
             header = read_header(
@@ -191,3 +195,24 @@ class IngestService:
             raise
         # The recorder consumes the file from here on (moved into place or deleted).
         return self._recorder.record(Arrival(header, decision, spooled, calling_ae, source))
+
+    def _inflated(self, spooled: SpooledFile | PendingSpool) -> SpooledFile | PendingSpool:
+        """Return ``spooled``, or for a deflated data set its inflated copy (see :mod:`.inflate`).
+
+        The received file is deleted once its copy exists; on a refusal both are gone.
+        """
+        before = spooled.wait_written if isinstance(spooled, PendingSpool) else None
+        raw = HeadThenFile(spooled.head, spooled.tmp_path, spooled.size, before)
+        with io.BufferedReader(raw, buffer_size=2**12) as fileobj:
+            file_meta = read_file_meta(fileobj)
+        if not file_meta.deflated:
+            return spooled
+        received = spooled.result() if isinstance(spooled, PendingSpool) else spooled
+        try:
+            return self.spool.write_parts(
+                inflated_parts(
+                    received.tmp_path, file_meta, limit=self.settings.dicom.max_dataset_bytes
+                )
+            )
+        finally:
+            self.spool.discard(received)

@@ -10,6 +10,8 @@ STATUS_FOR_REASON: dict[str, int] = {
     "wrong_study": 0xA900,
     "unparseable": 0xC210,
     "missing_uid": 0xC211,
+    "truncated": 0xC213,
+    "invalid_uid": 0xC214,
     "too_deep": 0xC212,
     "unsupported_sop_class": 0x0122,
     "internal": 0xC2FF,

@@ -6,13 +6,44 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from spinexr.node.db.models import Job, OutputObject
 from spinexr.node.db.states import OutputKind
+from spinexr.node.ingest.header import is_valid_uid
 from spinexr.node.ingest.spool import safe_component
 from spinexr.node.outputs.build import BuiltObject
+
+
+def invalid_uids(ds: Dataset) -> list[str]:
+    """Return the keywords of UI elements (anywhere in ``ds`` and its file meta) not valid.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        A built object.
+
+    Returns
+    -------
+    list of str
+        Keywords (or tags) whose value is not a valid UID (PS3.5 9.1); empty when all are.
+    """
+    bad: list[str] = []
+
+    def visit(dataset: Dataset, elem: DataElement) -> None:
+        if elem.VR != "UI" or elem.value in (None, ""):
+            return
+        values = elem.value if elem.VM > 1 else [elem.value]
+        if not all(is_valid_uid(str(v)) for v in values):
+            bad.append(elem.keyword or str(elem.tag))
+
+    ds.walk(visit)
+    if hasattr(ds, "file_meta"):
+        ds.file_meta.walk(visit)
+    return bad
 
 
 def _atomic_write(ds: object, path: Path) -> None:
@@ -47,7 +78,16 @@ def save_outputs(
     -------
     list of OutputObject
         The rows, in the order given.
+
+    Raises
+    ------
+    ValueError
+        If an object carries an invalid UID (nothing is written then).
     """
+    for obj in built:
+        bad = invalid_uids(obj.dataset)
+        if bad:  # nothing the node writes may carry an invalid UID (PACS parsers choke)
+            raise ValueError(f"{obj.kind} {obj.sop_instance_uid}: invalid UID in {bad[:5]}")
     rows: list[OutputObject] = []
     for obj in built:
         relative = Path(f"job-{job.id}") / f"{obj.kind}-{safe_component(obj.sop_instance_uid)}.dcm"
