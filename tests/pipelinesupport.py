@@ -51,7 +51,7 @@ def build_tiny_bundle(
     archs : tuple of str
         Classifier ensemble members.
     config : str
-        Detector config name in ``training/configs``.
+        Detector config name in ``pipeline/detector/configs``.
     seed : int
         Torch seed for the random weights.
     **overrides

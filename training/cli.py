@@ -74,7 +74,7 @@ _register_classifier()
     "config_name",
     default="sparse-rcnn_r50_fpn_spinexr",
     show_default=True,
-    help="Config name in training/configs, or a config file.",
+    help="Config name in pipeline/detector/configs, or a config file.",
 )
 @click.option("--iterations", type=click.IntRange(min=1), default=50_000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)

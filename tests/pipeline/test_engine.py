@@ -268,8 +268,8 @@ def test_device_resolution() -> None:
 
 
 def test_engine_imports_the_detector_adapter_lazily() -> None:
-    # Only pipeline/detector.py may import MMDetection, and the engine imports that module
-    # only when it builds a detector: no module-level import of it here.
+    # Only pipeline/detector/backend.py may import MMDetection, and the engine imports the
+    # detector package only when it builds a detector: no module-level import of it here.
     tree = ast.parse(Path(engine_module.__file__ or "").read_text(encoding="utf-8"))
     top_level = [
         alias.name if isinstance(node, ast.Import) else f"{node.module}"
@@ -286,7 +286,7 @@ def test_engine_imports_the_detector_adapter_lazily() -> None:
 def test_bundle_with_the_real_detector(tmp_path: Path, densenet121_weights: Path) -> None:
     try:
         from spinexr.pipeline import detector as det_mod
-    except ImportError as exc:  # pragma: no cover - until pipeline/detector.py exists
+    except ImportError as exc:  # pragma: no cover - until pipeline/detector/ exists
         pytest.skip(f"spinexr.pipeline.detector is not available yet: {exc}")
     try:
         config = det_mod.detector_config_path("sparse-rcnn_r18_fpn_tiny_spinexr")

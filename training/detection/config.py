@@ -1,7 +1,7 @@
 """Turn one of our detector configs into a complete MMDetection training config.
 
-The model part comes from ``training/configs/<name>.py`` unchanged; this module replaces the
-COCO dataset, pipelines, schedule and hooks of mmdet's base configs with ours:
+The model part comes from ``pipeline/detector/configs/<name>.py`` unchanged; this module
+replaces the COCO dataset, pipelines, schedule and hooks of mmdet's base configs with ours:
 
 - data: `SpineXRDetDataset` (the loader's train/val split), images from the display cache;
 - augmentation: horizontal flip, scale jitter (shorter side drawn from
@@ -43,7 +43,7 @@ class DetectorTrainConfig:
     out : pathlib.Path
         Work folder: checkpoints, logs, the resolved config, the exported model.
     config : str
-        Detector config name in ``training/configs`` or a path to a config file.
+        Detector config name in ``pipeline/detector/configs`` or a path to a config file.
     iterations : int
         Training iterations (the paper: 50,000 at batch 16).
     batch_size : int

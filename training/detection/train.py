@@ -127,7 +127,8 @@ def train_detector(
     DetectorTrainResult
         Exported files and figures.
     """
-    from spinexr.pipeline.detector import export_checkpoint, load_config
+    from spinexr.pipeline.detector import load_config
+    from spinexr.training.detection.export import export_checkpoint
     from spinexr.training.detection.mmdata import register
 
     say = progress or (lambda msg: logger.info("%s", msg))

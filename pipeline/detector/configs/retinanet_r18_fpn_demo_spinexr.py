@@ -2,7 +2,7 @@
 # trains from scratch on a CPU in minutes, for `spinexr-node bundle demo` on synthetic
 # phantoms at their native scale (384 px shorter side). Not a clinical model: the real
 # configurations are sparse-rcnn_r50_fpn_spinexr.py (default), faster-rcnn, retinanet R50.
-_base_ = ['./retinanet_r50_fpn_spinexr.py']
+_base_ = ['./_base_/retinanet_fpn_spinexr.py']
 
 channels = 64
 
