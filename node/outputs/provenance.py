@@ -7,22 +7,23 @@ from the bundle weights), lists the model in the Contributing Equipment Sequence
 create new ones), and sits in a series whose description marks it as AI output (and as a
 demo when the bundle was trained on phantoms).
 
-UIDs are derived, not random: `output_uid` hashes its parts under the node's UID root, so
-re-building the same result gives the same Series and SOP Instance UIDs and a PACS never gets
-duplicates when a result is sent again. Box tracking UIDs are derived the same way, so the SR
+UIDs are derived, not random: `output_uid` hashes its parts under the node's UID root
+(pydicom's `generate_uid` with the parts as entropy sources), so re-building the same result
+gives the same Series and SOP Instance UIDs and a PACS never gets duplicates when a result is
+sent again. Box tracking UIDs are derived the same way, so the SR
 and the GSPS name each finding with the same UID (`box_trackings`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Literal
 
 from highdicom import ContributingEquipment
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from spinexr.node import MANUFACTURER, __version__
 from spinexr.node.outputs.codes import PROCESSING_EQUIPMENT
@@ -54,6 +55,7 @@ DEMO_WARNING = "DEMO - NOT FOR CLINICAL USE"
 NOT_FOR_DIAGNOSIS = "AI RESULT - NOT FOR DIAGNOSIS"
 
 _UID_MAX = 64
+_PART_SEPARATOR = "\x1f"  # pydicom concatenates entropy sources: ("ab", "c") == ("a", "bc")
 
 
 def output_uid(root: str, *parts: object) -> str:
@@ -64,12 +66,13 @@ def output_uid(root: str, *parts: object) -> str:
     root : str
         UID root (``settings.node.uid_root``, at most 40 characters).
     *parts : object
-        Values whose ``str`` feeds a SHA-256; the same parts give the same UID.
+        Values whose ``str`` are pydicom's entropy sources; the same parts give the same UID.
 
     Returns
     -------
     str
-        ``root + "." + digits``, at most 64 characters, no leading zero in the last component.
+        ``root + "." + digits``, at most 64 characters (`pydicom.uid.generate_uid`: the
+        SHA-512 of the parts as a decimal number, cut to fit).
 
     Raises
     ------
@@ -81,13 +84,9 @@ def output_uid(root: str, *parts: object) -> str:
     PS3.5 section 9.1: components are digits without leading zeros, 64 characters at most.
     With a 40-character root, 23 decimal digits (~76 bits) follow.
     """
-    room = _UID_MAX - len(root) - 1
-    if room < 16:
+    if _UID_MAX - len(root) - 1 < 16:
         raise ValueError(f"UID root {root!r} is too long to derive UIDs from")
-    text = "\x1f".join(str(p) for p in parts)
-    number = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest(), "big")
-    digits = str(number)[: min(room, 39)]
-    return f"{root}.{digits}"
+    return str(generate_uid(f"{root}.", [f"{p}{_PART_SEPARATOR}" for p in parts]))
 
 
 @dataclass(frozen=True)
