@@ -1,25 +1,27 @@
-"""A small TOML writer for printing effective settings (tables, arrays of tables, scalars)."""
+"""Effective settings as TOML text (``tomli-w``), for ``spinexr-node config check``."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import tomli_w
 
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_scalar(v) for v in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def dumps(data: dict[str, Any]) -> str:
     """Render nested dicts as TOML.
 
-    TOML has no null: keys whose value is ``None`` are left out ("not set").
+    TOML has no null: keys whose value is ``None`` are left out ("not set"); values TOML
+    has no type for are written as their ``str``.
 
     Parameters
     ----------
@@ -31,38 +33,4 @@ def dumps(data: dict[str, Any]) -> str:
     str
         TOML text.
     """
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-    arrays: list[tuple[str, list[dict[str, Any]]]] = []
-
-    def emit_table(prefix: str, table: dict[str, Any], header: str) -> None:
-        lines.append(header)
-        nested = []
-        for key, value in table.items():
-            if value is None:
-                continue
-            if isinstance(value, dict):
-                nested.append((f"{prefix}.{key}", value))
-            else:
-                lines.append(f"{key} = {_scalar(value)}")
-        lines.append("")
-        for name, sub in nested:
-            emit_table(name, sub, f"[{name}]")
-
-    for key, value in data.items():
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            tables.append((key, value))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            arrays.append((key, value))
-        else:
-            lines.append(f"{key} = {_scalar(value)}")
-    if lines:
-        lines.append("")
-    for name, table in tables:
-        emit_table(name, table, f"[{name}]")
-    for name, items in arrays:
-        for item in items:
-            emit_table(name, item, f"[[{name}]]")
-    return "\n".join(lines)
+    return tomli_w.dumps(_plain(data))
