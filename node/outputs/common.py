@@ -6,6 +6,7 @@ output carries over from its source.
 
 from __future__ import annotations
 
+import copy
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -202,7 +203,9 @@ def read_voi(source: Dataset) -> Window | Lut | None:
     The first item of its VOI LUT Sequence when it has one, else the first window, else
     None: the order of the node's display pipeline (`spinexr.pipeline.preprocess`), so the
     GSPS and the Secondary Capture show what the models saw. (PS3.3 C.11.2 leaves the
-    choice to the application when both are present.)
+    choice to the application when both are present.) A VOI LUT's entries are decoded
+    whatever the layout of its LUT Data (US or OW; 8-bit entries packed two per word or
+    one per word) and keep the bits per entry of its LUT Descriptor.
 
     Parameters
     ----------
@@ -214,14 +217,13 @@ def read_voi(source: Dataset) -> Window | Lut | None:
     Window or Lut or None
         The chosen VOI.
     """
-    sequence = source.get("VOILUTSequence")
-    if sequence and "LUTDescriptor" in sequence[0] and "LUTData" in sequence[0]:
-        item = sequence[0]
+    item = _first_lut_item(source)
+    if item is not None:
         explanation = item.get("LUTExplanation")
         bits = int(item.LUTDescriptor[2])
         return Lut(
             first_mapped=int(item.LUTDescriptor[1]),
-            data=_lut_data(item, bits),
+            data=_entry_array(_lut_entries(item), bits),
             bits=bits,
             explanation=None if not explanation else str(explanation)[:64],
         )
@@ -237,20 +239,123 @@ def read_voi(source: Dataset) -> Window | Lut | None:
     return None
 
 
-def _lut_data(item: Dataset, bits: int) -> npt.NDArray[np.uint16] | npt.NDArray[np.uint8]:
-    """Decode a VOI LUT item's LUT Data (OW bytes or US values)."""
-    entries = int(item.LUTDescriptor[0]) or 65536
+def voi_lut_item(source: Dataset) -> Dataset | None:
+    """Return the VOI LUT that `read_voi` chooses, as a new VOI LUT Sequence item.
+
+    A LUT encoded as PS3.3 C.11.2.1.1.1 requires (8 or 16 bits per entry; 8-bit entries
+    packed two per 16-bit word, the first in the low byte; 16-bit entries one per word) is
+    copied unchanged: LUT Descriptor, LUT Explanation and LUT Data, each with its VR (US or
+    OW) and value. Any other encoding of the table is rewritten as the nearest one that
+    dciodvfy accepts, showing the same picture: entries of 9 to 15 bits (e.g. a
+    ``[4096, 0, 12]`` descriptor with 12-bit data, as older editions allowed) are rescaled to
+    16 bits (``round(v * 65535 / (2**bits - 1))``), entries of fewer than 8 bits to 8; 8-bit
+    entries stored one per word are packed; an odd number of 8-bit entries (whose packed
+    data needs a padding byte, which dciodvfy counts as an entry) is carried as 16 bits
+    (``v * 257``, the same fractions); OW data read from a big endian file is written little
+    endian. The number of entries, the first mapped value (with the descriptor's VR) and
+    the explanation are always kept.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        The image.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset or None
+        A new item (LUT Descriptor, LUT Explanation when the source has one, LUT Data);
+        None when `read_voi` does not choose a VOI LUT.
+
+    References
+    ----------
+    PS3.3 C.11.2.1.1 VOI LUT, C.11.8 Softcopy VOI LUT Module.
+    """
+    src = _first_lut_item(source)
+    if src is None:
+        return None
+    item = Dataset()
+    descriptor = copy.deepcopy(src["LUTDescriptor"])
+    if descriptor.VR not in ("US", "SS"):
+        descriptor.VR = "SS" if int(descriptor.value[1]) < 0 else "US"
+    item.add(descriptor)
+    if "LUTExplanation" in src:
+        item.add(copy.deepcopy(src["LUTExplanation"]))
+    if _standard_layout(src):
+        data = copy.deepcopy(src["LUTData"])
+        if data.VR not in ("US", "OW"):
+            data.VR = "OW" if isinstance(data.value, bytes | bytearray) else "US"
+        item.add(data)
+        return item
+    entries, first, bits = (int(v) for v in src.LUTDescriptor)
+    target = 8 if bits <= 8 and (entries or 65536) % 2 == 0 else 16
+    values = _lut_entries(src).astype(np.float64)
+    if bits != target and bits >= 1:
+        values = np.rint(values * (2**target - 1) / (2**bits - 1))
+    values = np.clip(values, 0, 2**target - 1)
+    descriptor.value = [entries, first, target]
+    if target == 8:
+        packed = values.astype(np.uint8).tobytes()
+        item.add_new("LUTData", "OW", packed + b"\x00" * (len(packed) % 2))
+    else:
+        item.add_new("LUTData", "OW", values.astype("<u2").tobytes())
+    return item
+
+
+def _first_lut_item(source: Dataset) -> Dataset | None:
+    """Return the first VOI LUT Sequence item when it has a LUT Descriptor and LUT Data."""
+    sequence = source.get("VOILUTSequence")
+    if sequence and "LUTDescriptor" in sequence[0] and "LUTData" in sequence[0]:
+        item: Dataset = sequence[0]
+        return item
+    return None
+
+
+def _standard_layout(item: Dataset) -> bool:
+    """Whether a LUT item's data is encoded as PS3.3 C.11.2.1.1.1 requires (little endian)."""
+    entries, _, bits = (int(v) for v in item.LUTDescriptor)
+    if bits not in (8, 16) or (bits == 8 and entries % 2):
+        return False
     raw: Any = item.LUTData
     if isinstance(raw, bytes | bytearray):
-        data = np.frombuffer(raw, dtype="<u2" if len(raw) >= 2 * entries else "u1")
-    elif isinstance(raw, MultiValue | Sequence):
-        data = np.asarray(list(raw))
+        if item.original_encoding[1] is False or len(raw) % 2:
+            return False
+        words = len(raw) // 2
     else:
-        data = np.asarray([raw])
-    data = data[:entries]
+        words = len(_as_list(raw))
+    return words == ((entries or 65536) if bits == 16 else ((entries or 65536) + 1) // 2)
+
+
+def _lut_entries(item: Dataset) -> npt.NDArray[np.int64]:
+    """Decode a LUT item's entries, whatever the layout of its data.
+
+    LUT Data is read as 16-bit words (US values, or OW bytes in the byte order the item was
+    read in); with 8 or fewer bits per entry and fewer words than entries, each word holds
+    two entries, the first in its low byte (PS3.3 C.11.2.1.1.1), else one entry per word.
+    """
+    entries = int(item.LUTDescriptor[0]) or 65536
+    bits = int(item.LUTDescriptor[2])
+    raw: Any = item.LUTData
+    if isinstance(raw, bytes | bytearray):
+        even = bytes(raw) + b"\x00" * (len(raw) % 2)
+        order = ">u2" if item.original_encoding[1] is False else "<u2"
+        words = np.frombuffer(even, dtype=order).astype(np.int64)
+    else:
+        words = np.asarray(_as_list(raw), dtype=np.int64) & 0xFFFF
+    if bits <= 8 and len(words) < entries:
+        words = np.column_stack([words & 0xFF, words >> 8]).ravel()
+    return words[:entries]
+
+
+def _entry_array(
+    entries: npt.NDArray[np.int64], bits: int
+) -> npt.NDArray[np.uint16] | npt.NDArray[np.uint8]:
     if bits <= 8:
-        return data.astype(np.uint8)
-    return data.astype(np.uint16)
+        return entries.astype(np.uint8)
+    return entries.astype(np.uint16)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, MultiValue | Sequence) else [value]
 
 
 def _first(value: Any) -> Any:

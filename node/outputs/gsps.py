@@ -12,12 +12,13 @@ C.10.5), and both belong to one Graphic Group labelled with the same identifier,
 can move them together and a reader can match GSPS and SR findings.
 
 Display: the source's VOI is carried over in the order the models' display pipeline uses —
-the first item of its VOI LUT Sequence, else its first window (centre, width, explanation,
-VOI LUT Function) — so the radiologist sees what the models saw; the Modality LUT is
-copied by highdicom; ``PresentationLUTShape`` is INVERSE for MONOCHROME1 and IDENTITY
-otherwise; the displayed area is the whole image, scaled to fit, with Presentation Pixel
-Spacing from the spacing the source has (Pixel Spacing, else Imager Pixel Spacing; aspect
-ratio 1:1 when it has neither).
+the first item of its VOI LUT Sequence (descriptor, data and explanation unchanged, or the
+same table re-encoded where the source's encoding is not one PS3.3 allows), else its first
+window (centre, width, explanation, VOI LUT Function) — so the radiologist sees what the
+models saw; the Modality LUT is copied by highdicom; ``PresentationLUTShape`` is INVERSE for
+MONOCHROME1 and IDENTITY otherwise; the displayed area is the whole image, scaled to fit,
+with Presentation Pixel Spacing from the spacing the source has (Pixel Spacing, else Imager
+Pixel Spacing; aspect ratio 1:1 when it has neither).
 Body Part Examined is copied (dciodvfy checks Laterality against it; without one, an empty
 Laterality is written).
 """
@@ -52,6 +53,7 @@ from spinexr.node.outputs.common import (
     closed_rectangle,
     copy_body_part,
     read_voi,
+    voi_lut_item,
 )
 from spinexr.node.outputs.provenance import (
     DEMO_WARNING,
@@ -335,7 +337,10 @@ def source_voi(source: Dataset) -> list[SoftcopyVOILUTTransformation] | None:
     -------
     list of highdicom.pr.SoftcopyVOILUTTransformation or None
         One item carrying what `spinexr.node.outputs.common.read_voi` chose: the first VOI
-        LUT, else the first window (with its explanation and VOI LUT Function).
+        LUT (`spinexr.node.outputs.common.voi_lut_item`: the source's LUT Descriptor, LUT
+        Data with its VR and bytes, and LUT Explanation, unchanged when encoded as the
+        standard requires, else the same table re-encoded as it requires), else the first
+        window (with its explanation and VOI LUT Function).
     """
     voi = read_voi(source)
     if isinstance(voi, Window):
@@ -348,18 +353,12 @@ def source_voi(source: Dataset) -> list[SoftcopyVOILUTTransformation] | None:
             # Set here: highdicom 0.28 splits a single explanation string into characters.
             window.WindowCenterWidthExplanation = voi.explanation  # type: ignore[assignment]
         return [window]
-    if isinstance(voi, Lut):
-        return [
-            SoftcopyVOILUTTransformation(
-                voi_luts=[
-                    VOILUT(
-                        first_mapped_value=voi.first_mapped,
-                        lut_data=voi.data,
-                        lut_explanation=voi.explanation,
-                    )
-                ]
-            )
-        ]
+    item = voi_lut_item(source) if isinstance(voi, Lut) else None
+    if item is not None:
+        # Not VOILUT(first_mapped_value, lut_data): highdicom derives the bits per entry
+        # from the array's dtype (16 for 12-bit entries in uint16, which a viewer then shows
+        # almost black, or almost white once inverted) and rewrites US data as OW.
+        return [SoftcopyVOILUTTransformation(voi_luts=[VOILUT.from_dataset(item, copy=False)])]
     return None
 
 

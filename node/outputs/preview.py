@@ -6,10 +6,12 @@ graphic annotations, so the node renders previews itself:
 1. Decode the stored values (`spinexr.pipeline.preprocess.decode_pixels`).
 2. Modality LUT: the presentation state's when it has one (highdicom copies the source's
    Rescale Slope/Intercept or Modality LUT Sequence into the GSPS), else the source's.
-3. VOI: the item of the GSPS's Softcopy VOI LUT Sequence that applies to the image (a window,
-   with its VOI LUT Function, or a VOI LUT); without one the VOI the node's GSPS would carry
-   over from the source (`spinexr.node.outputs.common.read_voi`: first window, else first
-   VOI LUT); without either the full range of the data.
+3. VOI: the item of the GSPS's Softcopy VOI LUT Sequence that applies to the image (a VOI
+   LUT, else a window with its VOI LUT Function); without one the VOI the node's GSPS would
+   carry over from the source (`spinexr.node.outputs.common.read_voi`: first VOI LUT, else
+   first window); without either the full range of the data. A VOI LUT's output is scaled
+   by its LUT Descriptor's bits per entry (``2**bits - 1`` is white before the
+   Presentation LUT), as dcmtk does.
 4. Presentation LUT: the GSPS's Presentation LUT Shape (``INVERSE`` inverts, ``IDENTITY``
    does not) or Presentation LUT Sequence; with neither, MONOCHROME1 is inverted.
 5. 8 bits, shrunk to fit ``max_size`` (`spinexr.pipeline.preprocess.resize_image`), RGB.
