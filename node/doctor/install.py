@@ -17,7 +17,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -134,28 +133,6 @@ print(json.dumps(out))
 """
 
 
-class MLStackProbe:
-    """Runs the ML probe child process once and shares its report between checks.
-
-    Parameters
-    ----------
-    timeout : float
-        Seconds the child may take (importing torch and mmcv is slow on a cold cache).
-    """
-
-    def __init__(self, timeout: float = 240.0) -> None:
-        self.timeout = timeout
-        self._lock = threading.Lock()
-        self._report: dict[str, Any] | None = None
-
-    def report(self) -> dict[str, Any]:
-        """Return the child's JSON report (run it on first use)."""
-        with self._lock:
-            if self._report is None:
-                self._report = ml_stack_report(self.timeout)
-            return self._report
-
-
 def ml_stack_report(timeout: float) -> dict[str, Any]:
     """Import torch and mmcv.ops in a child process and run nms and RoIAlign on tiny tensors.
 
@@ -188,9 +165,8 @@ def ml_stack_report(timeout: float) -> dict[str, Any]:
     return report
 
 
-def check_mmcv_ops(probe: MLStackProbe) -> Verdict:
+def check_mmcv_ops(report: dict[str, Any]) -> Verdict:
     """Check that mmcv's compiled ops load and compute (CPU, and CUDA when present)."""
-    report = probe.report()
     ops: dict[str, dict[str, Any]] = report.get("ops") or {}
     if report.get("error"):
         return Status.FAIL, f"{report['error']}: rebuild mmcv with scripts/install.sh"
@@ -205,9 +181,8 @@ def check_mmcv_ops(probe: MLStackProbe) -> Verdict:
     return Status.OK, f"nms and RoIAlign run on {', '.join(ops)}"
 
 
-def check_cuda(probe: MLStackProbe, settings: Settings | None) -> Verdict:
+def check_cuda(report: dict[str, Any], settings: Settings | None) -> Verdict:
     """Report CUDA availability against ``models.device``."""
-    report = probe.report()
     if "cuda_available" not in report:
         return Status.FAIL, str(report.get("error") or "torch did not report CUDA")
     device = settings.models.device if settings is not None else "auto"

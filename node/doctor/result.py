@@ -1,24 +1,28 @@
-"""Check results and running checks in the background with a deadline.
+"""Check results, and running checks side by side with a deadline.
 
-A check is a function returning ``(Status, detail)``. It runs in a daemon thread
-(:class:`Flight`), so a check that hangs (a PACS that never answers, a database host that
-drops packets) costs the caller at most its timeout and never blocks the process from
-exiting. :class:`Cached` keeps the last answer for a while and never runs two copies of the
-same check at once, so a storm of ``/readyz`` probes cannot hammer a peer.
+A check is a function returning ``(Status, detail)``. Checks run as :mod:`concurrent.futures`
+futures, waited for with a timeout, so a check that hangs (a PACS that never answers, a
+database host that drops packets) costs the caller at most its timeout. :class:`Cached` keeps
+the last answer for a while and never runs two copies of the same check at once, so a storm
+of ``/readyz`` probes cannot hammer a peer.
+
+The futures come from :class:`DaemonThreadExecutor`, not from ``ThreadPoolExecutor``:
+``ThreadPoolExecutor`` joins its threads when the interpreter exits, so one hung check would
+keep the process from exiting.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -93,95 +97,83 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-class Flight(Generic[T]):
-    """One run of a function in a daemon thread.
+class DaemonThreadExecutor(Executor):
+    """A `concurrent.futures.Executor` that runs each call in a new daemon thread.
 
     Parameters
     ----------
     name : str
-        Name of the thread (``check-<name>``).
-    fn : callable
-        The work; its return value or exception is kept.
-    on_done : callable, optional
-        Called with the flight, from its thread, when the work ends.
+        Name of the threads it starts.
     """
 
-    def __init__(
-        self,
-        name: str,
-        fn: Callable[[], T],
-        on_done: Callable[[Flight[T]], None] | None = None,
-    ) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self._fn = fn
-        self._on_done = on_done
-        self.started = time.monotonic()
-        self.finished: float | None = None
-        self.value: T | None = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"check-{name}", daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        try:
-            self.value = self._fn()
-        except BaseException as exc:  # kept and re-raised by result(), in the caller's thread
-            self.error = exc
-        self.finished = time.monotonic()
-        self.done.set()
-        if self._on_done is not None:
-            self._on_done(self)
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Start ``fn(*args, **kwargs)`` in a daemon thread and return its future."""
+        future: Future[T] = Future()
 
-    @property
-    def seconds(self) -> float:
-        """Run time so far (or in all, once finished)."""
-        return (self.finished or time.monotonic()) - self.started
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # the future re-raises it in the caller's thread
+                future.set_exception(exc)
 
-    def result(self) -> T:
-        """Return the value of a finished flight, or raise its exception."""
-        if not self.done.is_set():
-            raise RuntimeError(f"{self.name} has not finished")
-        if self.error is not None:
-            raise self.error
-        return self.value  # type: ignore[return-value]
+        threading.Thread(target=run, name=self.name, daemon=True).start()
+        return future
 
 
-def verdict_of(
-    name: str, flight: Flight[Verdict], timeout: float, limit: float | None = None
-) -> CheckResult:
-    """Wait up to ``timeout`` seconds for a check's flight and turn it into a result.
+def run_check(name: str, check: Callable[[], Verdict]) -> CheckResult:
+    """Run one check in this thread: its verdict, or FAIL with the exception it raised.
 
     Parameters
     ----------
     name : str
         The check.
-    flight : Flight
-        Its run.
-    timeout : float
-        Seconds to wait from now.
-    limit : float, optional
-        The check's time limit as the user set it (for the message; default ``timeout``).
+    check : callable
+        Returns ``(Status, detail)``.
 
     Returns
     -------
     CheckResult
-        The check's verdict; FAIL with the exception when it raised, FAIL "no answer" when
-        it did not finish in time.
+        The verdict and how long the check ran.
     """
-    if not flight.done.wait(max(0.0, timeout)):
-        return CheckResult(
-            name,
-            Status.FAIL,
-            f"no answer within {timeout if limit is None else limit:g} s "
-            f"(still running, for {flight.seconds:.0f} s so far)",
-            flight.seconds,
-        )
+    started = time.monotonic()
     try:
-        status, detail = flight.result()
+        status, detail = check()
     except Exception as exc:
-        return CheckResult(name, Status.FAIL, describe_exception(exc), flight.seconds)
-    return CheckResult(name, status, detail, flight.seconds)
+        status, detail = Status.FAIL, describe_exception(exc)
+    return CheckResult(name, status, detail, time.monotonic() - started)
+
+
+def result_of(name: str, future: Future[CheckResult], timeout: float, limit: float) -> CheckResult:
+    """Wait up to ``timeout`` seconds for a check's future (from :func:`run_check`).
+
+    Parameters
+    ----------
+    name : str
+        The check.
+    future : concurrent.futures.Future
+        Its run.
+    timeout : float
+        Seconds to wait from now.
+    limit : float
+        The check's time limit as the user set it (for the message).
+
+    Returns
+    -------
+    CheckResult
+        The check's result, or FAIL "no answer" when it did not finish in time (it is left
+        to finish in the background).
+    """
+    try:
+        return future.result(max(0.0, timeout))
+    except TimeoutError:
+        return CheckResult(
+            name, Status.FAIL, f"no answer within {limit:g} s (still running)", limit
+        )
 
 
 @dataclass(frozen=True)
@@ -203,10 +195,6 @@ class CheckSpec:
     timeout: float
 
 
-def _put(done: queue.Queue[int], index: int, _flight: Flight[Verdict]) -> None:
-    done.put(index)
-
-
 def run_checks(
     specs: Sequence[CheckSpec], on_result: Callable[[CheckResult], None] | None = None
 ) -> list[CheckResult]:
@@ -224,35 +212,29 @@ def run_checks(
     list of CheckResult
         One per check, in the order of ``specs``.
     """
-    done: queue.Queue[int] = queue.Queue()
-    flights = [
-        Flight(spec.name, spec.run, on_done=partial(_put, done, i)) for i, spec in enumerate(specs)
-    ]
+    executor = DaemonThreadExecutor("check")
+    started = time.monotonic()
+    index = {executor.submit(run_check, s.name, s.run): i for i, s in enumerate(specs)}
     results: dict[int, CheckResult] = {}
 
-    def settle(i: int) -> None:
-        spec, flight = specs[i], flights[i]
-        left = spec.timeout - flight.seconds if not flight.done.is_set() else 0.0
-        results[i] = verdict_of(spec.name, flight, left, spec.timeout)
+    def settle(future: Future[CheckResult], waited: float) -> None:
+        spec = specs[index[future]]
+        results[index[future]] = result_of(spec.name, future, spec.timeout - waited, spec.timeout)
         if on_result is not None:
-            on_result(results[i])
+            on_result(results[index[future]])
 
-    while len(results) < len(specs):
-        pending = [i for i in range(len(specs)) if i not in results]
-        now = time.monotonic()
-        for i in pending:
-            if not flights[i].done.is_set() and now - flights[i].started >= specs[i].timeout:
-                settle(i)
-        pending = [i for i in pending if i not in results]
+    pending = set(index)
+    while pending:
+        waited = time.monotonic() - started
+        for future in [f for f in pending if specs[index[f]].timeout <= waited and not f.done()]:
+            pending.discard(future)
+            settle(future, waited)
         if not pending:
             break
-        wait = min(specs[i].timeout - (now - flights[i].started) for i in pending)
-        try:
-            i = done.get(timeout=max(0.01, wait))
-        except queue.Empty:
-            continue
-        if i not in results:
-            settle(i)
+        deadline = min(specs[index[f]].timeout for f in pending) - waited
+        done, pending = wait(pending, timeout=max(0.01, deadline), return_when=FIRST_COMPLETED)
+        for future in done:
+            settle(future, waited)
     return [results[i] for i in range(len(specs))]
 
 
@@ -280,14 +262,15 @@ class Cached(Generic[T]):
         ttl: float,
         key: Callable[[], Hashable] | None = None,
     ) -> None:
-        self.name = name
-        self._fn = fn
         self.ttl = ttl
+        self._fn = fn
         self._key = key
-        self._lock = threading.Lock()
-        self._last: Flight[T] | None = None
-        self._last_key: Hashable = None
-        self._running: Flight[T] | None = None
+        self._executor = DaemonThreadExecutor(name)
+        # Reentrant: a future that is already done runs its callback (_done) at once.
+        self._lock = threading.RLock()
+        self._future: Future[T] | None = None
+        self._future_key: Hashable = None
+        self._finished = math.inf  # monotonic time the future finished
 
     def _current_key(self) -> Hashable:
         if self._key is None:
@@ -297,23 +280,23 @@ class Cached(Generic[T]):
         except Exception:
             return object()  # never equal to a stored key: run again
 
-    def begin(self) -> Flight[T]:
-        """Return a fresh finished flight, the one running now, or a newly started one."""
+    def _fresh(self, key: Hashable) -> bool:
+        age = time.monotonic() - self._finished
+        return self._future_key == key and (math.isinf(self.ttl) or age < self.ttl)
+
+    def begin(self) -> Future[T]:
+        """Return the running future, a fresh finished one, or a newly started one."""
         with self._lock:
             key = self._current_key()
-            last = self._last
-            if last is not None and last.finished is not None and self._last_key == key:
-                age = time.monotonic() - last.finished
-                if math.isinf(self.ttl) or age < self.ttl:
-                    return last
-            if self._running is not None and not self._running.done.is_set():
-                return self._running
+            future = self._future
+            if future is not None and (not future.done() or self._fresh(key)):
+                return future
+            future = self._executor.submit(self._fn)
+            self._future, self._future_key, self._finished = future, key, math.inf
+            future.add_done_callback(self._done)
+            return future
 
-            def store(flight: Flight[T]) -> None:
-                with self._lock:
-                    self._last, self._last_key = flight, key
-                    if self._running is flight:
-                        self._running = None
-
-            self._running = Flight(self.name, self._fn, on_done=store)
-            return self._running
+    def _done(self, future: Future[T]) -> None:
+        with self._lock:
+            if future is self._future:
+                self._finished = time.monotonic()

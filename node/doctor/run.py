@@ -14,6 +14,7 @@ from spinexr.node.doctor import install, probes
 from spinexr.node.doctor.result import (
     CheckResult,
     CheckSpec,
+    DaemonThreadExecutor,
     Status,
     Verdict,
     redact,
@@ -76,7 +77,8 @@ def doctor_specs(
     list of CheckSpec
         The checks.
     """
-    ml = install.MLStackProbe(ML_PROBE_SECONDS)
+    # One probe process, started now, whose report both ML checks read.
+    ml = DaemonThreadExecutor("ml probe").submit(install.ml_stack_report, ML_PROBE_SECONDS)
     pins = install.pins()
     backstop = timeout + 10
     specs = [CheckSpec("python", install.check_python, 10)]
@@ -85,8 +87,8 @@ def doctor_specs(
         for name in install.PINNED
     ]
     specs += [
-        CheckSpec("mmcv ops", lambda: install.check_mmcv_ops(ml), ML_PROBE_SECONDS + 10),
-        CheckSpec("cuda", lambda: install.check_cuda(ml, settings), ML_PROBE_SECONDS + 10),
+        CheckSpec("mmcv ops", lambda: install.check_mmcv_ops(ml.result()), ML_PROBE_SECONDS + 10),
+        CheckSpec("cuda", lambda: install.check_cuda(ml.result(), settings), ML_PROBE_SECONDS + 10),
     ]
     if settings is None:
         problems = "; ".join(config_problems)

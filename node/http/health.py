@@ -23,6 +23,7 @@ import dataclasses
 import math
 import threading
 import time
+from collections.abc import Callable, Hashable
 from functools import partial
 
 from fastapi import APIRouter, Request
@@ -33,7 +34,15 @@ from sqlalchemy import Engine
 
 from spinexr.node.db.migrate import head_revision
 from spinexr.node.doctor import probes
-from spinexr.node.doctor.result import Cached, CheckResult, Status, Verdict, redact, verdict_of
+from spinexr.node.doctor.result import (
+    Cached,
+    CheckResult,
+    Status,
+    Verdict,
+    redact,
+    result_of,
+    run_check,
+)
 from spinexr.node.metrics import make_registry
 from spinexr.node.settings import Settings
 
@@ -45,6 +54,17 @@ DESTINATION_TTL = 30.0
 
 QUEUE_DEPTH_TTL = 10.0
 """Seconds the queue lengths shown in ``/metrics`` are reused."""
+
+
+def cached_check(
+    name: str,
+    check: Callable[[], Verdict],
+    *,
+    ttl: float,
+    key: Callable[[], Hashable] | None = None,
+) -> Cached[CheckResult]:
+    """Return a check whose result is reused as `Cached` says (``ttl``, ``key``)."""
+    return Cached(name, partial(run_check, name, check), ttl=ttl, key=key)
 
 
 class Operations:
@@ -66,12 +86,12 @@ class Operations:
         self._engine_lock = threading.Lock()
         head = head_revision()
         s = settings
-        self.checks: dict[str, Cached[Verdict]] = {
-            "database": Cached(
+        self.checks: dict[str, Cached[CheckResult]] = {
+            "database": cached_check(
                 "database", lambda: probes.check_database(self.engine(), head), ttl=1.0
             ),
-            "broker": Cached("broker", lambda: probes.check_broker(s, timeout), ttl=5.0),
-            "bundle": Cached(
+            "broker": cached_check("broker", lambda: probes.check_broker(s, timeout), ttl=5.0),
+            "bundle": cached_check(
                 "bundle",
                 lambda: probes.check_bundle(s),
                 ttl=math.inf,
@@ -79,10 +99,12 @@ class Operations:
                     None if s.models.bundle is None else probes.bundle_fingerprint(s.models.bundle)
                 ),
             ),
-            "spool": Cached("spool", lambda: probes.check_spool(s, write_test=False), ttl=1.0),
+            "spool": cached_check(
+                "spool", lambda: probes.check_spool(s, write_test=False), ttl=1.0
+            ),
         }
         for dest in settings.destinations:
-            self.checks[f"destination {dest.name}"] = Cached(
+            self.checks[f"destination {dest.name}"] = cached_check(
                 f"destination {dest.name}",
                 partial(probes.check_destination, dest, s, timeout),
                 ttl=DESTINATION_TTL,
@@ -103,10 +125,10 @@ class Operations:
 
     def queue_depths(self) -> dict[str, int] | None:
         """Return messages waiting per queue, or None when the broker does not answer in time."""
-        flight = self._depths.begin()
-        if not flight.done.wait(self.timeout) or flight.error is not None:
+        try:
+            return self._depths.begin().result(self.timeout)
+        except Exception:  # no answer in time (TimeoutError), or the broker failed
             return None
-        return flight.value
 
     def readiness(self) -> list[CheckResult]:
         """Run (or reuse) every readiness check; never waits longer than the timeout.
@@ -117,11 +139,11 @@ class Operations:
             One per check, secrets redacted.
         """
         start = time.monotonic()
-        flights = {name: cached.begin() for name, cached in self.checks.items()}
+        futures = {name: cached.begin() for name, cached in self.checks.items()}
         results = []
-        for name, flight in flights.items():
+        for name, future in futures.items():
             left = self.timeout - (time.monotonic() - start)
-            result = verdict_of(name, flight, left, self.timeout)
+            result = result_of(name, future, left, self.timeout)
             results.append(dataclasses.replace(result, detail=redact(result.detail, self.secrets)))
         return results
 

@@ -57,7 +57,7 @@ def node(tmp_path: Path, *, bundle: bool = True, **sections) -> Stack:
 
 def verified(ops: Operations) -> Operations:
     """Wait for the bundle verification (a child process) that ``Operations`` starts."""
-    assert ops.checks["bundle"].begin().done.wait(180)
+    ops.checks["bundle"].begin().result(timeout=180)
     return ops
 
 
