@@ -144,6 +144,20 @@ class HttpSection(_Section):
     api_token: SecretStr = Field(
         default=SecretStr(""), description="Bearer token for the admin API and STOW-RS."
     )
+    max_stow_bytes: int = Field(
+        default=2**30,
+        ge=2**16,
+        description=(
+            "Largest STOW-RS request body (all parts, held in memory until stored): a larger "
+            "declared Content-Length is answered 413 before the body is read, a chunked body "
+            "with 413 as soon as it grows past it."
+        ),
+    )
+    body_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        description="A request body that sends nothing for this long is answered 408 and closed.",
+    )
 
 
 class StorageSection(_Section):

@@ -1,10 +1,16 @@
-"""FastAPI application factory."""
+"""FastAPI application factory.
+
+Every request goes through `spinexr.node.http.bodylimits.RequestBodyGuard` first: 413 for a
+STOW-RS body over ``http.max_stow_bytes``, 408 for a body that stalls longer than
+``http.body_timeout_seconds``.
+"""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from spinexr.node import __version__
+from spinexr.node.http.bodylimits import RequestBodyGuard
 from spinexr.node.ingest.service import IngestService
 from spinexr.node.settings import Settings
 
@@ -26,6 +32,11 @@ def create_app(settings: Settings, ingest: IngestService | None = None) -> FastA
     """
     app = FastAPI(title="spinexr-node", version=__version__, docs_url=None, redoc_url=None)
     app.state.settings = settings
+    app.add_middleware(
+        RequestBodyGuard,
+        timeout=settings.http.body_timeout_seconds,
+        limits={"/dicomweb": settings.http.max_stow_bytes},
+    )
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -3,6 +3,11 @@
 Each part goes through the same :class:`IngestService` as C-STORE, so durability, rules and
 loop prevention are identical. The body is parsed as it streams in; a part larger than
 ``dicom.max_dataset_bytes`` is dropped as it arrives and reported as failed.
+
+The whole body is bounded before this module sees it (`spinexr.node.http.bodylimits`): a
+body over ``http.max_stow_bytes`` is answered 413 (at once for a declared Content-Length,
+as soon as a chunked body grows past it), and a body that stalls longer than
+``http.body_timeout_seconds`` is answered 408; both close the connection.
 """
 
 from __future__ import annotations
