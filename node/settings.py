@@ -158,6 +158,18 @@ class HttpSection(_Section):
         gt=0,
         description="A request body that sends nothing for this long is answered 408 and closed.",
     )
+    auth_max_failures: int = Field(
+        default=10,
+        ge=1,
+        description="Failed authentications from one address that lock it out (429).",
+    )
+    auth_failure_window_seconds: float = Field(
+        default=60, gt=0, description="Window in which auth_max_failures are counted."
+    )
+    auth_lockout_seconds: float = Field(
+        default=300, gt=0, description="How long a locked-out address is answered 429."
+    )
+
 
 
 class StorageSection(_Section):

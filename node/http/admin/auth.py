@@ -8,6 +8,10 @@ they are never open by default.
   value is ``<expiry>.<nonce>.<HMAC-SHA256(token, expiry.nonce)>`` (the token itself never
   leaves the login request; changing the token logs everybody out). POST forms carry a CSRF
   token, ``HMAC-SHA256(token, "csrf:" + cookie)``, checked in constant time.
+
+Every refusal with 401 here, in the login form and on STOW-RS counts as a failed
+authentication of the client's address; too many lock that address out with 429 and
+``Retry-After`` (`spinexr.node.http.ratelimit`, settings ``http.auth_*``).
 """
 
 from __future__ import annotations
