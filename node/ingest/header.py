@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.datadict import dictionary_VR
@@ -170,7 +170,7 @@ class HeadThenFile(io.RawIOBase):
         super().close()
 
 
-def _read_dataset(fileobj: io.BufferedReader, max_sequence_depth: int) -> Dataset:
+def _read_dataset(fileobj: BinaryIO, max_sequence_depth: int) -> Dataset:
     """Read the whole structure to the end of the file (values over DEFER_SIZE skipped)."""
     try:
         with warnings.catch_warnings(record=True) as caught:
