@@ -278,6 +278,15 @@ class OutputSection(_Section):
     kos: bool = False
     secondary_capture: bool = False
     series_description_prefix: str = "AI spinexr"
+    superseded: Literal["latest_only", "keep"] = Field(
+        default="latest_only",
+        description=(
+            "When a study is analysed again: 'latest_only' stops every older job's outputs "
+            "that have not reached a destination (only the newest set is sent); 'keep' "
+            "still sends the older job's outputs already built. Unfinished analyses of an "
+            "older job are stopped either way; sent objects stay at the PACS."
+        ),
+    )
 
 
 ObjectKind = Literal["sr", "gsps", "kos", "sc"]

@@ -6,6 +6,10 @@ that leaves anything unsent fails the job with the reasons; the caller retries a
 letter), with the last error of every destination visible in the job and its attempts.
 Objects already accepted by a destination are not sent to it again, and re-sent objects
 keep their SOP Instance UIDs, so a PACS never receives duplicates.
+
+A job cancelled while its round runs (superseded by a newer job of its study, or by an
+admin) is checked for before every send: the round stops there, what was already sent is
+recorded, and the job stays cancelled (no retry, no dead letter).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from spinexr.node.db.models import ExportAttempt, Job, utcnow
 from spinexr.node.db.states import ExportStatus, JobState
-from spinexr.node.db.timeline import transition
+from spinexr.node.db.timeline import record, transition
 from spinexr.node.errors import SpinexrError
 from spinexr.node.export.transport import (
     InstanceOutcome,
@@ -50,6 +54,11 @@ class ExportRound:
     def done(self) -> bool:
         """True when nothing is left to send."""
         return self.state in (JobState.EXPORTED, JobState.VERIFIED)
+
+    @property
+    def stopped(self) -> bool:
+        """True when the job was cancelled (e.g. superseded) before the round ended."""
+        return self.state is JobState.CANCELLED
 
 
 class Exporter:
@@ -82,6 +91,12 @@ class Exporter:
             )
         return send_stow(dest, files)
 
+    def _cancelled(self, job_id: int) -> bool:
+        """Whether the job was cancelled since the round began (checked before each send)."""
+        with self.sessions() as session:
+            state = session.scalar(select(Job.state).where(Job.id == job_id))
+        return state is JobState.CANCELLED
+
     def _verify(self, dest: Destination, study_uid: str) -> set[str]:
         if dest.kind == "dimse":
             return verify_dimse(dest, study_uid, self.settings.dicom.ae_title)
@@ -98,7 +113,8 @@ class Exporter:
         Returns
         -------
         ExportRound
-            The round's outcome; ``retry_in`` is set when another round is due.
+            The round's outcome; ``retry_in`` is set when another round is due. A cancelled
+            job (superseded by a newer job of its study) sends nothing more: ``cancelled``.
 
         Raises
         ------
@@ -109,6 +125,12 @@ class Exporter:
             job = session.get(Job, job_id)
             if job is None:
                 raise SpinexrError(f"no job {job_id}")
+            if job.state is JobState.CANCELLED:  # superseded (or cancelled) since queued
+                last = session.scalar(
+                    select(func.max(ExportAttempt.attempt)).where(ExportAttempt.job_id == job_id)
+                )
+                logger.info("job %s: cancelled; nothing exported", job_id)
+                return ExportRound(last or 0, JobState.CANCELLED)
             if job.state is JobState.FAILED:
                 transition(session, job, JobState.BUILT, detail="export retry")
             if job.state is not JobState.BUILT:
@@ -132,12 +154,16 @@ class Exporter:
         failures: list[str] = []
         records: list[ExportAttempt] = []
         verify_detail: list[str] = []
+        stopped = False
         for dest in self.settings.destinations:
             todo = [
                 o for o in outputs if o.kind.value in dest.objects and (dest.name, o.id) not in done
             ]
             if not todo:
                 continue
+            if self._cancelled(job_id):
+                stopped = True
+                break
             started = utcnow()
             outcomes = self._send(dest, [output_dir / o.path for o in todo])
             by_uid = {o.sop_instance_uid: o for o in outcomes}
@@ -175,7 +201,28 @@ class Exporter:
                     )
             if landed is not None:
                 verify_detail.append(dest.name)
+        if stopped:
+            return self._stop(job_id, attempt, records)
         return self._finish(job_id, attempt, records, failures, verify_detail)
+
+    def _stop(self, job_id: int, attempt: int, records: list[ExportAttempt]) -> ExportRound:
+        """Record what a round sent before its job was cancelled, and leave it cancelled."""
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            session.add_all(records)
+            sent = sum(r.status is ExportStatus.SUCCESS for r in records)
+            record(
+                session,
+                job.study,
+                "export_stopped",
+                job=job,
+                detail=f"round {attempt} stopped: job {job.state.value}; "
+                f"{sent} object(s) had been sent",
+            )
+            session.commit()
+        logger.info("job %s: export round %d stopped: job cancelled", job_id, attempt)
+        return ExportRound(attempt, JobState.CANCELLED)
 
     def _finish(
         self,
@@ -187,8 +234,11 @@ class Exporter:
     ) -> ExportRound:
         max_attempts = self.settings.queue.max_attempts
         with self.sessions() as session:
-            job = session.get(Job, job_id)
+            job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
             assert job is not None
+            if job.state is JobState.CANCELLED:  # cancelled during the last send
+                session.rollback()
+                return self._stop(job_id, attempt, records)
             session.add_all(records)
             if not failures:
                 detail = (

@@ -1,7 +1,9 @@
 """Study assembly: completion timer, admin completion, one job per instances and model.
 
 A study is complete when no instance arrived for ``study.completion_seconds`` (or an admin
-says so); completing it creates at most one job per (instances, model version).
+says so); completing it creates at most one job per (instances, model version). A study's
+new job supersedes its older ones: those not finished are cancelled
+(`spinexr.node.jobs.supersede.cancel_superseded`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from spinexr.node.db.states import JobState, StudyStatus
 from spinexr.node.db.timeline import record
 from spinexr.node.errors import SpinexrError
 from spinexr.node.ingest.rules import ANALYSE
+from spinexr.node.jobs.supersede import cancel_superseded
 from spinexr.node.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -235,6 +238,7 @@ class StudyAssembler:
                 to_state=JobState.COMPLETE,
                 detail=detail,
             )
+            cancel_superseded(session, job, self.settings.output.superseded)
             session.commit()
             job_id = job.id
             logger.info("study %s complete: job %s created", study.study_instance_uid, job_id)

@@ -23,10 +23,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from spinexr.node.db.models import Instance, Job, OutputObject, Result, utcnow
-from spinexr.node.db.states import JobState, OutputKind
+from spinexr.node.db.models import Instance, Job, Result, utcnow
+from spinexr.node.db.states import JobState
 from spinexr.node.db.timeline import record, transition
 from spinexr.node.ingest.rules import ANALYSE
+from spinexr.node.jobs.supersede import lineage
 from spinexr.node.outputs.build import build_outputs
 from spinexr.node.outputs.persist import save_outputs
 from spinexr.node.outputs.sr import SupersededReport
@@ -199,28 +200,32 @@ class JobRunner:
                 ) from None
         return sources
 
-    def _predecessor(self, session: Session, job: Job) -> SupersededReport | None:
-        if job.superseded_job_id is None:
-            return None
-        sr = session.scalar(
-            select(OutputObject).where(
-                OutputObject.job_id == job.superseded_job_id, OutputObject.kind == OutputKind.SR
-            )
-        )
+    def _predecessor(self, session: Session, job: Job) -> tuple[SupersededReport | None, int]:
+        # The SR the PACS really has (a cancelled job's SR that never got out is skipped),
+        # and how many result sets reached it before this one.
+        found = lineage(session, job)
+        sr = found.predecessor
         if sr is None:
-            return None
-        return SupersededReport(
+            return None, found.revision
+        report = SupersededReport(
             study_instance_uid=job.study.study_instance_uid,
             series_instance_uid=sr.series_instance_uid,
             sop_instance_uid=sr.sop_instance_uid,
             sop_class_uid=sr.sop_class_uid,
         )
+        return report, found.revision
+
+    def _still_mine(self, job: Job) -> bool:
+        """Whether this runner still holds ``job`` (not cancelled, superseded or lost)."""
+        return job.state is JobState.ANALYZING and job.lease_owner == self.owner
 
     def run(self, job_id: int) -> RunOutcome:
         """Analyse a claimed job and build its outputs (``analyzing → built``).
 
         Expected failures (unreadable files, model errors) fail the job; it is queued again
-        after a backoff until ``max_attempts``, then ``dead``.
+        after a backoff until ``max_attempts``, then ``dead``. A job that stopped being this
+        runner's meanwhile (cancelled when a newer job of its study superseded it, or queued
+        again after its lease expired) is left alone and its result is discarded.
 
         Parameters
         ----------
@@ -235,9 +240,13 @@ class JobRunner:
         try:
             with self.sessions() as session:
                 job = session.get(Job, job_id)
-                assert job is not None and job.state is JobState.ANALYZING
+                assert job is not None
+                if not self._still_mine(job):
+                    # Cancelled (superseded) or re-queued between the claim and now.
+                    logger.info("job %s: %s before analysis; nothing to do", job_id, job.state)
+                    return RunOutcome(job_id, job.state)
                 sources = self._sources(session, job)
-                predecessor = self._predecessor(session, job)
+                predecessor, revision = self._predecessor(session, job)
                 key = job.idempotency_key
                 study_uid = job.study.study_instance_uid
             if not sources:
@@ -245,13 +254,22 @@ class JobRunner:
             with self.lease_kept(job_id):
                 result = self.pipeline().analyze_study(sources, study_instance_uid=study_uid)
                 built = build_outputs(
-                    sources, result, self.settings, job_key=key, predecessor=predecessor
+                    sources,
+                    result,
+                    self.settings,
+                    job_key=key,
+                    predecessor=predecessor,
+                    revision=revision,
                 )
             with self.sessions() as session:
-                job = session.get(Job, job_id)
+                job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
                 assert job is not None
-                if job.state is not JobState.ANALYZING or job.lease_owner != self.owner:
-                    logger.warning("job %s: lease lost while analysing; result discarded", job_id)
+                if not self._still_mine(job):
+                    # A job superseded (cancelled) or re-queued as lost while it was analysed:
+                    # its result is not recorded and nothing of it is exported.
+                    logger.warning(
+                        "job %s: %s while analysing; result discarded", job_id, job.state
+                    )
                     return RunOutcome(job_id, job.state)
                 row = session.scalar(select(Result).where(Result.job_id == job_id)) or Result(
                     job_id=job_id
@@ -284,6 +302,9 @@ class JobRunner:
     def fail(self, job_id: int, error: str) -> RunOutcome:
         """Record a failed attempt: back to ``queued`` after a backoff, or ``dead``.
 
+        Only a job this runner still holds is moved: a job cancelled meanwhile (superseded
+        by a newer job of its study) stays cancelled instead of being retried.
+
         Parameters
         ----------
         job_id : int
@@ -294,13 +315,16 @@ class JobRunner:
         Returns
         -------
         RunOutcome
-            ``queued`` with a delay, or ``dead``.
+            ``queued`` with a delay, or ``dead``; else the state the job is in.
         """
         with self.sessions() as session:
-            job = session.get(Job, job_id)
+            job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
             assert job is not None
-            if job.state is JobState.ANALYZING:
-                transition(session, job, JobState.FAILED, error=error)
+            if not self._still_mine(job):
+                # Cancelled (superseded) or taken back while it ran: not retried from here.
+                logger.info("job %s: attempt failed after it became %s", job_id, job.state)
+                return RunOutcome(job_id, job.state)
+            transition(session, job, JobState.FAILED, error=error)
             if job.attempts >= job.max_attempts:
                 transition(
                     session,

@@ -5,6 +5,14 @@ analysed image), KOS (one per study, only when an image is flagged) and Secondar
 (one per analysed image). Every Series and SOP Instance UID is derived from the job key
 (`spinexr.node.outputs.provenance.output_uid`), so building the same job again gives the same
 UIDs and a re-send never duplicates objects in the PACS.
+
+A re-analysis of a study (``revision`` 2, 3, ...) gets new series, as a new job does, and says
+what it is where viewers show it: every Series Description ends with ``rev N`` (before the
+demo warning), each GSPS's Content Description says ``AI results rev N, replaces rev N-1``
+and its Presentation Creation Date/Time is when it was built, later than the one it
+replaces. The Content Label stays the same across revisions (``AI_SPINEXR``): viewers list
+presentation states by label and creation date/time, and site rules that pick the node's
+presentation state by label keep working (``docs/superseded-results.md``).
 """
 
 from __future__ import annotations
@@ -17,7 +25,12 @@ from pydicom.dataset import Dataset
 
 from spinexr.node.outputs.gsps import build_gsps
 from spinexr.node.outputs.kos import build_kos, flagged_images
-from spinexr.node.outputs.provenance import OUTPUT_FORMAT_VERSION, OutputKind, output_uid
+from spinexr.node.outputs.provenance import (
+    DEMO_WARNING,
+    OUTPUT_FORMAT_VERSION,
+    OutputKind,
+    output_uid,
+)
 from spinexr.node.outputs.sc import build_sc
 from spinexr.node.outputs.sr import SupersededReport, build_sr
 from spinexr.node.settings import Settings
@@ -99,6 +112,7 @@ def build_outputs(
     *,
     job_key: str,
     predecessor: SupersededReport | None = None,
+    revision: int = 1,
 ) -> list[BuiltObject]:
     """Build every object the site profile asks for.
 
@@ -117,6 +131,9 @@ def build_outputs(
         The job's idempotency key: every UID is derived from it.
     predecessor : SupersededReport, optional
         An SR this job's SR supersedes.
+    revision : int
+        Which result set of the study this is at the PACS (1 = the first); from 2 on, the
+        objects say that they replace the previous one (`mark_revision`).
 
     Returns
     -------
@@ -130,6 +147,7 @@ def build_outputs(
     out: list[BuiltObject] = []
 
     def add(kind: OutputKind, ds: Dataset, source_uid: str | None) -> None:
+        mark_revision(ds, revision, demo=result.provenance.demo)
         out.append(
             BuiltObject(
                 kind=kind,
@@ -188,3 +206,38 @@ def build_outputs(
         job_key,
     )
     return out
+
+
+def mark_revision(ds: Dataset, revision: int, *, demo: bool) -> None:
+    """Say in an output object that it is re-analysis ``revision`` of its study.
+
+    Nothing changes for the first revision. From the second on, the Series Description gets
+    ``rev N`` (before the demo warning, which is kept whole) and a presentation state's
+    Content Description becomes ``AI results rev N, replaces rev N-1`` followed by what it
+    ended with (``- not for diagnosis`` or the demo warning). Both are LO (64 characters).
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        A built object (modified in place).
+    revision : int
+        1 for a study's first result set at the PACS, 2 for the one replacing it, ...
+    demo : bool
+        Whether the result comes from a demo bundle (its descriptions end with
+        `DEMO_WARNING`).
+    """
+    if revision < 2:
+        return
+    tag = f" rev {revision}"
+    if "SeriesDescription" in ds:
+        ds.SeriesDescription = _insert_before_tail(str(ds.SeriesDescription), tag, demo)
+    if "ContentDescription" in ds:
+        tail = f" {DEMO_WARNING}" if demo else " - not for diagnosis"
+        head = f"AI results rev {revision}, replaces rev {revision - 1}"
+        ds.ContentDescription = head[: 64 - len(tail)] + tail
+
+
+def _insert_before_tail(text: str, tag: str, demo: bool, limit: int = 64) -> str:
+    tail = f" {DEMO_WARNING}" if demo and text.endswith(DEMO_WARNING) else ""
+    head = text[: len(text) - len(tail)].rstrip()
+    return head[: limit - len(tag) - len(tail)] + tag + tail

@@ -178,7 +178,8 @@ def study_detail(sessions: sessionmaker[Session], uid: str) -> dict[str, Any]:
     dict
         `spinexr.node.inspect.show_study`'s view, with the study's identifying columns
         and each job as `spinexr.node.jobs.admin.show_job` shows it, its result summarised
-        with the findings.
+        with the findings, whether it is the ``current`` job and which job it was
+        ``superseded_by``. ``result`` is the current job's result only (`current_job`).
 
     Raises
     ------
@@ -212,18 +213,72 @@ def study_detail(sessions: sessionmaker[Session], uid: str) -> dict[str, Any]:
         )
     data = show_study(sessions, uid)
     data.update(extra)
+    current = current_job(data["jobs"])
+    successors = superseding_jobs(data["jobs"], current)
     jobs = []
     for brief in data["jobs"]:
         job = show_job(sessions, brief["id"])
         job["superseded_job_id"] = brief["superseded_job_id"]
+        job["superseded_by"] = successors.get(brief["id"])
+        job["current"] = brief["id"] == current
         job["result"] = results.get(brief["id"])
         for output in job["outputs"]:
             output["source_sop_instance_uid"] = sources.get(output["sop_instance_uid"])
         jobs.append(job)
     data["jobs"] = jobs
-    latest = next((j["result"] for j in reversed(jobs) if j["result"] is not None), None)
-    data["result"] = latest
+    data["current_job_id"] = current
+    # One current result: the current job's (none yet while it runs); earlier jobs' results
+    # stay in their job rows, marked superseded.
+    data["result"] = results.get(current) if current is not None else None
     return data
+
+
+def current_job(jobs: list[dict[str, Any]]) -> int | None:
+    """Return the id of a study's current job: its newest one not cancelled.
+
+    Parameters
+    ----------
+    jobs : list of dict
+        The study's jobs, oldest first, each with ``id`` and ``state``.
+
+    Returns
+    -------
+    int or None
+        The newest job that is not ``cancelled`` (an older job is superseded by it); the
+        newest job when all are cancelled; None for a study without jobs.
+    """
+    live = [j["id"] for j in jobs if j["state"] != JobState.CANCELLED.value]
+    if live:
+        return int(live[-1])
+    return int(jobs[-1]["id"]) if jobs else None
+
+
+def superseding_jobs(jobs: list[dict[str, Any]], current: int | None) -> dict[int, int]:
+    """Return, for each job older than the current one, the job that superseded it.
+
+    Parameters
+    ----------
+    jobs : list of dict
+        The study's jobs, oldest first, each with ``id`` and ``superseded_job_id``.
+    current : int or None
+        From `current_job`.
+
+    Returns
+    -------
+    dict of int to int
+        Superseded job id → the id of the job created to replace it (the next job of the
+        study when none names it).
+    """
+    if current is None:
+        return {}
+    named = {j["superseded_job_id"]: j["id"] for j in jobs if j["superseded_job_id"]}
+    ids = [j["id"] for j in jobs]
+    out: dict[int, int] = {}
+    for i, job_id in enumerate(ids):
+        if job_id >= current:
+            break
+        out[job_id] = named.get(job_id, ids[i + 1])
+    return out
 
 
 def study_header(spool_dir: Path, sessions: sessionmaker[Session], uid: str) -> dict[str, str]:

@@ -146,6 +146,8 @@ class StudyJob(JobOut):
     """A job within a study, its result with the findings."""
 
     superseded_job_id: int | None
+    superseded_by: int | None = None
+    current: bool = False
     outputs: list[OutputOut]
     exports: list[ExportOut]
     result: ResultOut | None
@@ -163,7 +165,11 @@ class EventOut(_Out):
 
 
 class StudyDetail(_Out):
-    """A study with everything the node knows of it."""
+    """A study with everything the node knows of it.
+
+    ``result`` is the current job's result (``current_job_id``: the newest job not
+    cancelled); earlier jobs keep theirs, with the job that ``superseded_by`` them.
+    """
 
     study_instance_uid: str
     accession_number: str | None
@@ -178,6 +184,7 @@ class StudyDetail(_Out):
     completed_at: dt.datetime | None
     instances: list[InstanceOut]
     jobs: list[StudyJob]
+    current_job_id: int | None = None
     result: ResultOut | None
     timeline: list[EventOut]
 
