@@ -27,11 +27,13 @@ from spinexr.node.db.models import Instance, Job, Result, utcnow
 from spinexr.node.db.states import JobState
 from spinexr.node.db.timeline import record, transition
 from spinexr.node.ingest.rules import ANALYSE
+from spinexr.node.jobs.failure import failed_study_result, readable_headers
 from spinexr.node.jobs.supersede import lineage
-from spinexr.node.outputs.build import build_outputs
+from spinexr.node.outputs.build import BuiltObject, build_outputs
 from spinexr.node.outputs.persist import save_outputs
 from spinexr.node.outputs.sr import SupersededReport
 from spinexr.node.settings import Settings
+from spinexr.pipeline.results import StudyResult
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,10 @@ RETRY_CAP_SECONDS = 600.0
 def worker_id() -> str:
     """Identify this process in leases (host and pid)."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class WorkerLostError(RuntimeError):
+    """A job's earlier attempts all ended with their worker gone."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +251,12 @@ class JobRunner:
                     # Cancelled (superseded) or re-queued between the claim and now.
                     logger.info("job %s: %s before analysis; nothing to do", job_id, job.state)
                     return RunOutcome(job_id, job.state)
+                if job.attempts > job.max_attempts:
+                    # Every earlier attempt lost its worker (killed, out of memory): one more
+                    # would likely end the same way; the failure report goes out instead.
+                    raise WorkerLostError(
+                        f"the worker was lost in each of {job.attempts - 1} attempts"
+                    )
                 sources = self._sources(session, job)
                 predecessor, revision = self._predecessor(session, job)
                 key = job.idempotency_key
@@ -271,22 +283,7 @@ class JobRunner:
                         "job %s: %s while analysing; result discarded", job_id, job.state
                     )
                     return RunOutcome(job_id, job.state)
-                row = session.scalar(select(Result).where(Result.job_id == job_id)) or Result(
-                    job_id=job_id
-                )
-                row.outcome = result.outcome.value
-                row.probability = result.probability
-                row.threshold = result.threshold
-                row.abnormal = result.decision
-                row.bundle_name = result.provenance.bundle_name
-                row.bundle_version = result.provenance.bundle_version
-                row.device_uid = result.provenance.device_uid
-                row.payload = result.model_dump(mode="json")
-                session.add(row)
-                save_outputs(session, job, built, self.settings.storage.output_dir)
-                job.bundle_version = (
-                    f"{result.provenance.bundle_name}@{result.provenance.bundle_version}"
-                )
+                self._save(session, job, result, built)
                 transition(
                     session,
                     job,
@@ -298,6 +295,23 @@ class JobRunner:
         except Exception as exc:  # a failed analysis must never leave the job hanging
             logger.exception("job %s: analysis failed", job_id)
             return self.fail(job_id, f"{type(exc).__name__}: {exc}"[:500])
+
+    def _save(
+        self, session: Session, job: Job, result: StudyResult, built: list[BuiltObject]
+    ) -> None:
+        """Record a job's result row and output objects (no commit)."""
+        row = session.scalar(select(Result).where(Result.job_id == job.id)) or Result(job_id=job.id)
+        row.outcome = result.outcome.value
+        row.probability = result.probability
+        row.threshold = result.threshold
+        row.abnormal = result.decision
+        row.bundle_name = result.provenance.bundle_name
+        row.bundle_version = result.provenance.bundle_version
+        row.device_uid = result.provenance.device_uid
+        row.payload = result.model_dump(mode="json")
+        session.add(row)
+        save_outputs(session, job, built, self.settings.storage.output_dir)
+        job.bundle_version = f"{result.provenance.bundle_name}@{result.provenance.bundle_version}"
 
     def fail(self, job_id: int, error: str) -> RunOutcome:
         """Record a failed attempt: back to ``queued`` after a backoff, or ``dead``.
@@ -326,11 +340,17 @@ class JobRunner:
                 return RunOutcome(job_id, job.state)
             transition(session, job, JobState.FAILED, error=error)
             if job.attempts >= job.max_attempts:
+                # The radiologist is told: the "analysis failed" report goes out instead.
+                reported, detail = self._report_failure(session, job, error)
+                if reported:
+                    transition(session, job, JobState.BUILT, detail=detail)
+                    session.commit()
+                    return RunOutcome(job_id, JobState.BUILT)
                 transition(
                     session,
                     job,
                     JobState.DEAD,
-                    error=f"dead after {job.attempts} attempts: {error}",
+                    error=f"dead after {job.attempts} attempts: {error}; {detail}"[:1000],
                 )
                 session.commit()
                 return RunOutcome(job_id, JobState.DEAD)
@@ -338,3 +358,61 @@ class JobRunner:
             session.commit()
             delay = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, job.attempts - 1))
             return RunOutcome(job_id, JobState.QUEUED, delay)
+
+    def _report_failure(self, session: Session, job: Job, error: str) -> tuple[bool, str]:
+        """Build and save the "analysis failed" SR of a job out of attempts.
+
+        Parameters
+        ----------
+        session : Session
+            The open session (the caller commits).
+        job : Job
+            The job, in ``failed`` after its last attempt.
+        error : str
+            The last attempt's error (no PHI).
+
+        Returns
+        -------
+        tuple of (bool, str)
+            Whether the report was built, and the timeline detail; when not even that was
+            possible (no readable header in the study, or building failed) the detail says
+            why, and the job goes ``dead`` with it in its error.
+        """
+        spool = self.settings.storage.spool_dir
+        rows = session.scalars(
+            select(Instance)
+            .where(Instance.study_id == job.study_id)
+            .order_by(Instance.sop_instance_uid, Instance.version.desc())
+        ).all()
+        latest: dict[str, Instance] = {}
+        for row in rows:
+            latest.setdefault(row.sop_instance_uid, row)
+        analysable = [spool / r.path for r in latest.values() if r.decision == ANALYSE]
+        others = [spool / r.path for r in latest.values() if r.decision != ANALYSE]
+        headers = readable_headers(analysable) or readable_headers(others)[:1]
+        reason = f"analysis failed after {job.attempts} attempts ({error.split(':', 1)[0]})"
+        try:
+            if not headers:
+                raise RuntimeError("no readable instance in the study")
+            predecessor, revision = self._predecessor(session, job)
+            result = failed_study_result(
+                headers,
+                study_instance_uid=job.study.study_instance_uid,
+                reason=reason,
+                pipeline=self.pipeline,
+                uid_root=self.settings.node.uid_root,
+            )
+            built = build_outputs(
+                headers,
+                result,
+                self.settings,
+                job_key=job.idempotency_key,
+                predecessor=predecessor,
+                revision=revision,
+            )
+            self._save(session, job, result, built)
+        except Exception as exc:  # the job goes dead with both reasons
+            logger.exception("job %s: the analysis-failed report could not be built", job.id)
+            return False, f"no analysis-failed report: {type(exc).__name__}: {exc}"[:400]
+        logger.warning("job %s: %s; sending the analysis-failed report", job.id, reason)
+        return True, f"{reason}; analysis-failed report built ({len(built)} object(s))"
