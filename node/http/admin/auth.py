@@ -5,9 +5,10 @@ they are never open by default.
 
 * API: ``Authorization: Bearer <token>``, compared in constant time.
 * Pages: a login form; a correct token sets an ``HttpOnly; SameSite=Strict`` cookie whose
-  value is ``<expiry>.<nonce>.<HMAC-SHA256(token, expiry.nonce)>`` (the token itself never
-  leaves the login request; changing the token logs everybody out). POST forms carry a CSRF
-  token, ``HMAC-SHA256(token, "csrf:" + cookie)``, checked in constant time.
+  value is ``<expiry>.<nonce>`` signed by ``itsdangerous`` (HMAC-SHA256 keyed by the token;
+  the token itself never leaves the login request; changing the token logs everybody out).
+  POST forms carry a CSRF token, itsdangerous's signature of the cookie under another salt,
+  checked in constant time.
 
 Every refusal with 401 here, in the login form and on STOW-RS counts as a failed
 authentication of the client's address; too many lock that address out with 429 and
@@ -17,11 +18,11 @@ authentication of the client's address; too many lock that address out with 429 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 import time
 
 from fastapi import HTTPException, Request
+from itsdangerous import BadSignature, Signer
 
 DISABLED = "admin API disabled: set http.api_token"
 SESSION_COOKIE = "spinexr_admin"
@@ -84,8 +85,8 @@ def require_api_token(request: Request) -> None:
         )
 
 
-def _mac(token: str, message: str) -> str:
-    return hmac.new(token.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
+def _signer(token: str, purpose: str) -> Signer:
+    return Signer(token, salt=f"spinexr-admin-{purpose}", digest_method=hashlib.sha256)
 
 
 def issue_session(token: str, now: float | None = None) -> str:
@@ -94,19 +95,17 @@ def issue_session(token: str, now: float | None = None) -> str:
     Parameters
     ----------
     token : str
-        The configured token (the HMAC key).
+        The configured token (the signing key).
     now : float, optional
         Current UNIX time (tests).
 
     Returns
     -------
     str
-        ``<expiry>.<nonce>.<mac>``.
+        ``<expiry>.<nonce>.<signature>``.
     """
     expiry = int((time.time() if now is None else now) + SESSION_SECONDS)
-    nonce = secrets.token_hex(8)
-    body = f"{expiry}.{nonce}"
-    return f"{body}.{_mac(token, 'session:' + body)}"
+    return _signer(token, "session").sign(f"{expiry}.{secrets.token_hex(8)}").decode("ascii")
 
 
 def session_valid(token: str, value: str, now: float | None = None) -> bool:
@@ -128,14 +127,11 @@ def session_valid(token: str, value: str, now: float | None = None) -> bool:
     """
     if not token:
         return False
-    expiry, _, rest = value.partition(".")
-    nonce, _, mac = rest.partition(".")
-    if not expiry.isdigit() or not nonce or not mac:
+    try:
+        expiry = _signer(token, "session").unsign(value).decode("ascii").partition(".")[0]
+    except (BadSignature, UnicodeError):
         return False
-    expected = _mac(token, f"session:{expiry}.{nonce}")
-    if not secrets.compare_digest(mac.encode("ascii", "replace"), expected.encode("ascii")):
-        return False
-    return int(expiry) > (time.time() if now is None else now)
+    return expiry.isdigit() and int(expiry) > (time.time() if now is None else now)
 
 
 def csrf_token(token: str, session: str) -> str:
@@ -151,9 +147,9 @@ def csrf_token(token: str, session: str) -> str:
     Returns
     -------
     str
-        Hex HMAC.
+        The signature of ``session`` (URL-safe base64).
     """
-    return _mac(token, "csrf:" + session)
+    return _signer(token, "csrf").get_signature(session).decode("ascii")
 
 
 def csrf_valid(token: str, session: str, given: str) -> bool:
@@ -173,5 +169,4 @@ def csrf_valid(token: str, session: str, given: str) -> bool:
     bool
         True when it matches the session.
     """
-    expected = csrf_token(token, session)
-    return secrets.compare_digest(given.encode("ascii", "replace"), expected.encode("ascii"))
+    return _signer(token, "csrf").verify_signature(session, given)

@@ -141,7 +141,7 @@ class World:
     def csrf(self, path: str) -> str:
         r = self.client.get(path)
         assert r.status_code == 200, r.text
-        found = re.search(r'name="csrf" value="([0-9a-f]+)"', r.text)
+        found = re.search(r'name="csrf" value="([A-Za-z0-9_-]+)"', r.text)
         assert found, "no CSRF token on the page"
         return found.group(1)
 
