@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydicom.dataset import Dataset
+from pydicom.uid import ComputedRadiographyImageStorage
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -108,7 +109,7 @@ async def _parse_parts(request: Request, limit: int) -> list[_Part]:
 
 def _item(sop_class: str, sop_instance: str, reason: int | None = None) -> Dataset:
     item = Dataset()
-    item.ReferencedSOPClassUID = sop_class or "1.2.840.10008.5.1.4.1.1.1"
+    item.ReferencedSOPClassUID = sop_class or ComputedRadiographyImageStorage
     item.ReferencedSOPInstanceUID = sop_instance or "0"
     if reason is not None:
         item.FailureReason = reason
