@@ -145,7 +145,7 @@ def run_server(settings: Settings, config_file: Path | None = None) -> None:
         queues = [EXPORT_QUEUE]
     worker = WorkerSupervisor(queues, config_file)
     worker.start()
-    scp = StoreSCP(settings, ingest)
+    scp = StoreSCP(settings)
     scp.start()
     assembler.start()
     reconciler.start(interval=min(30.0, max(2.0, settings.queue.lease_seconds / 10)))

@@ -100,7 +100,15 @@ class DicomSection(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=11112, ge=1, le=65535)
     max_pdu: int = Field(default=131072, ge=4096, le=2**26)
-    max_associations: int = Field(default=10, ge=1, le=1000)
+    max_associations: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description=(
+            "Associations at once, each run in its own process; more are rejected "
+            "(transient, local limit exceeded)."
+        ),
+    )
     allowed_calling_aets: list[str] = Field(
         default_factory=list, description="Empty = any calling AE title."
     )

@@ -11,6 +11,11 @@ that holds its row.
 Within a transaction the rows are written before the files are moved, so a refused statement
 rolls back with no file moved. A failure while moving or syncing rolls the rows back and fails
 the whole group (files already moved are set aside at the next start, as after a crash).
+
+Between processes (each DIMSE association runs in its own; ``serve`` records STOW-RS) the
+database decides: the unique study UID and (SOP Instance UID, version) constraints refuse the
+second of two transactions that would record the same study or version, and its arrivals are
+recorded again one by one, seeing what the other wrote (a duplicate, or the next version).
 """
 
 from __future__ import annotations
@@ -52,6 +57,11 @@ _NEW_STUDY = insert(_STUDIES)
 _NEW_INSTANCE = insert(_INSTANCES)
 _NEW_EVENT = insert(_EVENTS)
 _STUDY_UPDATE = update(_STUDIES).where(_STUDIES.c.id == bindparam("study_row"))
+
+
+ATTEMPTS = 10
+"""Transactions one arrival may take when other processes commit the same study or instance
+first (each conflict means another writer got there; every C-STORE runs in its own process)."""
 
 
 class Outcome(enum.StrEnum):
@@ -146,8 +156,9 @@ class Recorder:
             try:
                 self._transaction(group)
             except IntegrityError:
-                # Another writer (a second node process on the same database) committed the
-                # same study or instance first: again one by one, seeing what it wrote.
+                # Another writer (another association's process, STOW-RS, a second node on
+                # the same database) committed the same study or instance first: again one
+                # by one, seeing what it wrote.
                 for arrival in group:
                     self._record_alone(arrival)
         except BaseException as exc:
@@ -156,7 +167,7 @@ class Recorder:
             for arrival in group:
                 arrival.done = True
 
-    def _record_alone(self, arrival: Arrival, attempts: int = 3) -> None:
+    def _record_alone(self, arrival: Arrival, attempts: int = ATTEMPTS) -> None:
         for attempt in range(attempts):
             try:
                 self._transaction([arrival])

@@ -22,7 +22,7 @@ from spinexr.node.ingest.inflate import inflated_parts, read_file_meta
 from spinexr.node.ingest.recorder import Arrival, IngestResult, Outcome, Recorder
 from spinexr.node.ingest.rules import decide, is_own_object
 from spinexr.node.ingest.spool import Spool
-from spinexr.node.ingest.spoolwriter import PendingSpool, SpooledFile, SpoolWriter
+from spinexr.node.ingest.spoolwriter import SpooledFile
 from spinexr.node.settings import Settings
 from spinexr.node.sopclasses import ANALYSABLE_SOP_CLASSES, OUTPUT_LIKE_SOP_CLASSES
 
@@ -61,25 +61,6 @@ class IngestService:
                 f"spool free space {free // 2**20} MiB is below the watermark "
                 f"{self.settings.storage.min_free_mb} MiB",
             )
-
-    def open_writer(self) -> SpoolWriter:
-        """Start receiving one instance: free-space check, then a new temporary file.
-
-        The caller writes the Part-10 file (preamble, file meta, dataset) into the writer,
-        hands :meth:`SpoolWriter.close`'s result to :meth:`ingest_spooled`, or discards it.
-
-        Returns
-        -------
-        SpoolWriter
-            The writer.
-
-        Raises
-        ------
-        IngestError
-            ``out_of_resources`` below the free-space watermark.
-        """
-        self.check_space()
-        return self.spool.open_writer(background=True)
 
     def ingest(
         self,
@@ -120,7 +101,7 @@ class IngestService:
 
     def ingest_spooled(
         self,
-        spooled: SpooledFile | PendingSpool,
+        spooled: SpooledFile,
         *,
         calling_ae: str,
         source: str,
@@ -132,9 +113,9 @@ class IngestService:
 
         Parameters
         ----------
-        spooled : SpooledFile or PendingSpool
-            From :meth:`Spool.write_parts`, or :meth:`SpoolWriter.finish` (its fsync may still
-            be running: the header is read meanwhile).
+        spooled : SpooledFile
+            From :meth:`Spool.write_parts`, or a C-STORE data set pynetdicom wrote
+            (:func:`~spinexr.node.ingest.spoolwriter.received_file`).
         calling_ae : str
             The sender's AE title (``STOW-RS`` for HTTP).
         source : str
@@ -156,15 +137,14 @@ class IngestService:
         try:
             cfg = self.settings.dicom
             spooled = pending = self._inflated(spooled)
-            # From the file's first bytes in memory while its end may still be being written
-            # and synced; the file is read (once written) only for a header longer than that.
+            # From the file's first bytes in memory; the file is read only for a header
+            # longer than that.
             header = read_header(
                 spooled.tmp_path,
                 max_sequence_depth=cfg.max_sequence_depth,
                 max_decompressed_bytes=cfg.max_decompressed_bytes,
                 head=spooled.head,
                 size=spooled.size,
-                before_file=spooled.wait_written if isinstance(spooled, PendingSpool) else None,
             )
             if header.sop_class_uid not in SUPPORTED_SOP_CLASSES:
                 raise IngestError(
@@ -172,8 +152,6 @@ class IngestService:
                 )
             if expected_study_uid is not None and header.study_instance_uid != expected_study_uid:
                 raise IngestError("wrong_study", "instance belongs to another study")
-            if isinstance(spooled, PendingSpool):
-                spooled = spooled.result()
             if spooled.size > cfg.max_dataset_bytes:
                 raise IngestError(
                     "too_large", f"dataset of {spooled.size} bytes > limit {cfg.max_dataset_bytes}"
@@ -196,23 +174,21 @@ class IngestService:
         # The recorder consumes the file from here on (moved into place or deleted).
         return self._recorder.record(Arrival(header, decision, spooled, calling_ae, source))
 
-    def _inflated(self, spooled: SpooledFile | PendingSpool) -> SpooledFile | PendingSpool:
+    def _inflated(self, spooled: SpooledFile) -> SpooledFile:
         """Return ``spooled``, or for a deflated data set its inflated copy (see :mod:`.inflate`).
 
         The received file is deleted once its copy exists; on a refusal both are gone.
         """
-        before = spooled.wait_written if isinstance(spooled, PendingSpool) else None
-        raw = HeadThenFile(spooled.head, spooled.tmp_path, spooled.size, before)
+        raw = HeadThenFile(spooled.head, spooled.tmp_path, spooled.size)
         with io.BufferedReader(raw, buffer_size=2**12) as fileobj:
             file_meta = read_file_meta(fileobj)
         if not file_meta.deflated:
             return spooled
-        received = spooled.result() if isinstance(spooled, PendingSpool) else spooled
         try:
             return self.spool.write_parts(
                 inflated_parts(
-                    received.tmp_path, file_meta, limit=self.settings.dicom.max_dataset_bytes
+                    spooled.tmp_path, file_meta, limit=self.settings.dicom.max_dataset_bytes
                 )
             )
         finally:
-            self.spool.discard(received)
+            self.spool.discard(spooled)

@@ -1,4 +1,9 @@
-"""The spool: received files written durably (temp file, fsync, atomic rename, dir fsync)."""
+"""The spool: received files written durably (temp file, fsync, atomic rename, dir fsync).
+
+Files being received live in ``.incoming/``: those the node writes itself directly there,
+those pynetdicom writes during a C-STORE in one folder per association process
+(:meth:`Spool.receiving_folder`), so that each process knows its own.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from spinexr.node.ingest.header import is_valid_uid
-from spinexr.node.ingest.spoolwriter import PendingSpool, SpooledFile, SpoolWriter
+from spinexr.node.ingest.spoolwriter import SpooledFile, SpoolWriter
 
 logger = logging.getLogger(__name__)
 
 TMP_DIR = ".incoming"
+RECEIVING_PREFIX = "assoc-"
+"""Name prefix of an association process's folder in ``.incoming/`` (then its pid)."""
 
 
 def safe_component(uid: str) -> str:
@@ -71,8 +78,12 @@ class Spool:
         """
         removed = 0
         for path in self.tmp.iterdir():
-            path.unlink(missing_ok=True)
-            removed += 1
+            if path.is_dir():
+                removed += sum(1 for _ in path.iterdir())
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+                removed += 1
         if removed:
             logger.warning("removed %d incomplete file(s) from the spool", removed)
         return removed
@@ -81,20 +92,30 @@ class Spool:
         """Return free space on the spool's file system."""
         return shutil.disk_usage(self.root).free
 
-    def open_writer(self, *, background: bool = False) -> SpoolWriter:
+    def open_writer(self) -> SpoolWriter:
         """Create a new temporary file to be written piece by piece.
-
-        Parameters
-        ----------
-        background : bool
-            Hash it in a helper thread that follows the file (see :class:`SpoolWriter`).
 
         Returns
         -------
         SpoolWriter
-            The writer; :meth:`SpoolWriter.finish` or :meth:`SpoolWriter.discard` ends it.
+            The writer; :meth:`SpoolWriter.close` or :meth:`SpoolWriter.discard` ends it.
         """
-        return SpoolWriter(self.tmp / f"{uuid.uuid4().hex}.part", background=background)
+        return SpoolWriter(self.tmp / f"{uuid.uuid4().hex}.part")
+
+    def receiving_folder(self, pid: int) -> Path:
+        """Return the temporary folder of the association process ``pid``.
+
+        Parameters
+        ----------
+        pid : int
+            The process id.
+
+        Returns
+        -------
+        Path
+            ``.incoming/assoc-<pid>`` (not created here).
+        """
+        return self.tmp / f"{RECEIVING_PREFIX}{pid}"
 
     def write_parts(self, parts: Iterable[bytes | bytearray | memoryview]) -> SpooledFile:
         """Write ``parts`` to a temporary file and hash them (not yet fsynced).
@@ -186,12 +207,9 @@ class Spool:
                 self._durable.update(new)
         return finals
 
-    def discard(self, spooled: SpooledFile | PendingSpool) -> None:
+    def discard(self, spooled: SpooledFile) -> None:
         """Delete a temporary file that will not be kept."""
-        if isinstance(spooled, PendingSpool):
-            spooled.discard()
-        else:
-            spooled.tmp_path.unlink(missing_ok=True)
+        spooled.tmp_path.unlink(missing_ok=True)
 
 
 ORPHAN_DIR = ".orphans"

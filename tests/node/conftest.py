@@ -1,4 +1,5 @@
-"""Fixtures: an in-process ingest stack, with or without a live SCP on loopback."""
+"""Fixtures: an in-process ingest stack, with or without a live SCP (its own processes) on
+loopback."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stack:
 def scp_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     monkeypatch.chdir(tmp_path)
     s = build_stack(tmp_path)
-    s.scp = StoreSCP(s.settings, s.ingest)
+    s.scp = StoreSCP(s.settings)
     s.scp.start()
     yield s
     s.scp.stop()

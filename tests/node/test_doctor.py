@@ -31,7 +31,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[Stack]:
     peer = build_stack(tmp_path / "pacs", dicom={"ae_title": "PACS"})
-    peer.scp = StoreSCP(peer.settings, peer.ingest)
+    peer.scp = StoreSCP(peer.settings)
     peer.scp.start()
     yield peer
     peer.scp.stop()

@@ -44,7 +44,7 @@ def small_bundle(folder: Path) -> Path:
 def pacs(tmp_path: Path) -> Iterator[Stack]:
     """Another node's SCP standing in for the PACS (answers C-ECHO)."""
     peer = build_stack(tmp_path / "pacs", dicom={"ae_title": "PACS"})
-    peer.scp = StoreSCP(peer.settings, peer.ingest)
+    peer.scp = StoreSCP(peer.settings)
     peer.scp.start()
     yield peer
     peer.scp.stop()

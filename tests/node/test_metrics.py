@@ -69,7 +69,7 @@ def scrape(stack: Stack) -> dict:
 @pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[Stack]:
     peer = build_stack(tmp_path / "pacs", dicom={"ae_title": "PACS"})
-    peer.scp = StoreSCP(peer.settings, peer.ingest)
+    peer.scp = StoreSCP(peer.settings)
     peer.scp.start()
     yield peer
     peer.scp.stop()

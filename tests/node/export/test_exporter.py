@@ -133,7 +133,6 @@ def test_rejecting_destination_retries_then_dead_letter(
     tmp_path: Path, monkeypatch, case: str
 ) -> None:
     from spinexr.node.dimse.scp import StoreSCP as NodeSCP
-    from spinexr.node.errors import IngestError
 
     pacs = None
     peer_scp = None
@@ -153,16 +152,10 @@ def test_rejecting_destination_retries_then_dead_letter(
         pacs = StoreSCP(tmp_path, extra=("-xf", str(cfg), "Default")).start()
         dest = dimse(pacs.port)
     elif case == "failure_status":
-        # a real SCP (a second node) that answers every C-STORE with 0xC210
-        peer = build_stack(tmp_path / "peer")
-
-        def refuse(spooled, **kwargs):
-            peer.spool.discard(spooled)
-            raise IngestError("unparseable", "simulated refusal")
-
-        # Both the streamed C-STORE path and whole-dataset ingest end here.
-        monkeypatch.setattr(peer.ingest, "ingest_spooled", refuse)
-        peer_scp = NodeSCP(peer.settings, peer.ingest)
+        # a real SCP (a second node, in its own processes) that answers every C-STORE with a
+        # failure status: it accepts no nested sequences, and the SR and GSPS nest (0xC212)
+        peer = build_stack(tmp_path / "peer", dicom={"max_sequence_depth": 1})
+        peer_scp = NodeSCP(peer.settings)
         peer_scp.start()
         dest = dimse(peer.port, aet="SPINEXR")
     else:

@@ -284,7 +284,7 @@ def test_overview_counts_jobs_and_warns(world) -> None:
 
 @pytest.mark.integration
 def test_echo_reports_status_and_round_trip(world) -> None:
-    scp = StoreSCP(world.stack.settings, world.stack.ingest)
+    scp = StoreSCP(world.stack.settings)
     scp.start()
     try:
         r = world.client.post("/api/v1/destinations/self/echo", headers=world.auth)
@@ -317,7 +317,7 @@ def test_dead_letter_retry_then_export_and_turnaround(world) -> None:
     assert "export" in r.json()["message"]
     # The PACS is back (the node's own SCP stands in for it).
     settings.destinations = [d for d in every if d.name == "self"]
-    scp = StoreSCP(settings, world.stack.ingest)
+    scp = StoreSCP(settings)
     scp.start()
     try:
         outcome = Exporter(settings, world.stack.sessions).export(world.analysed_job)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import ssl
 import struct
@@ -96,19 +98,21 @@ def test_storescu_study_is_stored_and_completes_into_one_job(
 
 
 def test_forbidden_calling_ae_is_rejected_with_a_logged_reason(
-    tmp_path: Path, monkeypatch, caplog
+    tmp_path: Path, monkeypatch, capfd
 ) -> None:
     monkeypatch.chdir(tmp_path)
     st = build_stack(tmp_path, dicom={"allowed_calling_aets": ["PACS"]})
-    scp = StoreSCP(st.settings, st.ingest)
+    scp = StoreSCP(st.settings)
     scp.start()
     try:
         assert echoscu(st, aet="PACS").returncode == 0
         bad = echoscu(st, aet="INTRUDER")
         assert bad.returncode != 0
         assert "Calling AE" in bad.stdout + bad.stderr or "Rejected" in bad.stdout + bad.stderr
+        # Logged by the association's process, to the stderr it shares with this one.
         assert any(
-            "INTRUDER" in r.getMessage() and "not allowed" in r.getMessage() for r in caplog.records
+            "INTRUDER" in line and "not allowed" in line
+            for line in capfd.readouterr().err.splitlines()
         )
     finally:
         scp.stop()
@@ -117,7 +121,7 @@ def test_forbidden_calling_ae_is_rejected_with_a_logged_reason(
 def test_ip_allow_list(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     st = build_stack(tmp_path, dicom={"allowed_networks": ["10.0.0.0/8"]})
-    scp = StoreSCP(st.settings, st.ingest)
+    scp = StoreSCP(st.settings)
     scp.start()
     try:
         assert echoscu(st).returncode != 0
@@ -154,22 +158,34 @@ def test_unparseable_file_fails_while_the_association_and_other_files_go_on(
     assert n(scp_stack) == 1
 
 
-def test_full_disk_answers_a700_and_refuses_new_associations(
-    scp_stack: Stack, tmp_path: Path, monkeypatch
-) -> None:
-    _, ds = phantom_bytes(2, sop_class="CR")
-    ae = scu(scp_stack, [(ComputedRadiographyImageStorage, [str(ds.file_meta.TransferSyntaxUID)])])
-    assoc = ae.associate("127.0.0.1", scp_stack.port, ae_title="SPINEXR")
-    assert assoc.is_established
-    monkeypatch.setattr(scp_stack.spool, "free_bytes", lambda: 0)  # the disk fills up
+def test_full_disk_answers_a700_and_refuses_new_associations(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # The watermark 1 GiB below today's free space; then the disk "fills up" by 2 GiB (the
+    # SCP runs in other processes: the disk itself has to change).
+    free_mb = shutil.disk_usage(tmp_path).free // 2**20
+    scp_stack = build_stack(tmp_path, storage={"min_free_mb": free_mb - 1024})
+    scp = StoreSCP(scp_stack.settings)
+    scp.start()
+    filler = tmp_path / "filler"
     try:
-        status = assoc.send_c_store(ds)
+        _, ds = phantom_bytes(2, sop_class="CR")
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        ae = scu(scp_stack, [(ComputedRadiographyImageStorage, [ts])])
+        assoc = ae.associate("127.0.0.1", scp_stack.port, ae_title="SPINEXR")
+        assert assoc.is_established
+        with open(filler, "wb") as f:  # the disk fills up
+            os.posix_fallocate(f.fileno(), 0, 2 * 2**30)
+        try:
+            status = assoc.send_c_store(ds)
+        finally:
+            assoc.release()
+        assert status.Status == 0xA700
+        assert n(scp_stack) == 0 and list(scp_stack.spool.tmp.iterdir()) == []
+        again = ae.associate("127.0.0.1", scp_stack.port, ae_title="SPINEXR")
+        assert again.is_rejected
     finally:
-        assoc.release()
-    assert status.Status == 0xA700
-    assert n(scp_stack) == 0 and list(scp_stack.spool.tmp.iterdir()) == []
-    again = ae.associate("127.0.0.1", scp_stack.port, ae_title="SPINEXR")
-    assert again.is_rejected
+        filler.unlink(missing_ok=True)
+        scp.stop()
 
 
 def test_unsupported_sop_class_context_is_rejected(scp_stack: Stack) -> None:
@@ -243,7 +259,7 @@ def test_tls_with_a_self_signed_pair(tmp_path: Path, monkeypatch) -> None:
     st = build_stack(
         tmp_path, dicom={"tls": {"enabled": True, "cert_file": str(cert), "key_file": str(key)}}
     )
-    scp = StoreSCP(st.settings, st.ingest)
+    scp = StoreSCP(st.settings)
     scp.start()
     try:
         _, ds = phantom_bytes(3, sop_class="CR")
@@ -282,7 +298,7 @@ def test_tls_client_certificate_required(tmp_path: Path, monkeypatch) -> None:
             }
         },
     )
-    scp = StoreSCP(st.settings, st.ingest)
+    scp = StoreSCP(st.settings)
     scp.start()
     try:
         anonymous = ssl.create_default_context(cafile=str(scert))

@@ -1,39 +1,34 @@
-"""The fast ingest path: spool files hashed while written, C-STORE data streamed to the spool,
-and instances that arrive together recorded in one transaction (group commit)."""
+"""The ingest path: spool files hashed while written, C-STORE data written to the spool as it
+arrives (and refused mid-stream), and instances that arrive together recorded in one
+transaction (group commit)."""
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import itertools
 import os
-import socket
 import threading
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
 from blake3 import blake3
 from ingest_support import Stack, build_stack, phantom_bytes
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
 from spinexr.node.db.models import Instance, Study
 from spinexr.node.dimse.scp import StoreSCP
-from spinexr.node.dimse.transport import LimitedSocket
 from spinexr.node.errors import IngestError
-from spinexr.node.ingest import spoolwriter
 from spinexr.node.ingest.header import read_header
 from spinexr.node.ingest.recorder import Outcome, Recorder
-from spinexr.node.ingest.spoolwriter import (
-    BLOCK,
-    CHUNK,
-    CHUNK_ALONE,
-    CHUNKS_IN_FLIGHT,
-    HEAD,
-    SpoolWriter,
-)
+from spinexr.node.ingest.spoolwriter import HEAD, SpoolWriter
+
+# Sizes the writer's earlier versions cut files at (direct-I/O blocks, 1 and 4 MiB chunks).
+BLOCK, CHUNK_ALONE, CHUNK = 4096, 2**20, 2**22
 
 
 def blake3_of(data: bytes) -> str:
@@ -52,92 +47,55 @@ def rows(stack: Stack) -> int:
         return s.scalar(select(func.count()).select_from(Instance))
 
 
-@pytest.mark.parametrize("background", [False, True])
 @pytest.mark.parametrize(
     "size",
     [0, 1, BLOCK - 1, BLOCK, CHUNK_ALONE, CHUNK_ALONE + 1, CHUNK, CHUNK + 1, 2 * CHUNK + BLOCK + 7],
 )
-def test_spool_writer_file_ends_exactly(tmp_path: Path, background: bool, size: int) -> None:
-    """Direct writes pad the last block: the file is cut back to its exact length."""
+def test_spool_writer_file_ends_exactly(tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
-    writer = SpoolWriter(tmp_path / "e.part", background=background)
+    writer = SpoolWriter(tmp_path / "e.part")
     for start in range(0, size, 5000):
         writer.write(data[start : start + 5000])
-    pending = writer.finish(sync=True)
-    pending.wait_written()
-    spooled = pending.result()
+    spooled = writer.close(sync=True)
     assert (tmp_path / "e.part").read_bytes() == data
     assert (spooled.size, spooled.content_hash) == (size, blake3_of(data))
-
-
-def test_spool_writer_without_direct_io(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file system that refuses O_DIRECT (EINVAL) gets buffered writes, same result."""
-    real_open = os.open
-
-    def no_direct(path, flags, *args):
-        if flags & spoolwriter.O_DIRECT:
-            real_open(path, flags & ~spoolwriter.O_DIRECT, *args)  # created, as Linux does
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(spoolwriter, "O_DIRECT", getattr(os, "O_DIRECT", 0o40000))
-    monkeypatch.setattr(os, "open", no_direct)
-    data = os.urandom(CHUNK + 777)
-    writer = SpoolWriter(tmp_path / "f.part", background=True)
-    assert not writer.direct
-    writer.write(data)
-    spooled = writer.finish(sync=True).result()
-    assert (tmp_path / "f.part").read_bytes() == data
-    assert spooled.content_hash == blake3_of(data)
 
 
 def test_spool_writer_failed_write_is_reported_and_nothing_is_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A failed chunk write (disk full) surfaces to the receiver; the file and helper go."""
+    """A failed write (disk full) surfaces to the writer's caller; discarding leaves nothing."""
 
-    def full(fd, data, offset):
+    def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     before = threading.active_count()
-    writer = SpoolWriter(tmp_path / "g.part", background=True)
-    monkeypatch.setattr(os, "pwrite", full)
+    writer = SpoolWriter(tmp_path / "g.part")
+    monkeypatch.setattr(os, "write", full)
     with pytest.raises(OSError) as raised:
-        for _ in range(CHUNKS_IN_FLIGHT + 2):  # the error shows at a later hand-over
-            writer.write(bytes(CHUNK))
+        writer.write(bytes(CHUNK))
     assert raised.value.errno == errno.ENOSPC
     writer.discard()
     assert not (tmp_path / "g.part").exists()
     assert threading.active_count() == before
 
-    writer = SpoolWriter(tmp_path / "h.part", background=True)
-    writer.write(b"x" * 10)
-    pending = writer.finish(sync=True)
-    with pytest.raises(OSError):
-        pending.wait_written()
-    with pytest.raises(OSError):
-        pending.result()
-    pending.discard()
-    assert not (tmp_path / "h.part").exists()
 
-
-@pytest.mark.parametrize("background", [False, True])
-def test_spool_writer_hash_size_and_sync(tmp_path: Path, background: bool) -> None:
+def test_spool_writer_hash_size_and_sync(tmp_path: Path) -> None:
     data = os.urandom(3 * CHUNK + 12345)
-    writer = SpoolWriter(tmp_path / "a.part", background=background)
+    writer = SpoolWriter(tmp_path / "a.part")
     # Pieces of odd sizes, some larger than a hashing chunk.
     cuts = [0, 1, 700, CHUNK + 3, 2 * CHUNK + 5000, len(data)]
     for a, b in itertools.pairwise(cuts):
         writer.write(memoryview(data)[a:b])
-    spooled = writer.finish(sync=True).result()
+    spooled = writer.close(sync=True)
     assert spooled.content_hash == blake3_of(data)
     assert spooled.size == len(data) and spooled.synced
     assert (tmp_path / "a.part").read_bytes() == data
 
 
-def test_spool_writer_discard_stops_the_helper_and_deletes(tmp_path: Path) -> None:
+def test_spool_writer_discard_deletes(tmp_path: Path) -> None:
     before = threading.active_count()
-    writer = SpoolWriter(tmp_path / "b.part", background=True)
+    writer = SpoolWriter(tmp_path / "b.part")
     writer.write(os.urandom(CHUNK + 1))
     writer.discard()
     assert not (tmp_path / "b.part").exists()
@@ -201,6 +159,48 @@ def test_a_failed_group_fails_every_member_and_keeps_nothing(
     assert again.outcome is Outcome.STORED and rows(stack) == 1
 
 
+class SpoolWatch:
+    """What the SCP's temporary folder holds while this process sends (``EVT_PDU_SENT``).
+
+    Once the first data PDU of a C-STORE is sent, it waits for the receiver's file to appear
+    (the receiver creates it from the command alone); after each data PDU it notes the
+    blocks the files there take on disk.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files: set[str] = set()
+        self.most_allocated = 0
+        self._new_message = False
+
+    def _present(self) -> list[Path]:
+        return [p for p in self.folder.rglob("*") if p.is_file()]
+
+    def on_sent(self, event: evt.Event) -> None:
+        if not isinstance(event.pdu, P_DATA_TF):
+            return
+        controls = [
+            item.presentation_data_value[0] for item in event.pdu.presentation_data_value_items
+        ]
+        if any(c & 0x01 for c in controls):
+            self._new_message = True  # a command: its data set comes next
+            return
+        found = self._present()
+        if self._new_message:
+            deadline = time.monotonic() + 10
+            while not {p.name for p in found} - self.files and time.monotonic() < deadline:
+                time.sleep(0.002)
+                found = self._present()
+            self._new_message = False
+        for path in found:
+            try:
+                allocated = path.stat().st_blocks * 512
+            except FileNotFoundError:
+                continue
+            self.files.add(path.name)
+            self.most_allocated = max(self.most_allocated, allocated)
+
+
 @pytest.mark.integration
 def test_streamed_c_store_is_byte_exact_and_an_oversized_one_is_refused_mid_stream(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -210,15 +210,8 @@ def test_streamed_c_store_is_byte_exact_and_an_oversized_one_is_refused_mid_stre
     big, _ = phantom_bytes(141, size=(1024, 768))
     limit = (len(small) + len(big)) // 2
     stack = build_stack(tmp_path, dicom={"max_dataset_bytes": limit})
-    streams: list[object] = []
-    open_stream = StoreSCP._open_stream
-
-    def counting(self, head):
-        streams.append(stream := open_stream(self, head))
-        return stream
-
-    monkeypatch.setattr(StoreSCP, "_open_stream", counting)
-    stack.scp = StoreSCP(stack.settings, stack.ingest)
+    watch = SpoolWatch(stack.spool.tmp)
+    stack.scp = StoreSCP(stack.settings)
     stack.scp.start()
     try:
         (tmp_path / "small.dcm").write_bytes(small)
@@ -228,7 +221,12 @@ def test_streamed_c_store_is_byte_exact_and_an_oversized_one_is_refused_mid_stre
         ts = str(small_ds.file_meta.TransferSyntaxUID)
         ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ts])
         ae.maximum_pdu_size = 16384  # many data PDUs per instance
-        assoc = ae.associate("127.0.0.1", stack.port, ae_title="SPINEXR")
+        assoc = ae.associate(
+            "127.0.0.1",
+            stack.port,
+            ae_title="SPINEXR",
+            evt_handlers=[(evt.EVT_PDU_SENT, watch.on_sent)],
+        )
         assert assoc.is_established
         try:
             status_big = assoc.send_c_store(tmp_path / "big.dcm")
@@ -237,7 +235,9 @@ def test_streamed_c_store_is_byte_exact_and_an_oversized_one_is_refused_mid_stre
             assoc.release()
     finally:
         stack.scp.stop()
-    assert len(streams) == 2  # both data sets went straight to the spool
+    assert len(watch.files) == 2  # both data sets went straight to the spool
+    # The refused one never held much more than the limit on disk (one 16 KiB PDU more).
+    assert watch.most_allocated <= limit + 2**16, (watch.most_allocated, limit)
     assert status_big.Status == 0xA701
     assert status_small.Status == 0x0000
     with stack.sessions() as s:
@@ -283,132 +283,9 @@ def test_header_is_read_from_memory_and_from_the_file_only_past_the_head(tmp_pat
 
 def test_spool_writer_keeps_the_head_of_the_file(tmp_path: Path) -> None:
     data = os.urandom(CHUNK + 10)
-    writer = SpoolWriter(tmp_path / "h.part", background=True)
+    writer = SpoolWriter(tmp_path / "h.part")
     writer.write(data)
-    pending = writer.finish(sync=True)
-    assert pending.head == data[:HEAD]
-    assert pending.result().head == data[:HEAD]
+    assert writer.close(sync=True).head == data[:HEAD]
     small = SpoolWriter(tmp_path / "s.part")
     small.write(b"abc")
     assert small.close().head == b"abc"
-
-
-def test_spool_writers_at_once_hash_in_their_helpers_and_stay_exact(tmp_path: Path) -> None:
-    """A file received alone is hashed by its receiver; one among several by its helper, in
-    larger chunks."""
-    datas = [os.urandom(2 * CHUNK + 999), os.urandom(3 * CHUNK + 5)]
-    first = SpoolWriter(tmp_path / "1.part", background=True)
-    second = SpoolWriter(tmp_path / "2.part", background=True)
-    assert first._hash_here and not second._hash_here
-    # Short hand-overs for a file alone (less left after its last byte), longer ones among
-    # several (fewer thread switches).
-    assert (first._chunk_size, second._chunk_size) == (CHUNK_ALONE, CHUNK)
-    for start in range(0, 3 * CHUNK + 5, 70_000):  # interleaved, as two associations
-        first.write(datas[0][start : start + 70_000])
-        second.write(datas[1][start : start + 70_000])
-    for writer, data, name in ((first, datas[0], "1.part"), (second, datas[1], "2.part")):
-        spooled = writer.finish(sync=True).result()
-        assert spooled.content_hash == blake3_of(data)
-        assert (tmp_path / name).read_bytes() == data
-    assert spoolwriter._receiving.count == 0
-    third = SpoolWriter(tmp_path / "3.part", background=True)
-    assert third._hash_here  # alone again
-    third.discard()
-    assert spoolwriter._receiving.count == 0
-
-
-def test_socket_read_buffer_serves_every_reader_and_loses_nothing() -> None:
-    """Bytes read ahead for the streaming path are what pynetdicom's reads get next."""
-    a, b = socket.socketpair()
-    sock = object.__new__(LimitedSocket)  # as the SCP does: the class of a live socket
-    sock.socket = a
-    sock.max_pdu_read = 4096
-    try:
-        payload = os.urandom(10_000)
-        b.sendall(payload)
-        head = sock.fill(6)
-        assert head is not None and bytes(head) == payload[:6]
-        assert sock.buffered >= 6  # read ahead, nothing taken yet
-        sock.consume(6)
-        assert bytes(sock.recv(3000)) == payload[6:3006]  # pynetdicom's path
-        view = memoryview(bytearray(6994))
-        assert sock.read_into(view) == 6994 and bytes(view) == payload[3006:]
-        assert sock.buffered == 0 and not sock.has_buffered_data()
-        b.sendall(b"xyz")
-        b.close()
-        assert sock.fill(10) is None  # closed first: what came stays buffered
-        view = memoryview(bytearray(10))
-        assert sock.read_into(view) == 3 and bytes(view[:3]) == b"xyz"  # a short read
-        with pytest.raises(OSError):
-            sock.recv(5000)  # larger than the PDU limit: refused
-    finally:
-        a.close()
-
-
-def test_socket_reads_many_waiting_pdus_at_once() -> None:
-    """A data set's PDUs that have arrived cost a few large reads, not one or two each."""
-    a, b = socket.socketpair()
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2**22)
-    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2**22)
-    sock = object.__new__(LimitedSocket)
-    sock.socket = a
-    sock.max_pdu_read = 16384 + 1024
-    reads = 0
-    real_refill = LimitedSocket._refill
-
-    def counting_refill(self: LimitedSocket) -> bool:
-        nonlocal reads
-        reads += 1
-        return real_refill(self)
-
-    try:
-        # As many 16 KiB PDUs as surely wait in the socket at once (up to 1 MiB).
-        room = b.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
-        count = min(64, room // (16384 + 6))
-        assert count >= 8
-        pdus = [os.urandom(16384 + 6) for _ in range(count)]
-        sender = threading.Thread(target=b.sendall, args=(b"".join(pdus),))
-        sender.start()
-        sender.join(timeout=10)  # all of it waits in the socket before the first read
-        assert not sender.is_alive()
-        sock._refill = counting_refill.__get__(sock)  # type: ignore[method-assign]
-        for pdu in pdus:
-            got = sock.fill(len(pdu))
-            assert got is not None and bytes(got) == pdu
-            sock.consume(len(pdu))
-        assert reads <= max(2, count // 8)  # (two PDUs per read before)
-    finally:
-        a.close()
-        b.close()
-
-
-def test_spool_writer_falls_back_when_a_direct_write_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """EINVAL from a direct write (alignment stricter than ours): the rest goes buffered."""
-    real_pwrite = os.pwrite
-    refused: list[int] = []
-
-    def strict(fd, data, offset):
-        if not refused and fcntl.fcntl(fd, fcntl.F_GETFL) & spoolwriter.O_DIRECT:
-            refused.append(offset)
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", strict)
-    data = os.urandom(2 * CHUNK + 333)
-    writer = SpoolWriter(tmp_path / "d.part", background=True)
-    writer.write(data)
-    spooled = writer.finish(sync=True).result()
-    assert (tmp_path / "d.part").read_bytes() == data
-    assert spooled.content_hash == blake3_of(data)
-    if spoolwriter.O_DIRECT and writer_was_direct(tmp_path):
-        assert refused == [0]
-
-
-def writer_was_direct(folder: Path) -> bool:
-    probe = SpoolWriter(folder / "probe.part")
-    try:
-        return probe.direct
-    finally:
-        probe.discard()
