@@ -179,7 +179,6 @@ class HttpSection(_Section):
     )
 
 
-
 class StorageSection(_Section):
     """Where received files, outputs and the embedded database live."""
 
