@@ -9,6 +9,7 @@ environment variables ``SPINEXR_<SECTION>__<KEY>`` (lists and tables as JSON, e.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import re
@@ -231,6 +232,20 @@ class QueueSection(_Section):
         return value
 
 
+class BodyParts(enum.StrEnum):
+    """Which body parts the node analyses (``study.body_parts``).
+
+    ``spine``: spine radiographs only, decided by Body Part Examined, then Series
+    Description and Protocol Name (a Study Description can only say "not spine"), then, for
+    images whose header says nothing, the bundle's image check; other images are recorded
+    "not for analysis: not a spine image (...)". ``any``: every image of an accepted SOP
+    class and modality.
+    """
+
+    SPINE = "spine"
+    ANY = "any"
+
+
 class StudySection(_Section):
     """Study assembly and routing rules."""
 
@@ -242,6 +257,14 @@ class StudySection(_Section):
         description="SOP classes that are analysed (CR, DX For Presentation/Processing).",
     )
     accepted_modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
+    body_parts: BodyParts = Field(
+        default=BodyParts.SPINE,
+        description=(
+            "'spine': only spine radiographs are analysed (header, then the bundle's image "
+            "check); 'any': every body part. A configuration that sets body_part_regex "
+            "without body_parts gets 'any' (the regex alone decides, as before)."
+        ),
+    )
     body_part_regex: str = Field(
         default="", description="BodyPartExamined must match (case-insensitive); empty = any."
     )
@@ -252,6 +275,17 @@ class StudySection(_Section):
         default_factory=list, description="Only studies from these AEs are analysed; empty = any."
     )
     urgent_calling_aets: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regex_alone_decides(cls, data: Any) -> Any:
+        """Give an old configuration (a body_part_regex, no body_parts) its old meaning.
+
+        The regex alone decides the body part, as before ``body_parts`` existed.
+        """
+        if isinstance(data, dict) and data.get("body_part_regex") and "body_parts" not in data:
+            return {**data, "body_parts": BodyParts.ANY}
+        return data
 
     @field_validator("body_part_regex", "study_description_regex")
     @classmethod

@@ -1,4 +1,11 @@
-"""Which received instances are analysed, and which are the node's own results (loops)."""
+"""Which received instances are analysed, and which are the node's own results (loops).
+
+With ``study.body_parts = "spine"`` (the default) an instance whose header names a part other
+than the spine (`spinexr.pipeline.bodypart.tag_verdict`: Body Part Examined, then Series
+Description and Protocol Name, then Study Description) is recorded
+``not for analysis: not a spine image (<attribute> <term>)``; an instance whose header says
+nothing is analysed, and the worker's image check (`spinexr.pipeline.anatomy`) decides.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,11 @@ from dataclasses import dataclass
 
 from spinexr.node import MANUFACTURER
 from spinexr.node.ingest.header import InstanceHeader
-from spinexr.node.settings import Settings
+from spinexr.node.settings import BodyParts, Settings
+from spinexr.pipeline.bodypart import TagAnatomy, tag_verdict
 
 ANALYSE = "analyse"
+NOT_SPINE = "not a spine image"
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,8 @@ def decide(header: InstanceHeader, calling_ae: str, settings: Settings) -> Decis
     Returns
     -------
     Decision
-        Analyse, or the first rule that says no.
+        Analyse, or the first rule that says no (``not a spine image (...)`` for another
+        body part when ``study.body_parts`` is ``spine``).
     """
     rules = settings.study
     if header.sop_class_uid not in rules.accepted_sop_classes:
@@ -74,6 +84,15 @@ def decide(header: InstanceHeader, calling_ae: str, settings: Settings) -> Decis
         rules.body_part_regex, header.body_part_examined, re.IGNORECASE
     ):
         return Decision(False, "body part")
+    if rules.body_parts is BodyParts.SPINE:
+        verdict = tag_verdict(
+            header.body_part_examined,
+            header.series_description,
+            header.protocol_name,
+            header.study_description,
+        )
+        if verdict.anatomy is TagAnatomy.OTHER:
+            return Decision(False, f"{NOT_SPINE} ({verdict.reason})"[:100])
     if rules.study_description_regex and not re.search(
         rules.study_description_regex, header.study_description, re.IGNORECASE
     ):
