@@ -5,7 +5,9 @@ The manifest plays the role of a torchvision weights entry: it names the classes
 threshold c* and how it was fitted, the display threshold, the metrics the bundle was
 validated with, the training data, whether it is a demo bundle (trained on synthetic
 phantoms) and the SHA-256 of every file. `verify_bundle` checks all of it against the code's
-constants before a model is built, with a distinct error per problem.
+constants before a model is built, with a distinct error per problem. An optional ``anatomy``
+entry adds the image check (`spinexr.pipeline.anatomy`: spine AP, spine lateral or other);
+bundles without it stay valid.
 
 The bundle's DICOM device UID is ``2.25.<int of the first 128 bits of the weights digest>``,
 where the weights digest is the SHA-256 of the sorted file hashes: it changes exactly when a
@@ -29,6 +31,7 @@ from typing import Annotated, Any, Final, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from spinexr.pipeline.anatomy import ANATOMY_ARCH, ANATOMY_CLASSES, ANATOMY_SIZE
 from spinexr.pipeline.classes import CLASS_NAMES
 from spinexr.pipeline.classifier import Arch
 from spinexr.pipeline.errors import (
@@ -108,6 +111,48 @@ class DetectorEntry(_Model):
     checkpoint: RelPath
 
 
+class AnatomyEntry(_Model):
+    """The optional image check (`spinexr.pipeline.anatomy`): spine AP, spine lateral or other.
+
+    Attributes
+    ----------
+    model : str
+        Architecture; `spinexr.pipeline.anatomy.ANATOMY_ARCH`.
+    weights : str
+        State dict file, relative to the bundle folder.
+    classes : list of str
+        Output names in logit order; must equal `ANATOMY_CLASSES`.
+    input_size : tuple of int
+        (rows, columns) of the input; must equal `ANATOMY_SIZE`.
+    other_threshold : float
+        ``other`` probability at or above which an image whose header says nothing about
+        its anatomy is not analysed.
+    metrics : dict
+        How it was validated (free form).
+    """
+
+    model: str
+    weights: RelPath
+    classes: list[str]
+    input_size: tuple[int, int]
+    other_threshold: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _matches_code(self) -> Self:
+        if self.model != ANATOMY_ARCH:
+            raise ValueError(f"anatomy model {self.model!r} is not {ANATOMY_ARCH!r}")
+        if list(self.classes) != list(ANATOMY_CLASSES):
+            raise ValueError(
+                f"anatomy classes {self.classes} differ from the code's {list(ANATOMY_CLASSES)}"
+            )
+        if tuple(self.input_size) != tuple(ANATOMY_SIZE):
+            raise ValueError(
+                f"anatomy input size {self.input_size} differs from the code's {ANATOMY_SIZE}"
+            )
+        return self
+
+
 class Manifest(_Model):
     """Contents of ``manifest.json`` (validated on construction).
 
@@ -144,6 +189,9 @@ class Manifest(_Model):
         Trained on synthetic phantoms; outputs must say so.
     files : dict of str to str
         Relative path → SHA-256 (lowercase hex) of every file besides the manifest.
+    anatomy : AnatomyEntry or None
+        The image check (spine AP / spine lateral / other); optional: without it, images
+        whose header says nothing about their anatomy are analysed unchecked.
     """
 
     schema_version: int = Field(ge=MANIFEST_SCHEMA_VERSION, le=MANIFEST_SCHEMA_VERSION)
@@ -162,6 +210,7 @@ class Manifest(_Model):
     training_data: dict[str, Any] = Field(default_factory=dict)
     demo: bool
     files: dict[RelPath, Sha256] = Field(min_length=1)
+    anatomy: AnatomyEntry | None = None
 
     @model_validator(mode="after")
     def _references_listed(self) -> Self:
@@ -170,6 +219,8 @@ class Manifest(_Model):
             raise ValueError(f"classifier members repeat an architecture: {archs}")
         referenced = [m.weights for m in self.classifier]
         referenced += [self.detector.config, self.detector.checkpoint]
+        if self.anatomy is not None:
+            referenced.append(self.anatomy.weights)
         unlisted = [p for p in referenced if p not in self.files]
         if unlisted:
             raise ValueError(f"files referenced but not listed in 'files': {unlisted}")
@@ -241,6 +292,17 @@ class Bundle:
     def detector_checkpoint(self) -> Path:
         """Absolute path of the detector checkpoint."""
         return self.directory / self.manifest.detector.checkpoint
+
+    @property
+    def anatomy(self) -> AnatomyEntry | None:
+        """The image check's manifest entry, when the bundle has one."""
+        return self.manifest.anatomy
+
+    @property
+    def anatomy_weights(self) -> Path | None:
+        """Absolute path of the image check's state dict, when the bundle has one."""
+        entry = self.manifest.anatomy
+        return None if entry is None else self.directory / entry.weights
 
     @property
     def weights_digest(self) -> str:

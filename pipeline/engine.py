@@ -8,6 +8,12 @@ analysed (a `UnsupportedImageError`) gets an `ImageResult` with the reason and t
 the study proceeds; other exceptions (out of memory, a broken model) propagate to the caller,
 which decides whether to retry the job.
 
+Before the lesion models, the spine check (`spinexr.pipeline.anatomy.spine_gate`, on unless
+``spine_check=False``) keeps other body parts out: an image whose header names another part,
+or whose header says nothing and which the bundle's anatomy model scores ``other`` at or
+above its threshold, gets an `ImageResult` with reason ``not_spine`` ("not a spine image")
+and its scores. The provenance says which check ran (`SpineCheck`).
+
 The detector adapter (`spinexr.pipeline.detector`, the only module that imports MMDetection)
 is imported lazily, when a pipeline is built without an injected detector.
 """
@@ -28,11 +34,13 @@ import numpy.typing as npt
 import torch
 from pydicom.dataset import Dataset
 
+from spinexr.pipeline.anatomy import AnatomyClassifier, GateDecision, spine_gate
+from spinexr.pipeline.bodypart import TagAnatomy, dataset_tag_verdict
 from spinexr.pipeline.bundle import Bundle, verify_bundle
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.classifier import ClassifierEnsemble, images_to_batch
 from spinexr.pipeline.devices import resolve_device
-from spinexr.pipeline.errors import UnsupportedImageError
+from spinexr.pipeline.errors import ImageRefusal, UnsupportedImageError
 from spinexr.pipeline.fusion import fuse_image, summarise_study
 from spinexr.pipeline.geometry import ResizeTransform
 from spinexr.pipeline.preprocess import MIN_SIZE, PreparedImage, prepare_image
@@ -42,6 +50,7 @@ from spinexr.pipeline.results import (
     ImageResult,
     Outcome,
     Provenance,
+    SpineCheck,
     StudyResult,
 )
 
@@ -101,6 +110,11 @@ class Pipeline:
         Site override of the bundle's display threshold.
     max_detections : int
         Boxes per image kept by the detector.
+    spine_check : bool
+        Keep images that are not spine radiographs out (header, then the bundle's anatomy
+        model); False analyses every image (a site with ``study.body_parts = "any"``).
+    anatomy : AnatomyClassifier, optional
+        An anatomy model to use instead of the bundle's (tests).
     """
 
     def __init__(
@@ -114,6 +128,8 @@ class Pipeline:
         min_size: int = MIN_SIZE,
         display_threshold: float | None = None,
         max_detections: int = 100,
+        spine_check: bool = True,
+        anatomy: AnatomyClassifier | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
@@ -133,12 +149,23 @@ class Pipeline:
             classifier = ClassifierEnsemble.from_files(bundle.classifier_weights, self.device)
         self.classifier = classifier.to(self.device).eval()
         self.detector = detector if detector is not None else self._build_detector(max_detections)
+        self.anatomy: AnatomyClassifier | None = None
+        if spine_check:
+            self.anatomy = anatomy if anatomy is not None else self._build_anatomy()
+        self.spine_check = (
+            SpineCheck.OFF
+            if not spine_check
+            else SpineCheck.TAGS_ONLY
+            if self.anatomy is None
+            else SpineCheck.TAGS_AND_IMAGE
+        )
         logger.info(
-            "pipeline ready: bundle %s %s on %s in %.1f s",
+            "pipeline ready: bundle %s %s on %s in %.1f s (spine check: %s)",
             bundle.name,
             bundle.version,
             self.device,
             time.perf_counter() - start,
+            self.spine_check,
         )
 
     @classmethod
@@ -169,6 +196,12 @@ class Pipeline:
             max_detections=max_detections,
         )
 
+    def _build_anatomy(self) -> AnatomyClassifier | None:
+        entry, weights = self.bundle.anatomy, self.bundle.anatomy_weights
+        if entry is None or weights is None:
+            return None
+        return AnatomyClassifier.from_file(weights, entry.other_threshold, self.device)
+
     @property
     def provenance(self) -> Provenance:
         """Bundle identity, software version and device, as written into results."""
@@ -180,11 +213,14 @@ class Pipeline:
             demo=self.bundle.demo,
             software_version=_software_version(),
             torch_device=str(self.device),
+            spine_check=self.spine_check,
         )
 
     def warm_up(self) -> None:
-        """Run both models once on a blank image so the first study is not slowed down."""
+        """Run the models once on a blank image so the first study is not slowed down."""
         transform = ResizeTransform((256, 256), (800, 800))
+        if self.anatomy is not None:
+            self.anatomy.predict([np.zeros((256, 256), np.uint8)])
         with torch.inference_mode():
             self.classifier.predict(images_to_batch([np.zeros((224, 224, 3), np.uint8)]))
             self.detector.predict([np.zeros((800, 800, 3), np.uint8)], [transform])
@@ -253,8 +289,18 @@ class Pipeline:
         """Analyse up to `chunk_size` images; results in input order."""
         out: list[ImageResult | None] = [None] * len(datasets)
         prepared: list[tuple[int, PreparedImage, float]] = []
+        unknown: list[int] = []
         for i, ds in enumerate(datasets):
             t = time.perf_counter()
+            anatomy = TagAnatomy.SPINE
+            if self.spine_check is not SpineCheck.OFF:
+                verdict = dataset_tag_verdict(ds)
+                anatomy = verdict.anatomy
+                if anatomy is TagAnatomy.OTHER:
+                    decision = spine_gate(verdict, None, None)
+                    out[i] = _not_spine_result(ds, None, decision, time.perf_counter() - t)
+                    logger.info("image %s not analysed: not a spine image", _sop_uid(ds))
+                    continue
             try:
                 image = prepare_image(
                     ds, min_size=self.min_size, detector_scale=self.bundle.detector_scale
@@ -267,7 +313,11 @@ class Pipeline:
                 continue
             seconds = time.perf_counter() - t
             timings["preprocess"] += seconds
+            if anatomy is TagAnatomy.UNKNOWN:
+                unknown.append(len(prepared))
             prepared.append((i, image, seconds))
+        scores = self._check_unknown(datasets, prepared, unknown, out, timings)
+        prepared = [p for p in prepared if out[p[0]] is None]
         if prepared:
             n = len(prepared)
             images = [p for _, p, _ in prepared]
@@ -321,8 +371,42 @@ class Pipeline:
                     decision=fused.decision,
                     boxes=fused.boxes,
                     timings=image_timings,
+                    anatomy_scores=scores.get(i, {}),
                 )
         return [r for r in out if r is not None]
+
+    def _check_unknown(
+        self,
+        datasets: Sequence[Dataset],
+        prepared: Sequence[tuple[int, PreparedImage, float]],
+        unknown: Sequence[int],
+        out: list[ImageResult | None],
+        timings: defaultdict[str, float],
+    ) -> dict[int, dict[str, float]]:
+        """Run the image check on the prepared images whose header said nothing.
+
+        Refused images get their result in `out`; returns the scores of the others by
+        input index.
+        """
+        if self.anatomy is None or not unknown:
+            return {}
+        t = time.perf_counter()
+        probabilities = self.anatomy.predict([prepared[k][1].display for k in unknown])
+        seconds = time.perf_counter() - t
+        timings["anatomy"] += seconds
+        scores: dict[int, dict[str, float]] = {}
+        for k, p in zip(unknown, probabilities, strict=True):
+            i, image, pre_s = prepared[k]
+            ds = datasets[i]
+            decision = spine_gate(dataset_tag_verdict(ds), p, self.anatomy.other_threshold)
+            if decision.analyse:
+                scores[i] = decision.scores
+                continue
+            logger.info(
+                "image %s not analysed: not a spine image (%s)", _sop_uid(ds), decision.reason
+            )
+            out[i] = _not_spine_result(ds, image, decision, pre_s + seconds / len(unknown))
+        return scores
 
 
 def boxes_from_detections(detections: DetectionsLike, original_size: tuple[int, int]) -> list[Box]:
@@ -371,6 +455,27 @@ def _failed_result(ds: Dataset, exc: UnsupportedImageError, seconds: float) -> I
         photometric=str(ds.get("PhotometricInterpretation") or "") or None,
         timings={"preprocess": seconds},
         error=ImageError(reason=exc.reason, message=exc.message),
+    )
+
+
+def _not_spine_result(
+    ds: Dataset, image: PreparedImage | None, decision: GateDecision, seconds: float
+) -> ImageResult:
+    """Build the result of an image the spine check kept out (reason ``not_spine``)."""
+    rows, cols = (None, None) if image is None else image.original_size
+    series = ds.get("SeriesInstanceUID")
+    return ImageResult(
+        sop_instance_uid=_sop_uid(ds),
+        series_instance_uid=str(series) if series else None,
+        rows=rows if rows is not None else _positive_int(ds.get("Rows")),
+        columns=cols if cols is not None else _positive_int(ds.get("Columns")),
+        photometric=str(ds.get("PhotometricInterpretation") or "") or None,
+        timings={"spine_check": seconds},
+        error=ImageError(
+            reason=ImageRefusal.NOT_SPINE.value,
+            message=f"not a spine image ({decision.reason})",
+        ),
+        anatomy_scores=decision.scores,
     )
 
 

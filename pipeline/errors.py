@@ -40,6 +40,7 @@ class ImageRefusal(enum.StrEnum):
     TOO_SMALL = "too_small"
     UNDECODABLE = "undecodable"
     INVALID_HEADER = "invalid_header"
+    NOT_SPINE = "not_spine"
 
 
 class UnsupportedImageError(PipelineError):

@@ -38,6 +38,20 @@ class Outcome(enum.StrEnum):
     FAILED = "FAILED"
 
 
+class SpineCheck(enum.StrEnum):
+    """How the pipeline made sure an image is a spine radiograph before analysing it.
+
+    ``tags_and_image``: the header (`spinexr.pipeline.bodypart`), then, for images whose
+    header says nothing, the bundle's anatomy model (`spinexr.pipeline.anatomy`).
+    ``tags_only``: the header only; the bundle has no anatomy model.
+    ``off``: no check (the site analyses every body part: ``study.body_parts = "any"``).
+    """
+
+    TAGS_AND_IMAGE = "tags_and_image"
+    TAGS_ONLY = "tags_only"
+    OFF = "off"
+
+
 class FusionMode(enum.StrEnum):
     """How the classifier and the detector are combined (``method.md`` section 6).
 
@@ -155,6 +169,9 @@ class ImageResult(_Model):
         Seconds per stage for this image.
     error : ImageError or None
         Set exactly when the image could not be analysed (all outputs are then empty).
+    anatomy_scores : dict of str to float
+        Probabilities of the anatomy model (``spine_ap``, ``spine_lateral``, ``other``)
+        when the image check ran on this image; empty otherwise.
     """
 
     sop_instance_uid: str
@@ -171,6 +188,7 @@ class ImageResult(_Model):
     boxes: list[Box] = Field(default_factory=list)
     timings: Seconds = Field(default_factory=dict)
     error: ImageError | None = None
+    anatomy_scores: dict[str, Probability] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -209,6 +227,9 @@ class Provenance(_Model):
         Version of spinexr-node.
     torch_device : str
         Where the models ran (``cpu``, ``cuda:0``, ...).
+    spine_check : SpineCheck or None
+        How images were checked to be spine radiographs (None in results written before
+        the check existed).
     """
 
     bundle_name: str
@@ -218,6 +239,7 @@ class Provenance(_Model):
     demo: bool
     software_version: str
     torch_device: str
+    spine_check: SpineCheck | None = None
 
 
 class StudyResult(_Model):
@@ -251,8 +273,8 @@ class StudyResult(_Model):
     provenance : Provenance
         Model and software.
     timings : dict of str to float
-        Seconds per stage for the whole study (``preprocess``, ``classifier.<arch>``,
-        ``detector``, ``fusion``, ``total``).
+        Seconds per stage for the whole study (``preprocess``, ``anatomy`` when the image
+        check ran, ``classifier.<arch>``, ``detector``, ``fusion``, ``total``).
     analysed_at : datetime.datetime
         When the analysis finished (UTC).
     """

@@ -85,6 +85,7 @@ from spinexr.node.outputs.provenance import (
 )
 from spinexr.node.settings import Settings
 from spinexr.node.sopclasses import COMPREHENSIVE_SR
+from spinexr.pipeline.errors import ImageRefusal
 from spinexr.pipeline.results import ImageResult, Outcome, StudyResult
 
 logger = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ def build_sr(
             f"fusion={result.fusion_mode.value}",
             f"threshold={result.threshold:.6g}",
             f"display_threshold={result.display_threshold:.6g}",
+            *([f"spine_check={prov.spine_check.value}"] if prov.spine_check else []),
         ],
     )
     groups: list[
@@ -373,10 +375,14 @@ def outcome_text(result: StudyResult) -> str:
     -------
     str
         E.g. ``"No abnormal finding: probability 0.12 < threshold 0.50; no box displayed."``
-        or ``"Analysis failed: <reason>"``, prefixed by the demo warning for a demo bundle.
+        or ``"Analysis failed: <reason>"`` (``"Not analysed: not a spine image"`` when the
+        spine check kept every image out), prefixed by the demo warning for a demo bundle.
     """
     prefix = f"{DEMO_WARNING}. " if result.provenance.demo else ""
+    not_spine = sum(1 for im in result.images if _not_spine(im))
     if result.outcome is Outcome.FAILED:
+        if result.images and not_spine == len(result.images):
+            return ascii_text(f"{prefix}Not analysed: not a spine image ({not_spine} image(s)).")
         return ascii_text(f"{prefix}Analysis failed: {result.failure_reason}")
     assert result.probability is not None
     relation = ">=" if result.decision else "<"
@@ -390,7 +396,13 @@ def outcome_text(result: StudyResult) -> str:
     failed = sum(1 for im in result.images if im.failed)
     if failed:
         text += f" {failed} of {len(result.images)} images could not be analysed."
+    if not_spine:
+        text += f" {not_spine} of them not a spine image."
     return ascii_text(prefix + text)
+
+
+def _not_spine(image: ImageResult) -> bool:
+    return image.error is not None and image.error.reason == ImageRefusal.NOT_SPINE
 
 
 def _qualitative_evaluations(result: StudyResult) -> ContainerContentItem:

@@ -13,7 +13,7 @@ from spinexr.node.db.migrate import require_head
 from spinexr.node.errors import ConfigError
 from spinexr.node.export.exporter import Exporter
 from spinexr.node.jobs.runner import JobRunner
-from spinexr.node.settings import Settings
+from spinexr.node.settings import BodyParts, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class Runtime:
                     bundle,
                     device=self.settings.models.device,
                     display_threshold=self.settings.models.display_threshold,
+                    spine_check=self.settings.study.body_parts is BodyParts.SPINE,
                 )
             return self._pipeline
 
