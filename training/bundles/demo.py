@@ -2,9 +2,10 @@
 
 Nothing can be downloaded, so the demo trains from scratch: it generates a phantom dataset
 (VinDr-SpineXR layout), trains one DenseNet-121 at 224 and a light RetinaNet at the phantoms'
-native scale, fits c* on the validation split, evaluates on the held-out phantom test split and
-writes a bundle named and flagged as a synthetic-phantom demo (its SR, GSPS and admin pages
-say "not for clinical use").
+native scale, fits c* on the validation split, evaluates on the held-out phantom test split,
+trains the image check (`spinexr.training.anatomy`: spine AP / spine lateral / other, on
+spine, chest and extremity phantoms) and writes a bundle named and flagged as a
+synthetic-phantom demo (its SR, GSPS and admin pages say "not for clinical use").
 
 The result is cached: the bundle folder's name carries a digest of the recipe, and a folder
 that verifies is reused. Each step keeps its output in the work folder and an interrupted run
@@ -70,6 +71,10 @@ class DemoRecipe:
         Lowest displayed box score.
     bootstrap : int
         Resamples of the test evaluation's CIs.
+    anatomy_per_class, anatomy_val_per_class, anatomy_epochs : int
+        Image check: training and held-out phantoms per class, epochs.
+    anatomy_other_threshold : float
+        Image check: ``other`` probability at or above which an image is not analysed.
     """
 
     studies: int = 400
@@ -90,6 +95,10 @@ class DemoRecipe:
     fusion: str = "auto"
     display_threshold: float = 0.3
     bootstrap: int = 10_000
+    anatomy_per_class: int = 200
+    anatomy_val_per_class: int = 50
+    anatomy_epochs: int = 8
+    anatomy_other_threshold: float = 0.5
 
     def digest(self) -> str:
         """Short digest of the recipe (the cache key)."""
@@ -109,6 +118,9 @@ QUICK_RECIPE = DemoRecipe(
     detector_iterations=3,
     detector_batch=2,
     bootstrap=200,
+    anatomy_per_class=8,
+    anatomy_val_per_class=4,
+    anatomy_epochs=1,
 )
 """A recipe that runs in about a minute, for tests (the bundle works; its figures are poor)."""
 
@@ -120,7 +132,10 @@ def default_demo_dir(recipe: DemoRecipe = DEMO_RECIPE) -> Path:
 
 
 def cached_demo(out: Path) -> Bundle | None:
-    """Return the demo bundle in `out` when it exists and verifies, else None."""
+    """Return the demo bundle in `out` when it exists, verifies and is complete, else None.
+
+    Complete: it has its image check, the last thing `demo` adds.
+    """
     if not (out / "manifest.json").is_file():
         return None
     try:
@@ -128,7 +143,7 @@ def cached_demo(out: Path) -> Bundle | None:
     except BundleError as exc:
         logger.warning("cached demo bundle in %s does not verify (%s); rebuilding", out, exc)
         return None
-    return bundle if bundle.demo else None
+    return bundle if bundle.demo and bundle.anatomy is not None else None
 
 
 def demo(
@@ -174,7 +189,7 @@ def demo(
     started = time.monotonic()
 
     def step(n: int, text: str) -> None:
-        speak(f"[demo] step {n}/4 ({time.monotonic() - started:.0f} s): {text}")
+        speak(f"[demo] step {n}/5 ({time.monotonic() - started:.0f} s): {text}")
 
     data = work / "phantoms"
     step(1, f"phantom dataset, {recipe.studies} studies")
@@ -251,6 +266,9 @@ def demo(
     }
     bundle = update_metrics(out, {"test_phantoms": test})
     shutil.copyfile(result.files["markdown"], work / "evaluation.md")
+
+    step(5, f"image check (spine AP / spine lateral / other), {recipe.anatomy_epochs} epochs")
+    bundle = _add_anatomy(out, work, recipe, device, speak)
     speak(f"[demo] done in {time.monotonic() - started:.0f} s: {out}")
     speak(result.markdown)
     return bundle
@@ -321,6 +339,27 @@ def _train_detector(data: Path, work: Path, recipe: DemoRecipe, device: str) -> 
         ),
         progress=lambda msg: logger.info("%s", msg),
     )
+
+
+def _add_anatomy(
+    out: Path, work: Path, recipe: DemoRecipe, device: str, speak: Callable[[str], None]
+) -> Bundle:
+    """Train the image check on phantoms and write it into the bundle's manifest."""
+    from spinexr.training.anatomy import AnatomyTrainConfig, add_anatomy_to_bundle, train_anatomy
+
+    result = train_anatomy(
+        AnatomyTrainConfig(
+            per_class=recipe.anatomy_per_class,
+            val_per_class=recipe.anatomy_val_per_class,
+            epochs=recipe.anatomy_epochs,
+            seed=recipe.seed,
+            other_threshold=recipe.anatomy_other_threshold,
+        ),
+        work / "anatomy",
+        device=device,
+        say=speak,
+    )
+    return add_anatomy_to_bundle(out, result.weights, result.other_threshold, result.metrics)
 
 
 def _logging_to_stderr() -> None:
