@@ -19,7 +19,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from spinexr.node.dimse.stream import DataSetWatch
 from spinexr.node.errors import IngestError
 from spinexr.node.ingest.service import IngestService
-from spinexr.node.ingest.spoolwriter import received_file
 from spinexr.node.ingest.statuses import SUCCESS, status_for
 from spinexr.node.settings import Settings
 
@@ -115,10 +114,7 @@ class AssociationHandlers:
         request = cast(C_STORE, event.request)
         sop_uid = str(getattr(request, "AffectedSOPInstanceUID", ""))
         try:
-            refusal = self.watch.finish()
-            if refusal is not None:
-                raise refusal
-            spooled = received_file(event.dataset_path)
+            spooled = self.watch.finish(event.dataset_path)
             result = self.ingest.ingest_spooled(spooled, calling_ae=calling, source="dimse")
         except IngestError as exc:
             status = status_for(exc.reason)

@@ -14,6 +14,8 @@ in the thread that then writes its fragments. It reads the PDU's framing (PS3.8 
   file cut to nothing before each further PDU is written, so a refused data set never
   holds more than one PDU on disk (pynetdicom writes on at its offset into a sparse file);
   the handler answers with the refusal once the message is complete;
+* the data fragments are hashed as they arrive, and the file's first bytes kept
+  (:class:`FileFollower`), so the handler reads nothing back;
 * a PDU longer than the node accepts closes the connection (after pynetdicom has read it;
   see ``docs/pynetdicom-patch-proposal.md``).
 
@@ -31,9 +33,11 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+from blake3 import blake3
 from pynetdicom import evt
 
 from spinexr.node.errors import IngestError
+from spinexr.node.ingest.spoolwriter import HASH_PREFIX, HEAD, SpooledFile, received_file
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,102 @@ def is_store_with_data(command: bytes) -> bool:
     return fields.get(_COMMAND_FIELD) == C_STORE_RQ and fields.get(_DATA_SET_TYPE) != NO_DATA_SET
 
 
+class FileFollower:
+    """The data set's file as pynetdicom writes it: its content hash and first bytes.
+
+    pynetdicom writes the preamble and file meta when the command arrives and flushes them
+    with the first data fragment; from then on the file holds the meta and every fragment
+    before the PDU being handled. The meta is read back from the file once (a few hundred
+    bytes); the fragments are hashed from the PDUs.
+
+    Parameters
+    ----------
+    folder : Path
+        Where pynetdicom writes the file (it is the folder's one file).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._fd = -1
+        self._meta: bytes | None = None
+        self._pending: list[memoryview] = []
+        self._digest = blake3()
+        self._head = bytearray()
+
+    def _take(self, data: bytes | memoryview) -> None:
+        self._digest.update(data)
+        if len(self._head) < HEAD:
+            self._head += data[: HEAD - len(self._head)]
+
+    def _open(self, path: Path | None = None) -> bool:
+        if self._fd < 0:
+            if path is None:
+                files = list(self.folder.iterdir()) if self.folder.is_dir() else []
+                if len(files) != 1:
+                    return False
+                path = files[0]
+            try:
+                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False
+        return True
+
+    def before_pdu(self, received: int) -> None:
+        """Before a PDU is written, ``received`` data bytes are in the file: the meta too?"""
+        if self._meta is not None or not self._open():
+            return
+        in_file = os.fstat(self._fd).st_size
+        if in_file > received:
+            self._read_meta(in_file - received)
+
+    def _read_meta(self, length: int) -> None:
+        self._meta = os.pread(self._fd, length, 0)
+        self._take(self._meta)
+        for view in self._pending:
+            self._take(view)
+        self._pending.clear()
+
+    def fragment(self, data: memoryview) -> None:
+        """Hash a data fragment (kept until the meta is known)."""
+        if self._meta is None:
+            self._pending.append(data)
+        else:
+            self._take(data)
+
+    def result(self, path: Path, received: int) -> SpooledFile:
+        """Describe the complete file (read back only if it is not as expected).
+
+        Parameters
+        ----------
+        path : Path
+            The file (``event.dataset_path``).
+        received : int
+            Data bytes received.
+
+        Returns
+        -------
+        SpooledFile
+            Its size, content hash and first bytes; not synced.
+        """
+        if not self._open(path):
+            raise FileNotFoundError(path)
+        size = os.fstat(self._fd).st_size
+        if self._meta is None and size >= received:
+            self._read_meta(size - received)
+        if self._meta is None or size != len(self._meta) + received:
+            logger.warning("received file is not as announced: hashed from the disk")
+            return received_file(path)
+        return SpooledFile(
+            path, size, HASH_PREFIX + self._digest.hexdigest(), head=bytes(self._head)
+        )
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
 class DataSetWatch:
     """The C-STORE data set being received on one association.
 
@@ -101,6 +201,7 @@ class DataSetWatch:
         self.refusal: IngestError | None = None
         """Why it is refused, once it is."""
         self._next_space_check = 0
+        self._file = FileFollower(folder)
 
     def on_data(self, event: evt.Event) -> None:
         """``evt.EVT_DATA_RECV`` handler: one whole PDU, before pynetdicom decodes it."""
@@ -125,6 +226,9 @@ class DataSetWatch:
         pdu : bytes
             The whole PDU, header included.
         """
+        if self.receiving and self.refusal is None:
+            self._file.before_pdu(self.size)
+        view = memoryview(pdu)
         off, end = 6, len(pdu)
         while off + 6 <= end:
             (length,) = struct.unpack_from(">L", pdu, off)
@@ -136,7 +240,7 @@ class DataSetWatch:
                     self._start(bytes(self._command))
                     self._command.clear()
             elif self.receiving:
-                self._data(stop - start)
+                self._data(view[start:stop])
             off = off + 4 + max(length, 2)
 
     def _start(self, command: bytes) -> None:
@@ -144,13 +248,16 @@ class DataSetWatch:
         self.size = 0
         self.refusal = None
         self._next_space_check = SPACE_CHECK_BYTES
+        self._file.close()
+        self._file = FileFollower(self.folder)
         if self.receiving:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._space()
 
-    def _data(self, n: int) -> None:
-        self.size += n
+    def _data(self, fragment: memoryview) -> None:
+        self.size += len(fragment)
         if self.refusal is None:
+            self._file.fragment(fragment)
             if self.size > self.limit:
                 self.refuse(IngestError("too_large", f"dataset larger than the limit {self.limit}"))
             elif self.size >= self._next_space_check:
@@ -181,18 +288,31 @@ class DataSetWatch:
             with contextlib.suppress(OSError):  # gone meanwhile
                 os.truncate(path, 0)
 
-    def finish(self) -> IngestError | None:
-        """End the data set (the handler has it): its refusal, if any.
+    def finish(self, path: Path) -> SpooledFile:
+        """End the data set (the handler has it, in ``path``) and describe its file.
+
+        Parameters
+        ----------
+        path : Path
+            ``event.dataset_path``.
 
         Returns
         -------
-        IngestError or None
+        SpooledFile
+            Size, content hash, first bytes.
+
+        Raises
+        ------
+        IngestError
             Why it was refused while it was received.
         """
         refusal, self.refusal = self.refusal, None
         self.receiving = False
-        return refusal
+        if refusal is not None:
+            raise refusal
+        return self._file.result(path, self.size)
 
     def clear(self) -> None:
         """Delete the temporary folder and whatever is left in it."""
+        self._file.close()
         shutil.rmtree(self.folder, ignore_errors=True)
