@@ -8,7 +8,7 @@ Steps, in order:
    no histogram-equalisation fallback.
 3. Modality LUT (Modality LUT Sequence or Rescale Slope/Intercept), then VOI: the VOI LUT
    Sequence's first item when present, else the first Window Center/Width pair, else the
-   full range of the data.
+   full range of the data (`spinexr.pipeline.display`, shared with previews and captures).
 4. MONOCHROME1: invert **after** the VOI step.
 5. Min-max to ``0..255`` ``uint8`` (a constant image becomes all zeros).
 6. Resize with `resize_image` (``INTER_AREA`` when shrinking both axes, else bilinear) to
@@ -33,9 +33,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from spinexr.pipeline.display import Lut, Voi, voi_output
 from spinexr.pipeline.errors import ImageRefusal, UnsupportedImageError
 from spinexr.pipeline.geometry import ResizeTransform, detector_size
 from spinexr.pipeline.spacing import PixelSpacing, read_pixel_spacing
@@ -84,6 +85,13 @@ class VoiSource(enum.StrEnum):
     LUT_SEQUENCE = "voi_lut_sequence"
     WINDOW = "window"
     FULL_RANGE = "full_range"
+
+    @classmethod
+    def of(cls, voi: Voi) -> VoiSource:
+        """Name a VOI chosen by `spinexr.pipeline.display.read_voi`."""
+        if isinstance(voi, Lut):
+            return cls.LUT_SEQUENCE
+        return cls.FULL_RANGE if voi is None else cls.WINDOW
 
 
 @dataclass(frozen=True, eq=False)
@@ -317,48 +325,9 @@ def display_image(ds: Dataset, stored: npt.NDArray[Any]) -> tuple[npt.NDArray[np
     UnsupportedImageError
         ``invalid_header`` when a LUT or window cannot be applied (e.g. width < 1).
     """
-    try:
-        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-        voi = voi_source(ds)
-        if voi is VoiSource.LUT_SEQUENCE:
-            # The LUT is indexed by integers; pydicom casts float input unsafely, so round
-            # and clip to the LUT's domain first (values outside map to its end entries).
-            count, first, _ = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor)
-            count = count or 65536
-            values = np.clip(np.rint(values), first, first + count - 1).astype(np.int64)
-        voi_values = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True))
-    except (ValueError, KeyError, IndexError, TypeError, NotImplementedError) as exc:
-        raise UnsupportedImageError(
-            ImageRefusal.INVALID_HEADER,
-            f"cannot apply the Modality/VOI LUT: {_one_line(exc)}",
-            sop_instance_uid=str(ds.get("SOPInstanceUID", "")) or None,
-        ) from exc
+    values, voi = voi_output(stored, ds)
     invert = str(ds.PhotometricInterpretation).strip() == "MONOCHROME1"
-    return min_max_uint8(np.asarray(voi_values, dtype=np.float64), invert=invert), voi
-
-
-def voi_source(ds: Dataset) -> VoiSource:
-    """Say which VOI transformation ``apply_voi_lut(..., prefer_lut=True)`` applies.
-
-    Parameters
-    ----------
-    ds : pydicom.dataset.Dataset
-        The image.
-
-    Returns
-    -------
-    VoiSource
-        The VOI LUT Sequence when its first item has a LUT Descriptor and LUT Data, else a
-        window when Window Center and Window Width are both present, else the full range.
-    """
-    seq = ds.get("VOILUTSequence")
-    if seq:
-        item = seq[0]
-        if item.get("LUTDescriptor") is not None and item.get("LUTData") is not None:
-            return VoiSource.LUT_SEQUENCE
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        return VoiSource.WINDOW
-    return VoiSource.FULL_RANGE
+    return min_max_uint8(values, invert=invert), VoiSource.of(voi)
 
 
 def min_max_uint8(values: npt.NDArray[np.float64], *, invert: bool) -> npt.NDArray[np.uint8]:

@@ -45,14 +45,11 @@ from pydicom.dataset import Dataset
 
 from spinexr.node.outputs.common import (
     CLASS_COLOURS,
-    Lut,
-    Window,
     analysed_image,
     ascii_text,
     box_corners,
     closed_rectangle,
     copy_body_part,
-    read_voi,
     voi_lut_item,
 )
 from spinexr.node.outputs.provenance import (
@@ -67,6 +64,7 @@ from spinexr.node.outputs.provenance import (
 )
 from spinexr.node.settings import Settings
 from spinexr.pipeline.classes import LesionClass
+from spinexr.pipeline.display import Lut, Window, read_voi
 from spinexr.pipeline.results import ImageResult, StudyResult
 from spinexr.pipeline.spacing import SpacingBasis, read_pixel_spacing
 
@@ -336,7 +334,7 @@ def source_voi(source: Dataset) -> list[SoftcopyVOILUTTransformation] | None:
     Returns
     -------
     list of highdicom.pr.SoftcopyVOILUTTransformation or None
-        One item carrying what `spinexr.node.outputs.common.read_voi` chose: the first VOI
+        One item carrying what `spinexr.pipeline.display.read_voi` chose: the first VOI
         LUT (`spinexr.node.outputs.common.voi_lut_item`: the source's LUT Descriptor, LUT
         Data with its VR and bytes, and LUT Explanation, unchanged when encoded as the
         standard requires, else the same table re-encoded as it requires), else the first
@@ -353,11 +351,11 @@ def source_voi(source: Dataset) -> list[SoftcopyVOILUTTransformation] | None:
             # Set here: highdicom 0.28 splits a single explanation string into characters.
             window.WindowCenterWidthExplanation = voi.explanation  # type: ignore[assignment]
         return [window]
-    item = voi_lut_item(source) if isinstance(voi, Lut) else None
-    if item is not None:
+    if isinstance(voi, Lut):
         # Not VOILUT(first_mapped_value, lut_data): highdicom derives the bits per entry
         # from the array's dtype (16 for 12-bit entries in uint16, which a viewer then shows
         # almost black, or almost white once inverted) and rewrites US data as OW.
+        item = voi_lut_item(voi.item)
         return [SoftcopyVOILUTTransformation(voi_luts=[VOILUT.from_dataset(item, copy=False)])]
     return None
 

@@ -4,18 +4,16 @@ dcmtk's ``dcmp2pgm`` applies a presentation state's grey-scale pipeline but draw
 graphic annotations, so the node renders previews itself:
 
 1. Decode the stored values (`spinexr.pipeline.preprocess.decode_pixels`).
-2. Modality LUT: the presentation state's when it has one (highdicom copies the source's
-   Rescale Slope/Intercept or Modality LUT Sequence into the GSPS), else the source's.
-3. VOI: the item of the GSPS's Softcopy VOI LUT Sequence that applies to the image (a VOI
-   LUT, else a window with its VOI LUT Function); without one the VOI the node's GSPS would
-   carry over from the source (`spinexr.node.outputs.common.read_voi`: first VOI LUT, else
-   first window); without either the full range of the data. A VOI LUT's output is scaled
-   by its LUT Descriptor's bits per entry (``2**bits - 1`` is white before the
-   Presentation LUT), as dcmtk does.
-4. Presentation LUT: the GSPS's Presentation LUT Shape (``INVERSE`` inverts, ``IDENTITY``
-   does not) or Presentation LUT Sequence; with neither, MONOCHROME1 is inverted.
-5. 8 bits, shrunk to fit ``max_size`` (`spinexr.pipeline.preprocess.resize_image`), RGB.
-6. Graphic annotations that apply to the image, layer by layer in Graphic Layer Order:
+2. Grey levels by the node's display pipeline (`spinexr.pipeline.display.display_pixels`):
+   the presentation state's Modality LUT when it has one (highdicom copies the source's
+   Rescale Slope/Intercept or Modality LUT Sequence into the GSPS), else the source's; the
+   VOI of the GSPS's Softcopy VOI LUT Sequence item that applies to the image, else the VOI
+   the node's GSPS carries over from the source (`spinexr.pipeline.display.read_voi`: first
+   VOI LUT, else first window, else the full range of the data), scaled to its nominal
+   range (``2**bits - 1`` is white for a VOI LUT, as dcmtk does); the GSPS's Presentation
+   LUT (shape or sequence; with neither, MONOCHROME1 is inverted).
+3. 8 bits, shrunk to fit ``max_size`` (`spinexr.pipeline.preprocess.resize_image`), RGB.
+4. Graphic annotations that apply to the image, layer by layer in Graphic Layer Order:
    text objects, then graphic objects (POLYLINE and INTERPOLATED as polylines, POINT as a
    cross, CIRCLE, ELLIPSE; filled when Graphic Filled is Y), in the layer's recommended
    colour (`layer_colours`: CIELab, else grey value, else a fixed palette by layer order)
@@ -47,10 +45,8 @@ import numpy.typing as npt
 from highdicom.color import CIELabColor
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut
 
-from spinexr.node.outputs.common import apply_voi, read_voi
+from spinexr.pipeline.display import display_pixels
 from spinexr.pipeline.preprocess import decode_pixels, display_image, resize_image
 
 logger = logging.getLogger(__name__)
@@ -217,42 +213,9 @@ def present(source: Dataset, gsps: Dataset | None = None) -> npt.NDArray[np.uint
         raise ValueError(f"the presentation state does not reference image {uid}")
     _warn_unsupported(gsps)
     has_modality = bool(gsps.get("ModalityLUTSequence")) or "RescaleSlope" in gsps
-    values = np.asarray(
-        apply_modality_lut(stored, gsps if has_modality else source), dtype=np.float64
-    )
-    item = applicable_item(gsps.get("SoftcopyVOILUTSequence"), uid)
-    voi = read_voi(item) if item is not None else read_voi(source)
-    unit = apply_voi(values, voi)
-    unit = _presentation_lut(unit, gsps, source)
-    return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _presentation_lut(
-    unit: npt.NDArray[np.float64], gsps: Dataset, source: Dataset
-) -> npt.NDArray[np.float64]:
-    """Apply the Presentation LUT Shape or Sequence (MONOCHROME1 inverted without one)."""
-    sequence = gsps.get("PresentationLUTSequence")
-    if sequence:
-        item = sequence[0]
-        entries, _, bits = (int(v) for v in item.LUTDescriptor)
-        table = _lut_values(item, entries or 65536)
-        index = np.rint(unit * (len(table) - 1)).astype(np.int64)
-        return table[index] / float(2**bits - 1)
-    shape = str(gsps.get("PresentationLUTShape") or "").upper()
-    if not shape:
-        mono1 = str(source.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
-        shape = "INVERSE" if mono1 else "IDENTITY"
-    return 1.0 - unit if shape == "INVERSE" else unit
-
-
-def _lut_values(item: Dataset, entries: int) -> npt.NDArray[np.float64]:
-    """Decode LUT Data (OW bytes or US values) to ``entries`` floats."""
-    raw: Any = item.LUTData
-    if isinstance(raw, bytes | bytearray):
-        data = np.frombuffer(raw, dtype="<u2" if len(raw) >= 2 * entries else "u1")
-    else:
-        data = np.asarray(list(raw) if isinstance(raw, MultiValue | Sequence) else [raw])
-    return data[:entries].astype(np.float64)
+    voi = applicable_item(gsps.get("SoftcopyVOILUTSequence"), uid)
+    modality = gsps if has_modality else None
+    return display_pixels(stored, source, voi=voi, modality=modality, presentation=gsps)
 
 
 # ----------------------------------------------------------------------------- references

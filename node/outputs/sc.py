@@ -1,14 +1,13 @@
 """A Secondary Capture with the boxes burned in, for viewers that ignore GSPS.
 
 Optional per site (``output.secondary_capture``). The source image is rendered the way the
-GSPS presents it — Modality LUT, then the same VOI (`spinexr.node.outputs.common.read_voi`:
-first window, else first VOI LUT; the full range when it has neither), then inverted for
-MONOCHROME1 — to 8 bits, converted to RGB, and the displayed boxes are drawn in their class
-colours with a ``"<class> <score>"`` label. A black banner across the top says
-``"AI RESULT - NOT FOR DIAGNOSIS"`` (``"... - DEMO - NOT FOR CLINICAL USE"`` for a demo bundle)
-and the one-line summary. Burned In Annotation is YES, Conversion Type WSD (workstation), the
-source is referenced in the Source Image Sequence; the matrix is the source's, without a
-pixel spacing (a capture is not for measuring).
+GSPS presents it (`spinexr.pipeline.display.display_pixels`: Modality LUT, the VOI the GSPS
+carries over, inverted for MONOCHROME1) to 8 bits, converted to RGB, and the displayed boxes
+are drawn in their class colours with a ``"<class> <score>"`` label. A black banner across the
+top says ``"AI RESULT - NOT FOR DIAGNOSIS"`` (``"... - DEMO - NOT FOR CLINICAL USE"`` for a demo
+bundle) and the one-line summary. Burned In Annotation is YES, Conversion Type WSD
+(workstation), the source is referenced in the Source Image Sequence; the matrix is the
+source's, without a pixel spacing (a capture is not for measuring).
 """
 
 from __future__ import annotations
@@ -20,17 +19,14 @@ import numpy.typing as npt
 from highdicom.sc import SCImage
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian
 
 from spinexr.node.outputs.common import (
     CLASS_COLOURS,
     analysed_image,
-    apply_voi,
     ascii_text,
     box_corners,
     copy_body_part,
-    read_voi,
 )
 from spinexr.node.outputs.gsps import box_label, summary_text
 from spinexr.node.outputs.provenance import (
@@ -44,6 +40,8 @@ from spinexr.node.outputs.provenance import (
     series_description,
 )
 from spinexr.node.settings import Settings
+from spinexr.pipeline.display import display_pixels
+from spinexr.pipeline.preprocess import decode_pixels
 from spinexr.pipeline.results import ImageResult, StudyResult
 
 logger = logging.getLogger(__name__)
@@ -230,12 +228,7 @@ def grayscale_8bit(source: Dataset) -> npt.NDArray[np.uint8]:
     numpy.ndarray
         ``(rows, columns)`` uint8, 255 = white (MONOCHROME1 is inverted).
     """
-    stored = source.pixel_array
-    values = np.asarray(apply_modality_lut(stored, source), dtype=np.float64)
-    scaled = apply_voi(values, read_voi(source))
-    if str(source.PhotometricInterpretation).upper() == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return np.rint(scaled * 255.0).astype(np.uint8)
+    return display_pixels(decode_pixels(source), source)
 
 
 def _orientation(source: Dataset) -> tuple[str, str] | None:

@@ -26,11 +26,10 @@ from pydicom.dataset import Dataset
 from testsupport import require_tool
 
 from spinexr.node.outputs.build import build_outputs
-from spinexr.node.outputs.common import CLASS_COLOURS, Lut, Window, box_corners, read_voi
+from spinexr.node.outputs.common import CLASS_COLOURS, box_corners
 from spinexr.node.outputs.gsps import CLASS_LAYERS, SUMMARY_LAYER, build_gsps
 from spinexr.node.outputs.preview import (
     PALETTE,
-    apply_voi,
     layer_colours,
     present,
     preview_png,
@@ -39,6 +38,7 @@ from spinexr.node.outputs.preview import (
 )
 from spinexr.node.settings import Settings
 from spinexr.pipeline.classes import LesionClass
+from spinexr.pipeline.display import Lut, Window, read_voi
 from spinexr.pipeline.preprocess import decode_pixels, display_image, gray_to_rgb, resize_image
 from spinexr.pipeline.results import Box, StudyResult
 from spinexr.training.phantoms.image import render_phantom
@@ -362,19 +362,3 @@ def test_preview_refuses_a_gsps_of_another_image(settings: Settings) -> None:
         render_preview(sources[1], gsps)
     with pytest.raises(ValueError, match="max_size"):
         render_preview(sources[0], gsps, max_size=0)
-
-
-def test_apply_voi_functions() -> None:
-    x = np.array([0.0, 900.0, 1000.0, 1100.0, 4000.0])
-    linear = apply_voi(x, Window(1000.0, 201.0, None, "LINEAR"))
-    np.testing.assert_allclose(linear, [0.0, 0.0025, 0.5025, 1.0, 1.0], atol=1e-3)
-    sigmoid = apply_voi(x, Window(1000.0, 200.0, None, "SIGMOID"))
-    assert sigmoid[2] == pytest.approx(0.5) and np.all(np.diff(sigmoid) > 0)
-    exact = apply_voi(x, Window(1000.0, 200.0, None, "LINEAR_EXACT"))
-    np.testing.assert_allclose(exact, [0.0, 0.0, 0.5, 1.0, 1.0])
-    lut = Lut(
-        first_mapped=900, data=np.array([0, 100, 255], dtype=np.uint8), bits=8, explanation=None
-    )
-    y = np.array([850.0, 900.0, 901.2, 902.0, 950.0])
-    np.testing.assert_allclose(apply_voi(y, lut), [0.0, 0.0, 100 / 255, 1.0, 1.0])
-    np.testing.assert_allclose(apply_voi(x, None), x / 4000.0)

@@ -39,10 +39,10 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from testsupport import require_tool
 
-from spinexr.node.outputs.common import Lut, read_voi
 from spinexr.node.outputs.gsps import build_gsps
 from spinexr.node.outputs.preview import present, render_preview
 from spinexr.pipeline.classes import LesionClass
+from spinexr.pipeline.display import Lut, read_voi
 from spinexr.training.phantoms.image import render_phantom
 
 SEED = 61
