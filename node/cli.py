@@ -19,7 +19,7 @@ import click
 from spinexr.node import __version__
 from spinexr.node.db.states import JobState
 from spinexr.node.errors import ConfigError, SpinexrError
-from spinexr.node.settings import Settings, effective_settings, load_settings
+from spinexr.node.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -151,6 +151,7 @@ def config_check(obj: Context, as_json: bool) -> None:
 
     Exits 2 with one line per invalid value.
     """
+    from spinexr.node.admin.secrets import effective_settings
     from spinexr.node.tomlout import dumps
 
     data = effective_settings(obj.settings())
@@ -245,6 +246,10 @@ def phantoms(
 
 
 # ---------------------------------------------------------------- studies
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=2, default=lambda v: v.isoformat())
+
+
 def _sessions(settings: Settings) -> Any:
     from spinexr.node.db.engine import make_engine, make_session_factory
     from spinexr.node.db.migrate import require_head
@@ -266,11 +271,11 @@ def studies() -> None:
 @edge
 def studies_list(obj: Context, as_json: bool, limit: int) -> None:
     """List studies, newest first: UID, instances, state, rule decision."""
-    from spinexr.node.inspect import list_studies
+    from spinexr.node.admin.studies import find_studies
 
-    rows = list_studies(_sessions(obj.settings()), limit)
+    rows, _total = find_studies(_sessions(obj.settings()), per_page=limit)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(_json(rows))
         return
     if not rows:
         click.echo("no studies")
@@ -290,11 +295,11 @@ def studies_list(obj: Context, as_json: bool, limit: int) -> None:
 @edge
 def studies_show(obj: Context, uid: str, as_json: bool) -> None:
     """Show a study's instances, jobs and audit timeline."""
-    from spinexr.node.inspect import show_study
+    from spinexr.node.admin.studies import study_detail
 
-    data = show_study(_sessions(obj.settings()), uid)
+    data = study_detail(_sessions(obj.settings()), uid)
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(_json(data))
         return
     click.echo(
         f"study {data['study_instance_uid']}  status {data['status']}  decision {data['decision']}"
@@ -344,7 +349,7 @@ def jobs() -> None:
 @edge
 def jobs_list(obj: Context, state: str | None, limit: int, as_json: bool) -> None:
     """List the newest jobs (optionally of one state)."""
-    from spinexr.node.jobs.admin import list_jobs
+    from spinexr.node.admin.jobs import list_jobs
 
     rows = list_jobs(_sessions(obj.settings()), state, limit)
     if as_json:
@@ -366,7 +371,7 @@ def jobs_list(obj: Context, state: str | None, limit: int, as_json: bool) -> Non
 @edge
 def jobs_show(obj: Context, job_id: int, as_json: bool) -> None:
     """Show a job: state, last error, result, outputs and export attempts."""
-    from spinexr.node.jobs.admin import show_job
+    from spinexr.node.admin.jobs import show_job
 
     row = show_job(_sessions(obj.settings()), job_id)
     if as_json:
@@ -398,7 +403,7 @@ def jobs_show(obj: Context, job_id: int, as_json: bool) -> None:
 @edge
 def jobs_retry(obj: Context, job_id: int) -> None:
     """Run a failed, dead, cancelled or finished job again (export only if built)."""
-    from spinexr.node.jobs.admin import retry_job
+    from spinexr.node.admin.jobs import retry_job
     from spinexr.node.queue.app import configure
     from spinexr.node.queue.dispatch import publish_analysis, publish_export
 
@@ -418,7 +423,7 @@ def jobs_retry(obj: Context, job_id: int) -> None:
 @edge
 def jobs_cancel(obj: Context, job_id: int) -> None:
     """Cancel a job that has not finished."""
-    from spinexr.node.jobs.admin import cancel_job
+    from spinexr.node.admin.jobs import cancel_job
 
     cancel_job(_sessions(obj.settings()), job_id)
     click.echo(f"job {job_id} cancelled")
@@ -430,7 +435,7 @@ def jobs_cancel(obj: Context, job_id: int) -> None:
 @edge
 def status(obj: Context, as_json: bool) -> None:
     """Queue depths, jobs per state, oldest waiting job, workers seen."""
-    from spinexr.node.jobs.admin import status as job_status
+    from spinexr.node.admin.jobs import status as job_status
     from spinexr.node.queue.depth import queue_depths
 
     settings = obj.settings()

@@ -72,26 +72,54 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
+CONNECT_TIMEOUT = 30.0
+"""Seconds an SCU waits for the TCP connection, for ACSE, DIMSE and network replies.
+
+Without a connection timeout pynetdicom waits for the operating system's (minutes for a
+host that drops packets), so an admin page, ``doctor`` or an export round would hang.
+"""
+
+
+def _bounded_ae(calling: str, timeout: float) -> AE:
+    """Return an AE whose every wait, the TCP connection included, ends after ``timeout``."""
+    ae = AE(ae_title=calling)
+    ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    return ae
+
+
+def _associate(ae: AE, host: str, port: int, called: str) -> Any:
+    assoc = ae.associate(host, port, ae_title=called)
+    if assoc.is_established:
+        return assoc
+    if assoc.is_rejected:
+        why = "rejected (check both AE titles)"
+    else:
+        why = "failed (not listening, unreachable, or it hung up)"
+    raise SpinexrError(f"association with {called}@{host}:{port} {why}")
+
+
 def echo(
-    host: str, port: int, *, calling: str = "SPINEXR", called: str = "ANY-SCP", timeout: float = 30
+    host: str,
+    port: int,
+    *,
+    calling: str = "SPINEXR",
+    called: str = "ANY-SCP",
+    timeout: float = CONNECT_TIMEOUT,
 ) -> int:
-    """Send a C-ECHO and return its status.
+    """Send a C-ECHO and return its status (0x0000 is success).
 
     Raises
     ------
     SpinexrError
-        If no association could be made.
+        If no association could be made or no response came.
     """
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae = _bounded_ae(calling, timeout)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=called)
-    if not assoc.is_established:
-        raise SpinexrError(f"association with {called}@{host}:{port} was rejected or failed")
+    assoc = _associate(ae, host, port, called)
     try:
         status = assoc.send_c_echo()
         if not status:
-            raise SpinexrError("no C-ECHO response (timeout or abort)")
+            raise SpinexrError(f"no C-ECHO response from {called}@{host}:{port}")
         return int(status.Status)
     finally:
         assoc.release()
@@ -121,7 +149,7 @@ def send_files(
     max_pdu : int
         Our maximum PDU size.
     timeout : float
-        ACSE/DIMSE/network timeouts in seconds.
+        Connection, ACSE, DIMSE and network timeouts in seconds.
     on_result : callable, optional
         Called after each file (progress reporting).
 
@@ -146,17 +174,14 @@ def send_files(
             headers.append((path, ds, None))
         except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
             headers.append((path, None, f"not a sendable DICOM file: {type(exc).__name__}"))
-    ae = AE(ae_title=calling)
+    ae = _bounded_ae(calling, timeout)
     ae.maximum_pdu_size = max_pdu
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class, syntaxes in contexts.items():
         # Each file's own syntax first, uncompressed as fallback; at most 128 contexts.
         wanted = sorted(syntaxes) + [s for s in TRANSFER_SYNTAXES[:2] if s not in syntaxes]
         ae.add_requested_context(sop_class, wanted)
     results: list[SendResult] = []
-    assoc = ae.associate(host, port, ae_title=called) if contexts else None
-    if assoc is not None and not assoc.is_established:
-        raise SpinexrError(f"association with {called}@{host}:{port} was rejected or failed")
+    assoc = _associate(ae, host, port, called) if contexts else None
     try:
         for path, header, error in headers:
             if header is None or assoc is None:

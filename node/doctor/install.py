@@ -25,8 +25,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from spinexr.node.doctor.probes import dicom_echo
+from spinexr.node.dimse.scu import echo
 from spinexr.node.doctor.result import Status, Verdict
+from spinexr.node.errors import SpinexrError
 from spinexr.node.settings import Settings
 
 DISTRIBUTION = "spinexr-node"
@@ -254,9 +255,9 @@ def check_dicom_port(settings: Settings, timeout: float) -> Verdict:
         return Status.FAIL, f"cannot bind {host}:{port}: {error.strerror or error}"
     ae = settings.dicom.ae_title
     try:
-        dicom_echo(_local(host), port, calling=ae, called=ae, timeout=timeout)
+        echo(_local(host), port, calling=ae, called=ae, timeout=timeout)
         answers = True
-    except (ConnectionError, OSError, RuntimeError):
+    except (SpinexrError, OSError, RuntimeError):
         answers = False
     version = _our_serve(settings, timeout)
     if answers and version is not None:

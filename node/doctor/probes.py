@@ -3,20 +3,17 @@
 Each ``check_*`` function returns a :data:`~spinexr.node.doctor.result.Verdict` and bounds
 its own network waits with ``timeout``; the callers add a deadline of their own on top
 (:mod:`spinexr.node.doctor.result`). Details name UIDs, paths, hosts and versions, never a
-password or token (:func:`secrets_of` lists what to redact).
+password or token (:func:`spinexr.node.admin.secrets.secret_values` lists what to redact).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Hashable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,6 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from spinexr.node.admin import destinations
 from spinexr.node.db.engine import normalise_url
 from spinexr.node.doctor.result import Status, Verdict
 from spinexr.node.queue.app import EXPORT_QUEUE, INFERENCE_QUEUE, broker_url
@@ -34,35 +32,6 @@ UPGRADE_HINT = "run `spinexr-node db upgrade`"
 
 BUNDLE_VERIFY_SECONDS = 300.0
 """Time allowed to verify a bundle (import the pipeline library, hash every file)."""
-
-
-def secrets_of(settings: Settings) -> list[str]:
-    """Return every secret value in ``settings`` (to keep them out of details and logs).
-
-    Parameters
-    ----------
-    settings : Settings
-        Loaded settings.
-
-    Returns
-    -------
-    list of str
-        Tokens, passwords and the passwords inside the database and broker URLs.
-    """
-    out = [settings.http.api_token.get_secret_value()]
-    db_url = settings.database.url.get_secret_value()
-    if db_url:
-        out.append(db_url)
-        out.append(make_url(db_url).password or "")
-    broker = settings.queue.broker_url.get_secret_value()
-    if broker:
-        out.append(broker)
-        out.append(urlsplit(broker).password or "")
-    for dest in settings.destinations:
-        for secret in (dest.token, dest.password):
-            if secret is not None:
-                out.append(secret.get_secret_value())
-    return [s for s in out if s]
 
 
 # ------------------------------------------------------------------------------ database
@@ -408,87 +377,8 @@ def check_spool(settings: Settings, *, write_test: bool) -> Verdict:
 
 
 # ------------------------------------------------------------------------------ destinations
-def dicom_echo(host: str, port: int, *, calling: str, called: str, timeout: float) -> int:
-    """Send one C-ECHO with every wait bounded by ``timeout`` (connect included).
-
-    Parameters
-    ----------
-    host, port : str, int
-        The peer.
-    calling, called : str
-        AE titles.
-    timeout : float
-        Connection, ACSE, DIMSE and network timeouts in seconds.
-
-    Returns
-    -------
-    int
-        The C-ECHO status (0x0000 is success).
-
-    Raises
-    ------
-    ConnectionError
-        When no association is established or no response comes.
-    """
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
-    ae = AE(ae_title=calling)
-    ae.connection_timeout = timeout
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=called)
-    if not assoc.is_established:
-        if assoc.is_rejected:
-            raise ConnectionError(f"association rejected by {called} (check both AE titles)")
-        raise ConnectionError("no association (not listening, unreachable, or it hung up)")
-    try:
-        status = assoc.send_c_echo()
-        if not status:
-            raise ConnectionError(f"no C-ECHO response from {called}@{host}:{port}")
-        return int(status.Status)
-    finally:
-        assoc.release()
-
-
-def http_probe(dest: Destination, timeout: float) -> int:
-    """Ask a STOW-RS destination's DICOMweb root for one study (QIDO-RS) with its credentials.
-
-    Parameters
-    ----------
-    dest : Destination
-        ``kind == "stowrs"``.
-    timeout : float
-        Seconds for the whole request.
-
-    Returns
-    -------
-    int
-        The HTTP status (error statuses are returned, not raised).
-
-    Raises
-    ------
-    OSError
-        When the server cannot be reached (DNS, refused, TLS, timeout).
-    """
-    assert dest.url is not None
-    request = urllib.request.Request(
-        dest.url.rstrip("/") + "/studies?limit=1", headers={"Accept": "application/dicom+json"}
-    )
-    if dest.token is not None and dest.token.get_secret_value():
-        request.add_header("Authorization", f"Bearer {dest.token.get_secret_value()}")
-    elif dest.username and dest.password is not None:
-        pair = f"{dest.username}:{dest.password.get_secret_value()}".encode()
-        request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode("ascii"))
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
 def check_destination(dest: Destination, settings: Settings, timeout: float) -> Verdict:
-    """Check that a destination answers: C-ECHO (DIMSE) or a QIDO-RS request (STOW-RS).
+    """Check that a destination answers (`spinexr.node.admin.destinations.check_destination`).
 
     Parameters
     ----------
@@ -506,31 +396,14 @@ def check_destination(dest: Destination, settings: Settings, timeout: float) -> 
         WARN when a DICOMweb server answers QIDO-RS with another error (it may accept
         STOW-RS anyway).
     """
-    if dest.kind == "dimse":
-        assert dest.host is not None and dest.port is not None and dest.ae_title is not None
-        where = f"{dest.ae_title}@{dest.host}:{dest.port}"
-        try:
-            status = dicom_echo(
-                dest.host,
-                dest.port,
-                calling=settings.dicom.ae_title,
-                called=dest.ae_title,
-                timeout=timeout,
-            )
-        except (ConnectionError, OSError, RuntimeError) as exc:
-            return Status.FAIL, f"C-ECHO to {where}: {exc}"
-        if status != 0:
-            return Status.FAIL, f"C-ECHO to {where} answered status 0x{status:04X}"
-        return Status.OK, f"C-ECHO to {where}: success"
-    parts = urlsplit(dest.url or "")
-    where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
-    try:
-        code = http_probe(dest, timeout)
-    except OSError as exc:
-        reason = getattr(exc, "reason", None) or exc
-        return Status.FAIL, f"{where} not reachable: {reason}"
-    if 200 <= code < 300:
-        return Status.OK, f"{where} answered QIDO-RS with HTTP {code}"
+    c = destinations.check_destination(settings, dest, timeout)
+    code = c.http_status
+    if c.ok:
+        return Status.OK, f"{c.method} to {c.address}: success"
     if code in (401, 403):
-        return Status.FAIL, f"{where} refused our credentials (HTTP {code})"
-    return Status.WARN, f"{where} is reachable but answered QIDO-RS with HTTP {code}"
+        return Status.FAIL, f"{c.address} refused our credentials (HTTP {code})"
+    if code is not None:
+        return Status.WARN, f"{c.address} is reachable but answered QIDO-RS with HTTP {code}"
+    if c.status is not None:
+        return Status.FAIL, f"C-ECHO to {c.address} answered status 0x{c.status:04X}"
+    return Status.FAIL, f"{c.address} not reachable: {c.error}"

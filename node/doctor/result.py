@@ -17,7 +17,7 @@ import enum
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -75,26 +75,6 @@ def describe_exception(exc: BaseException) -> str:
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret value that occurs in ``text`` with ``********``.
-
-    Parameters
-    ----------
-    text : str
-        A detail line (may quote a URL or an error message).
-    secrets : iterable of str
-        Values that must never be shown (passwords, tokens); empty ones are ignored.
-
-    Returns
-    -------
-    str
-        The text without the secrets.
-    """
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "********")
-    return text
 
 
 class DaemonThreadExecutor(Executor):

@@ -9,6 +9,7 @@ from functools import partial
 
 from sqlalchemy.engine import make_url
 
+from spinexr.node.admin.secrets import redact, secret_values
 from spinexr.node.db.migrate import head_revision
 from spinexr.node.doctor import install, probes
 from spinexr.node.doctor.result import (
@@ -17,7 +18,6 @@ from spinexr.node.doctor.result import (
     DaemonThreadExecutor,
     Status,
     Verdict,
-    redact,
     run_checks,
 )
 from spinexr.node.errors import ConfigError
@@ -147,7 +147,7 @@ def run_doctor(
         problems: list[str] = []
     except ConfigError as exc:
         settings, problems = None, exc.problems
-    secrets = probes.secrets_of(settings) if settings is not None else []
+    secrets = secret_values(settings) if settings is not None else []
 
     def clean(result: CheckResult) -> CheckResult:
         return dataclasses.replace(result, detail=redact(result.detail, secrets))

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from sqlalchemy import Engine
 
+from spinexr.node.admin.secrets import redact, secret_values
 from spinexr.node.db.migrate import head_revision
 from spinexr.node.doctor import probes
 from spinexr.node.doctor.result import (
@@ -39,7 +40,6 @@ from spinexr.node.doctor.result import (
     CheckResult,
     Status,
     Verdict,
-    redact,
     result_of,
     run_check,
 )
@@ -81,7 +81,7 @@ class Operations:
     def __init__(self, settings: Settings, timeout: float = CHECK_TIMEOUT) -> None:
         self.settings = settings
         self.timeout = timeout
-        self.secrets = probes.secrets_of(settings)
+        self.secrets = secret_values(settings)
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
         head = head_revision()

@@ -23,9 +23,9 @@ from pydicom.uid import generate_uid
 from testsupport import NodeProcess, Orthanc, make_node, make_orthanc, wait_for
 
 from spinexr.node import MANUFACTURER
+from spinexr.node.admin.studies import find_studies, study_detail
 from spinexr.node.db.engine import make_engine, make_session_factory
 from spinexr.node.errors import SpinexrError
-from spinexr.node.inspect import list_studies, show_study
 from spinexr.node.settings import NodeSection, OutputSection
 from spinexr.node.sopclasses import ANALYSABLE_SOP_CLASSES
 from spinexr.pipeline.bundle import Bundle
@@ -151,7 +151,7 @@ class Scene:
 
     def node_study(self, uid: str) -> dict[str, Any] | None:
         try:
-            return show_study(self.sessions, uid)
+            return study_detail(self.sessions, uid)
         except SpinexrError:  # not received yet
             return None
 
@@ -214,7 +214,8 @@ class Scene:
         assert "dropped own object" not in self.node.log()
 
     def assert_not_routed(self, *uids: str) -> None:
-        known = {row["study_instance_uid"] for row in list_studies(self.sessions, limit=1000)}
+        rows, _total = find_studies(self.sessions, per_page=1000)
+        known = {row["study_instance_uid"] for row in rows}
         assert not known & set(uids), known
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from spinexr.node.admin.secrets import masked_dict
 from spinexr.node.cli import cli
 from spinexr.node.errors import ConfigError
-from spinexr.node.settings import load_settings, masked_dict
+from spinexr.node.settings import load_settings
 
 
 @pytest.fixture(autouse=True)

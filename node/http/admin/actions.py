@@ -1,6 +1,6 @@
 """Admin actions: retry and cancel a job, complete a study, each recorded with its actor.
 
-The state moves are those of the CLI (`spinexr.node.jobs.admin.retry_job`, ``cancel_job``,
+The state moves are those of the CLI (`spinexr.node.admin.jobs.retry_job`, ``cancel_job``,
 `spinexr.node.ingest.assembler.StudyAssembler.force_complete`); each action adds an
 ``admin`` event naming the actor (``admin-api``, ``admin-web``) to the study's timeline and
 hands the job to the queue after the commit. A job whose message cannot be sent (broker
@@ -17,14 +17,13 @@ from typing import Literal, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from spinexr.node.admin.errors import ConflictError, NotFoundError
+from spinexr.node.admin.jobs import cancel_job, require_job, retry_job
 from spinexr.node.db.models import Job, Study
 from spinexr.node.db.states import Priority
 from spinexr.node.db.timeline import record
 from spinexr.node.errors import SpinexrError
-from spinexr.node.http.admin.errors import ConflictError, NotFoundError
-from spinexr.node.http.admin.queries import require_job
 from spinexr.node.ingest.assembler import StudyAssembler, model_identity
-from spinexr.node.jobs.admin import cancel_job, retry_job
 from spinexr.node.settings import Settings
 
 logger = logging.getLogger(__name__)

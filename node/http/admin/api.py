@@ -12,11 +12,13 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
+from spinexr.node.admin import destinations, jobs, studies
+from spinexr.node.admin.errors import ConflictError, NotFoundError, UnprocessableError
+from spinexr.node.admin.secrets import effective_settings
 from spinexr.node.db.states import JobState, StudyStatus
-from spinexr.node.http.admin import actions, dashboard, destinations, queries
+from spinexr.node.http.admin import actions, dashboard
 from spinexr.node.http.admin.auth import require_api_token
 from spinexr.node.http.admin.context import AdminContext, admin_context
-from spinexr.node.http.admin.errors import ConflictError, NotFoundError, UnprocessableError
 from spinexr.node.http.admin.schemas import (
     ActionOut,
     BundleOut,
@@ -29,8 +31,6 @@ from spinexr.node.http.admin.schemas import (
     StudyPage,
     StudyRow,
 )
-from spinexr.node.http.admin.settingsview import effective_settings
-from spinexr.node.jobs.admin import list_jobs
 
 ACTOR: actions.Actor = "admin-api"
 
@@ -78,7 +78,7 @@ def make_api_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["admin"], dependencies=[Depends(require_api_token)])
 
     @router.get("/studies", response_model=StudyPage)
-    def studies(
+    def study_search(
         ctx: Ctx,
         accession: Annotated[str | None, Query(max_length=16)] = None,
         study_uid: Annotated[str | None, Query(max_length=64)] = None,
@@ -88,7 +88,7 @@ def make_api_router() -> APIRouter:
         per_page: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> StudyPage:
         """Search studies (accession exact, UID prefix, status, latest job's state)."""
-        rows, total = queries.find_studies(
+        rows, total = studies.find_studies(
             ctx.sessions,
             accession=accession,
             study_uid=study_uid,
@@ -108,7 +108,7 @@ def make_api_router() -> APIRouter:
     def study(ctx: Ctx, uid: str) -> StudyDetail:
         """Return a study: instances, jobs with results, outputs and exports, timeline."""
         return StudyDetail.model_validate(
-            translate(lambda: queries.study_detail(ctx.sessions, uid))
+            translate(lambda: studies.study_detail(ctx.sessions, uid))
         )
 
     @router.post("/studies/{uid}/complete", response_model=ActionOut)
@@ -120,19 +120,19 @@ def make_api_router() -> APIRouter:
         return ActionOut.model_validate(done, from_attributes=True)
 
     @router.get("/jobs", response_model=list[JobOut])
-    def jobs(
+    def job_list(
         ctx: Ctx,
         state: JobState | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> list[JobOut]:
         """List the newest jobs, optionally of one state."""
-        rows = list_jobs(ctx.sessions, state.value if state else None, limit)
+        rows = jobs.list_jobs(ctx.sessions, state.value if state else None, limit)
         return [JobOut.model_validate(r) for r in rows]
 
     @router.get("/jobs/{job_id}", response_model=JobDetail)
     def job(ctx: Ctx, job_id: int) -> JobDetail:
         """Return a job: state, last error, result, outputs and export attempts."""
-        return JobDetail.model_validate(translate(lambda: queries.job_detail(ctx.sessions, job_id)))
+        return JobDetail.model_validate(translate(lambda: jobs.show_job(ctx.sessions, job_id)))
 
     @router.post("/jobs/{job_id}/retry", response_model=ActionOut)
     def retry(ctx: Ctx, job_id: int) -> ActionOut:
@@ -158,7 +158,9 @@ def make_api_router() -> APIRouter:
     def destination_echo(ctx: Ctx, name: str) -> DestinationTest:
         """C-ECHO a DIMSE destination or QIDO-RS a DICOMweb one; status and round trip."""
         dest = translate(lambda: destinations.find(ctx.settings, name))
-        return DestinationTest.model_validate(destinations.check_destination(ctx.settings, dest))
+        return DestinationTest.model_validate(
+            destinations.check_destination(ctx.settings, dest), from_attributes=True
+        )
 
     @router.get("/bundle", response_model=BundleOut)
     def bundle(ctx: Ctx) -> BundleOut:

@@ -20,9 +20,9 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from spinexr.node.admin.jobs import status as job_status
 from spinexr.node.db.models import AuditEvent, ExportAttempt, Instance, Job, Study, utcnow
 from spinexr.node.db.states import ExportStatus, JobState, StudyStatus
-from spinexr.node.jobs.admin import status as job_status
 from spinexr.node.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def workers_seen(
         Database sessions.
     recent : list of str, optional
         Workers that started an analysis in the last hour, when the caller has them
-        (`spinexr.node.jobs.admin.status`); read here otherwise.
+        (`spinexr.node.admin.jobs.status`); read here otherwise.
 
     Returns
     -------

@@ -21,8 +21,10 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from spinexr.node.admin import jobs, studies
+from spinexr.node.admin.errors import ConflictError, NotFoundError, UnprocessableError
 from spinexr.node.db.states import JobState, StudyStatus
-from spinexr.node.http.admin import actions, dashboard, preview, queries
+from spinexr.node.http.admin import actions, dashboard, preview
 from spinexr.node.http.admin.auth import (
     DISABLED,
     SESSION_COOKIE,
@@ -35,7 +37,6 @@ from spinexr.node.http.admin.auth import (
     token_matches,
 )
 from spinexr.node.http.admin.context import AdminContext, admin_context
-from spinexr.node.http.admin.errors import ConflictError, NotFoundError, UnprocessableError
 
 logger = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ def make_pages_router() -> APIRouter:
         rows: list[dict[str, Any]] = []
         total = 0
         if not errors:
-            rows, total = queries.find_studies(
+            rows, total = studies.find_studies(
                 ctx.sessions,
                 accession=accession.strip() or None,
                 study_uid=uid.strip() or None,
@@ -382,10 +383,10 @@ def make_pages_router() -> APIRouter:
     def study_page(request: Request, session: PageSession, ctx: Ctx, uid: str) -> Response:
         """Show a study: header, result, image previews with findings, jobs, timeline."""
         try:
-            data = queries.study_detail(ctx.sessions, uid)
+            data = studies.study_detail(ctx.sessions, uid)
         except NotFoundError as exc:
             raise PageError(404, str(exc)) from exc
-        header = queries.study_header(ctx.settings.storage.spool_dir, ctx.sessions, uid)
+        header = studies.study_header(ctx.settings.storage.spool_dir, ctx.sessions, uid)
         latest: dict[str, dict[str, Any]] = {}
         for instance in data["instances"]:
             latest[instance["sop_instance_uid"]] = instance  # versions ascend: last wins
@@ -416,7 +417,7 @@ def make_pages_router() -> APIRouter:
     @router.get("/failures")
     def failures_page(request: Request, session: PageSession, ctx: Ctx) -> Response:
         """List failed and dead-letter jobs and export failures, with Retry buttons."""
-        return render(request, "failures.html", queries.failures(ctx.sessions), session=session)
+        return render(request, "failures.html", jobs.failures(ctx.sessions), session=session)
 
     def _act(
         request: Request, session: str, csrf: str, back: str, work: Any, ok_text: Any

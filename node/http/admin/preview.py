@@ -25,9 +25,9 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from spinexr.node.admin.errors import NotFoundError, UnprocessableError
 from spinexr.node.db.models import Instance, Job, OutputObject, Result, Study
 from spinexr.node.db.states import OutputKind
-from spinexr.node.http.admin.errors import NotFoundError, UnprocessableError
 from spinexr.node.outputs.common import CLASS_COLOURS
 from spinexr.node.outputs.preview import DEFAULT_MAX_SIZE, preview_png, preview_scale
 from spinexr.node.settings import Settings

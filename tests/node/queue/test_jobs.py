@@ -11,11 +11,11 @@ from ingest_support import Stack, phantom_bytes
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from spinexr.node.admin.jobs import cancel_job, list_jobs, retry_job, status
 from spinexr.node.db.models import AuditEvent, Job, utcnow
 from spinexr.node.db.states import JobState, Priority
 from spinexr.node.errors import SpinexrError
 from spinexr.node.ingest.assembler import StudyAssembler
-from spinexr.node.jobs.admin import cancel_job, list_jobs, retry_job, status
 from spinexr.node.jobs.reconciler import Reconciler
 from spinexr.node.jobs.runner import JobRunner
 

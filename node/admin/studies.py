@@ -1,8 +1,7 @@
-"""Read-only views for the admin API and pages: studies (search, detail), jobs, failures.
+"""The study views of the CLI, the admin API and the admin pages: search and one study.
 
-The study and job views the CLI already has (`spinexr.node.inspect.show_study`,
-`spinexr.node.jobs.admin.show_job`) are reused as they are; what is added here is search
-and paging, the study's results, and the failures list.
+UIDs, states and results; the identifying header values (`study_header`) only for the
+admin pages, never logged.
 """
 
 from __future__ import annotations
@@ -17,20 +16,13 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from spinexr.node.db.models import ExportAttempt, Instance, Job, OutputObject, Result, Study
-from spinexr.node.db.states import ExportStatus, JobState, StudyStatus
-from spinexr.node.http.admin.errors import NotFoundError
-from spinexr.node.inspect import show_study
-from spinexr.node.jobs.admin import show_job
+from spinexr.node.admin.errors import NotFoundError
+from spinexr.node.admin.jobs import show_job
+from spinexr.node.db.models import Instance, Job, OutputObject, Result, Study
+from spinexr.node.db.states import JobState, StudyStatus
 from spinexr.pipeline.results import StudyResult
 
 logger = logging.getLogger(__name__)
-
-FAILED_JOB_STATES = (JobState.FAILED, JobState.DEAD)
-"""Jobs listed on the failures page."""
-
-_SETTLED = (JobState.EXPORTED, JobState.VERIFIED, JobState.CANCELLED)
-"""Jobs whose old export failures no longer matter."""
 
 
 def find_studies(
@@ -176,8 +168,8 @@ def study_detail(sessions: sessionmaker[Session], uid: str) -> dict[str, Any]:
     Returns
     -------
     dict
-        `spinexr.node.inspect.show_study`'s view, with the study's identifying columns
-        and each job as `spinexr.node.jobs.admin.show_job` shows it, its result summarised
+        Its identifying columns, instances and audit timeline, and each job as
+        `spinexr.node.admin.jobs.show_job` shows it, its result summarised
         with the findings, whether it is the ``current`` job and which job it was
         ``superseded_by``. ``result`` is the current job's result only (`current_job`).
 
@@ -187,32 +179,63 @@ def study_detail(sessions: sessionmaker[Session], uid: str) -> dict[str, Any]:
         If the study is unknown.
     """
     with sessions() as session:
-        study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
-        if study is None:
+        st = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+        if st is None:
             raise NotFoundError(f"no study {uid}")
-        extra = {
-            "accession_number": study.accession_number,
-            "modality": study.modality,
-            "source": study.source,
-            "first_received_at": study.first_received_at,
-            "last_received_at": study.last_received_at,
-            "completed_at": study.completed_at,
+        data: dict[str, Any] = {
+            "study_instance_uid": st.study_instance_uid,
+            "accession_number": st.accession_number,
+            "modality": st.modality,
+            "source": st.source,
+            "calling_ae": st.calling_ae,
+            "status": st.status.value,
+            "decision": st.decision,
+            "priority": st.priority,
+            "first_received_at": st.first_received_at,
+            "last_received_at": st.last_received_at,
+            "completed_at": st.completed_at,
+            "instances": [
+                {
+                    "sop_instance_uid": i.sop_instance_uid,
+                    "series_instance_uid": i.series_instance_uid,
+                    "sop_class_uid": i.sop_class_uid,
+                    "transfer_syntax_uid": i.transfer_syntax_uid,
+                    "version": i.version,
+                    "size_bytes": i.size_bytes,
+                    "decision": i.decision,
+                    "received_at": i.received_at.isoformat(),
+                }
+                for i in st.instances
+            ],
+            "jobs": [
+                {"id": j.id, "state": j.state.value, "superseded_job_id": j.superseded_job_id}
+                for j in st.jobs
+            ],
+            "timeline": [
+                {
+                    "at": e.at.isoformat(),
+                    "event": e.event,
+                    "job_id": e.job_id,
+                    "from_state": e.from_state,
+                    "to_state": e.to_state,
+                    "detail": e.detail,
+                }
+                for e in st.events
+            ],
         }
         results = {
             r.job_id: _summarise(r)
             for r in session.scalars(
-                select(Result).join(Job, Job.id == Result.job_id).where(Job.study_id == study.id)
+                select(Result).join(Job, Job.id == Result.job_id).where(Job.study_id == st.id)
             )
         }
         sources = dict(
             session.execute(
                 select(OutputObject.sop_instance_uid, OutputObject.source_sop_instance_uid)
                 .join(Job, Job.id == OutputObject.job_id)
-                .where(Job.study_id == study.id)
+                .where(Job.study_id == st.id)
             ).all()
         )
-    data = show_study(sessions, uid)
-    data.update(extra)
     current = current_job(data["jobs"])
     successors = superseding_jobs(data["jobs"], current)
     jobs = []
@@ -322,134 +345,3 @@ def study_header(spool_dir: Path, sessions: sessionmaker[Session], uid: str) -> 
     except (OSError, InvalidDicomError):
         return dict.fromkeys(keys, "")
     return {k: str(ds.get(keyword, "") or "") for k, keyword in keys.items()}
-
-
-def require_job(sessions: sessionmaker[Session], job_id: int) -> str:
-    """Return the Study Instance UID of a job.
-
-    Parameters
-    ----------
-    sessions : sessionmaker
-        Database sessions.
-    job_id : int
-        The job.
-
-    Returns
-    -------
-    str
-        Its study's UID.
-
-    Raises
-    ------
-    NotFoundError
-        If the job does not exist.
-    """
-    with sessions() as session:
-        uid = session.scalar(
-            select(Study.study_instance_uid)
-            .join(Job, Job.study_id == Study.id)
-            .where(Job.id == job_id)
-        )
-    if uid is None:
-        raise NotFoundError(f"no job {job_id}")
-    return uid
-
-
-def job_detail(sessions: sessionmaker[Session], job_id: int) -> dict[str, Any]:
-    """Return a job as `spinexr.node.jobs.admin.show_job` shows it.
-
-    Parameters
-    ----------
-    sessions : sessionmaker
-        Database sessions.
-    job_id : int
-        The job.
-
-    Returns
-    -------
-    dict
-        The job with its outputs, export attempts and result.
-
-    Raises
-    ------
-    NotFoundError
-        If the job does not exist.
-    """
-    require_job(sessions, job_id)
-    return show_job(sessions, job_id)
-
-
-def failures(sessions: sessionmaker[Session], limit: int = 100) -> dict[str, list[dict[str, Any]]]:
-    """Return failed and dead-letter jobs, and the export failures still unresolved.
-
-    Parameters
-    ----------
-    sessions : sessionmaker
-        Database sessions.
-    limit : int
-        Most jobs listed (most recently updated first).
-
-    Returns
-    -------
-    dict
-        ``jobs``: failed/dead jobs; ``exports``: per job and destination, its latest
-        round's failed or dead objects (jobs since exported or cancelled left out).
-    """
-    with sessions() as session:
-        jobs = [
-            {
-                "id": job.id,
-                "study_instance_uid": study.study_instance_uid,
-                "accession_number": study.accession_number,
-                "state": job.state.value,
-                "attempts": job.attempts,
-                "max_attempts": job.max_attempts,
-                "last_error": job.last_error,
-                "stage": "export" if job.outputs else "analysis",
-                "updated_at": job.updated_at,
-            }
-            for job, study in session.execute(
-                select(Job, Study)
-                .join(Study, Study.id == Job.study_id)
-                .where(Job.state.in_(FAILED_JOB_STATES))
-                .order_by(Job.updated_at.desc(), Job.id.desc())
-                .limit(limit)
-            )
-        ]
-        attempts = session.execute(
-            select(ExportAttempt, Job.state, Study.study_instance_uid)
-            .join(Job, Job.id == ExportAttempt.job_id)
-            .join(Study, Study.id == Job.study_id)
-            .where(Job.state.not_in(_SETTLED))
-            .order_by(ExportAttempt.job_id.desc(), ExportAttempt.attempt.desc())
-            .limit(20 * limit)
-        ).all()
-    latest: dict[tuple[int, str], int] = {}
-    groups: dict[tuple[int, str], dict[str, Any]] = {}
-    for attempt, state, uid in attempts:
-        key = (attempt.job_id, attempt.destination)
-        round_ = latest.setdefault(key, attempt.attempt)
-        if attempt.attempt != round_ or attempt.status not in (
-            ExportStatus.FAILED,
-            ExportStatus.DEAD,
-        ):
-            continue
-        group = groups.setdefault(
-            key,
-            {
-                "job_id": attempt.job_id,
-                "job_state": state.value,
-                "study_instance_uid": uid,
-                "destination": attempt.destination,
-                "attempt": attempt.attempt,
-                "status": attempt.status.value,
-                "objects": 0,
-                "error": attempt.error,
-                "next_try_at": attempt.next_try_at,
-                "finished_at": attempt.finished_at,
-            },
-        )
-        group["objects"] += 1
-        if attempt.status is ExportStatus.DEAD:
-            group["status"] = ExportStatus.DEAD.value
-    return {"jobs": jobs, "exports": list(groups.values())[:limit]}

@@ -1,4 +1,4 @@
-"""Errors of the admin API and pages, translated to HTTP status codes at the edge."""
+"""Errors of the admin use cases, translated at each edge (HTTP status, CLI exit code)."""
 
 from __future__ import annotations
 

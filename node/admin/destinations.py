@@ -1,26 +1,30 @@
-"""Destinations as the admin sees them (no secrets) and their connectivity tests.
+"""Destinations as the admin sees them (no secrets) and their connectivity test.
 
-DIMSE destinations get a C-ECHO (`spinexr.node.dimse.scu.echo`, our AE title as calling
-AE); DICOMweb destinations a QIDO-RS request (``GET {url}/studies?limit=1``) with their
-credentials, which shows the server is reachable and accepts them.
+One test for the admin API, ``doctor`` and ``/readyz``: DIMSE destinations get a C-ECHO
+(`spinexr.node.dimse.scu.echo`, our AE title as calling AE); DICOMweb destinations a
+QIDO-RS request (``GET {url}/studies?limit=1``) with their credentials, which shows the
+server is reachable and accepts them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
+from spinexr.node.admin.errors import NotFoundError
+from spinexr.node.dimse.scu import echo
 from spinexr.node.errors import SpinexrError
-from spinexr.node.http.admin.errors import NotFoundError
 from spinexr.node.settings import Destination, Settings
 
 logger = logging.getLogger(__name__)
 
 TEST_TIMEOUT = 5.0
-"""Seconds a connectivity test may take."""
+"""Seconds a connectivity test may take (admin API; ``doctor`` passes its ``--timeout``)."""
 
 
 def _auth(dest: Destination) -> str:
@@ -84,7 +88,42 @@ def find(settings: Settings, name: str) -> Destination:
     raise NotFoundError(f"no destination {name!r} (known: {known})")
 
 
-def check_destination(settings: Settings, dest: Destination) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DestinationCheck:
+    """Outcome of a destination's connectivity test.
+
+    Attributes
+    ----------
+    name, kind : str
+        The destination.
+    address : str
+        ``AE@host:port`` or the URL without credentials.
+    method : str
+        ``C-ECHO`` or ``QIDO-RS``.
+    ok : bool
+        DIMSE status 0x0000, or an HTTP 2xx answer.
+    status, http_status : int or None
+        The C-ECHO status, or the HTTP status; None when no answer came.
+    round_trip_ms : float
+        Time the test took.
+    error : str or None
+        Why it is not ok.
+    """
+
+    name: str
+    kind: str
+    address: str
+    method: str
+    ok: bool
+    status: int | None
+    http_status: int | None
+    round_trip_ms: float
+    error: str | None
+
+
+def check_destination(
+    settings: Settings, dest: Destination, timeout: float = TEST_TIMEOUT
+) -> DestinationCheck:
     """C-ECHO a DIMSE destination, or QIDO-RS a DICOMweb one, and time it.
 
     Parameters
@@ -93,55 +132,59 @@ def check_destination(settings: Settings, dest: Destination) -> dict[str, Any]:
         ``dicom.ae_title`` is the calling AE.
     dest : Destination
         The destination.
+    timeout : float
+        Seconds for the connection and each network wait.
 
     Returns
     -------
-    dict
-        ``name``, ``kind``, ``method`` (``C-ECHO``/``QIDO-RS``), ``ok``, ``status``
-        (DIMSE status), ``http_status``, ``round_trip_ms``, ``error``.
+    DestinationCheck
+        The outcome (errors are reported in it, not raised).
     """
-    out: dict[str, Any] = {
-        "name": dest.name,
-        "kind": dest.kind,
-        "method": "C-ECHO" if dest.kind == "dimse" else "QIDO-RS",
-        "ok": False,
-        "status": None,
-        "http_status": None,
-        "error": None,
-    }
     start = time.perf_counter()
+    status = http_status = None
+    error: str | None = None
     if dest.kind == "dimse":
-        from spinexr.node.dimse.scu import echo
-
         assert dest.host is not None and dest.port is not None and dest.ae_title is not None
+        method, address = "C-ECHO", f"{dest.ae_title}@{dest.host}:{dest.port}"
         try:
             status = echo(
                 dest.host,
                 dest.port,
                 calling=settings.dicom.ae_title,
                 called=dest.ae_title,
-                timeout=TEST_TIMEOUT,
+                timeout=timeout,
             )
-            out["status"] = status
-            out["ok"] = status == 0
-            if status != 0:
-                out["error"] = f"C-ECHO status 0x{status:04X}"
+            error = None if status == 0 else f"C-ECHO status 0x{status:04X}"
         except (SpinexrError, OSError) as exc:
-            out["error"] = str(exc)
+            error = str(exc)
     else:
-        out.update(_qido(dest))
-    out["round_trip_ms"] = round((time.perf_counter() - start) * 1000, 1)
+        parts = urlsplit(dest.url or "")
+        method = "QIDO-RS"
+        address = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        http_status, error = _qido(dest, timeout)
+    check = DestinationCheck(
+        name=dest.name,
+        kind=dest.kind,
+        address=address,
+        method=method,
+        ok=error is None,
+        status=status,
+        http_status=http_status,
+        round_trip_ms=round((time.perf_counter() - start) * 1000, 1),
+        error=error,
+    )
     logger.info(
         "destination %s: %s %s in %.0f ms",
         dest.name,
-        out["method"],
-        "ok" if out["ok"] else "failed",
-        out["round_trip_ms"],
+        method,
+        "ok" if check.ok else "failed",
+        check.round_trip_ms,
     )
-    return out
+    return check
 
 
-def _qido(dest: Destination) -> dict[str, Any]:
+def _qido(dest: Destination, timeout: float) -> tuple[int | None, str | None]:
+    """Return the HTTP status of a QIDO-RS request and the error (None for 2xx)."""
     assert dest.url is not None
     headers = {"Accept": "application/dicom+json"}
     auth: httpx.BasicAuth | None = None
@@ -155,13 +198,10 @@ def _qido(dest: Destination) -> dict[str, Any]:
             params={"limit": "1"},
             headers=headers,
             auth=auth,
-            timeout=TEST_TIMEOUT,
+            timeout=timeout,
         )
     except httpx.HTTPError as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    ok = response.status_code in (200, 204)
-    return {
-        "ok": ok,
-        "http_status": response.status_code,
-        "error": None if ok else f"HTTP {response.status_code} {response.reason_phrase}",
-    }
+        return None, f"{type(exc).__name__}: {exc}"
+    if response.is_success:
+        return response.status_code, None
+    return response.status_code, f"HTTP {response.status_code} {response.reason_phrase}"

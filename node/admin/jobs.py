@@ -1,4 +1,7 @@
-"""Admin actions and views on jobs: list, show, retry, cancel, status."""
+"""The job views and state moves of the CLI, the admin API and the admin pages.
+
+List, show, retry, cancel, the queue status, and the failures list.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,17 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from spinexr.node.db.models import AuditEvent, ExportAttempt, Job, utcnow
-from spinexr.node.db.states import JobState
+from spinexr.node.admin.errors import NotFoundError
+from spinexr.node.db.models import AuditEvent, ExportAttempt, Job, Study, utcnow
+from spinexr.node.db.states import ExportStatus, JobState
 from spinexr.node.db.timeline import transition
 from spinexr.node.errors import SpinexrError
+
+FAILED_JOB_STATES = (JobState.FAILED, JobState.DEAD)
+"""Jobs listed on the failures page."""
+
+_SETTLED = (JobState.EXPORTED, JobState.VERIFIED, JobState.CANCELLED)
+"""Jobs whose old export failures no longer matter."""
 
 
 def _job_row(job: Job) -> dict[str, Any]:
@@ -46,7 +56,7 @@ def show_job(sessions: sessionmaker[Session], job_id: int) -> dict[str, Any]:
     with sessions() as session:
         job = session.get(Job, job_id)
         if job is None:
-            raise SpinexrError(f"no job {job_id}")
+            raise NotFoundError(f"no job {job_id}")
         row = _job_row(job)
         row["outputs"] = [
             {"kind": o.kind.value, "sop_instance_uid": o.sop_instance_uid, "path": o.path}
@@ -90,7 +100,7 @@ def retry_job(sessions: sessionmaker[Session], job_id: int) -> str:
     with sessions() as session:
         job = session.get(Job, job_id)
         if job is None:
-            raise SpinexrError(f"no job {job_id}")
+            raise NotFoundError(f"no job {job_id}")
         if job.state in (JobState.ANALYZING, JobState.EXPORTING, JobState.QUEUED):
             raise SpinexrError(f"job {job_id} is {job.state.value}: nothing to retry")
         if job.outputs and job.state in (
@@ -118,7 +128,7 @@ def cancel_job(sessions: sessionmaker[Session], job_id: int) -> None:
     with sessions() as session:
         job = session.get(Job, job_id)
         if job is None:
-            raise SpinexrError(f"no job {job_id}")
+            raise NotFoundError(f"no job {job_id}")
         transition(session, job, JobState.CANCELLED, detail="cancelled by admin")
         session.commit()
 
@@ -162,3 +172,110 @@ def status(sessions: sessionmaker[Session]) -> dict[str, Any]:
         "workers_seen_last_hour": workers,
         "failed_export_attempts": int(failed_exports),
     }
+
+
+def require_job(sessions: sessionmaker[Session], job_id: int) -> str:
+    """Return the Study Instance UID of a job.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Database sessions.
+    job_id : int
+        The job.
+
+    Returns
+    -------
+    str
+        Its study's UID.
+
+    Raises
+    ------
+    NotFoundError
+        If the job does not exist.
+    """
+    with sessions() as session:
+        uid = session.scalar(
+            select(Study.study_instance_uid)
+            .join(Job, Job.study_id == Study.id)
+            .where(Job.id == job_id)
+        )
+    if uid is None:
+        raise NotFoundError(f"no job {job_id}")
+    return uid
+
+
+def failures(sessions: sessionmaker[Session], limit: int = 100) -> dict[str, list[dict[str, Any]]]:
+    """Return failed and dead-letter jobs, and the export failures still unresolved.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Database sessions.
+    limit : int
+        Most jobs listed (most recently updated first).
+
+    Returns
+    -------
+    dict
+        ``jobs``: failed/dead jobs; ``exports``: per job and destination, its latest
+        round's failed or dead objects (jobs since exported or cancelled left out).
+    """
+    with sessions() as session:
+        jobs = [
+            {
+                "id": job.id,
+                "study_instance_uid": study.study_instance_uid,
+                "accession_number": study.accession_number,
+                "state": job.state.value,
+                "attempts": job.attempts,
+                "max_attempts": job.max_attempts,
+                "last_error": job.last_error,
+                "stage": "export" if job.outputs else "analysis",
+                "updated_at": job.updated_at,
+            }
+            for job, study in session.execute(
+                select(Job, Study)
+                .join(Study, Study.id == Job.study_id)
+                .where(Job.state.in_(FAILED_JOB_STATES))
+                .order_by(Job.updated_at.desc(), Job.id.desc())
+                .limit(limit)
+            )
+        ]
+        attempts = session.execute(
+            select(ExportAttempt, Job.state, Study.study_instance_uid)
+            .join(Job, Job.id == ExportAttempt.job_id)
+            .join(Study, Study.id == Job.study_id)
+            .where(Job.state.not_in(_SETTLED))
+            .order_by(ExportAttempt.job_id.desc(), ExportAttempt.attempt.desc())
+            .limit(20 * limit)
+        ).all()
+    latest: dict[tuple[int, str], int] = {}
+    groups: dict[tuple[int, str], dict[str, Any]] = {}
+    for attempt, state, uid in attempts:
+        key = (attempt.job_id, attempt.destination)
+        round_ = latest.setdefault(key, attempt.attempt)
+        if attempt.attempt != round_ or attempt.status not in (
+            ExportStatus.FAILED,
+            ExportStatus.DEAD,
+        ):
+            continue
+        group = groups.setdefault(
+            key,
+            {
+                "job_id": attempt.job_id,
+                "job_state": state.value,
+                "study_instance_uid": uid,
+                "destination": attempt.destination,
+                "attempt": attempt.attempt,
+                "status": attempt.status.value,
+                "objects": 0,
+                "error": attempt.error,
+                "next_try_at": attempt.next_try_at,
+                "finished_at": attempt.finished_at,
+            },
+        )
+        group["objects"] += 1
+        if attempt.status is ExportStatus.DEAD:
+            group["status"] = ExportStatus.DEAD.value
+    return {"jobs": jobs, "exports": list(groups.values())[:limit]}
