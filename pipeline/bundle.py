@@ -20,10 +20,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import posixpath
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Annotated, Any, Final, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spinexr.pipeline.anatomy import ANATOMY_ARCH, ANATOMY_CLASSES, ANATOMY_SIZE
+from spinexr.pipeline.atomic import write_atomically
 from spinexr.pipeline.classes import CLASS_NAMES
 from spinexr.pipeline.classifier import Arch
 from spinexr.pipeline.errors import (
@@ -554,7 +553,7 @@ def write_bundle(
     except ValidationError as exc:
         raise InvalidManifestError(f"cannot write a valid manifest: {exc}") from exc
     text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / MANIFEST_NAME, text)
+    write_atomically(directory / MANIFEST_NAME, text)
     return verify_bundle(directory)
 
 
@@ -565,16 +564,3 @@ def _dict_diff(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str:
         if e != f:
             parts.append(f"{key}: expected {e!r}, found {f!r}")
     return "; ".join(parts)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

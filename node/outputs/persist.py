@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from pydicom.dataelem import DataElement
@@ -16,6 +16,7 @@ from spinexr.node.db.states import OutputKind
 from spinexr.node.ingest.header import is_valid_uid
 from spinexr.node.ingest.spool import safe_component
 from spinexr.node.outputs.build import BuiltObject
+from spinexr.pipeline.atomic import write_atomically
 
 
 def invalid_uids(ds: Dataset) -> list[str]:
@@ -44,15 +45,6 @@ def invalid_uids(ds: Dataset) -> list[str]:
     if hasattr(ds, "file_meta"):
         ds.file_meta.walk(visit)
     return bad
-
-
-def _atomic_write(ds: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    ds.save_as(tmp, enforce_file_format=True)  # type: ignore[attr-defined]
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_outputs(
@@ -91,7 +83,9 @@ def save_outputs(
     rows: list[OutputObject] = []
     for obj in built:
         relative = Path(f"job-{job.id}") / f"{obj.kind}-{safe_component(obj.sop_instance_uid)}.dcm"
-        _atomic_write(obj.dataset, output_dir / relative)
+        write_atomically(
+            output_dir / relative, partial(obj.dataset.save_as, enforce_file_format=True)
+        )
         row = session.scalar(
             select(OutputObject).where(OutputObject.sop_instance_uid == obj.sop_instance_uid)
         )

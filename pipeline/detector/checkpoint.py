@@ -9,18 +9,17 @@ local files only.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from spinexr.pipeline.atomic import write_atomically
 from spinexr.pipeline.detector.backend import mmdetection
 from spinexr.pipeline.detector.config import ConfigSource, config_class_names, load_config
 
@@ -50,7 +49,7 @@ def dump_config(config: ConfigSource, path: Path) -> Path:
         ``path``.
     """
     text = load_config(config).pretty_text.encode()
-    _write_atomically(path, lambda tmp: tmp.write_bytes(text))
+    write_atomically(path, text)
     return path
 
 
@@ -94,7 +93,7 @@ def save_checkpoint(
     config_path = path.with_suffix(".py") if config_path is None else config_path
     if config_path == path:
         raise ValueError(f"checkpoint and config would both be written to {path}")
-    _write_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
+    write_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
     dump_config(cfg, config_path)
     return path, config_path
 
@@ -173,15 +172,3 @@ def _read_checkpoint(
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: a checkpoint must be a dict, got {type(checkpoint).__name__}")
     return checkpoint
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        tmp = Path(f.name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

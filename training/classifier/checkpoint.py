@@ -1,4 +1,4 @@
-"""Output files of a classifier run, each written atomically (temporary file + ``os.replace``).
+"""Output files of a classifier run, each written atomically (`write_atomically`).
 
 ``last.pt``
     ``{"state_dict", "optimizer", "iteration", "rng", "best_auroc", "best_iteration",
@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -27,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from spinexr.pipeline.atomic import write_atomically
 from spinexr.training.classifier.config import TrainingError
 from spinexr.training.data import ImageRecord
 
@@ -38,34 +38,9 @@ VAL_PREDICTIONS: Final = "val_predictions.csv"
 CONFIG: Final = "config.json"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and ``os.replace``.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        Destination.
-    data : bytes
-        Content.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_torch(obj: Any, path: Path) -> None:
     """`torch.save` atomically."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -139,7 +114,7 @@ def write_predictions(
         writer.writerow(
             [record.image_id, record.study_id, record.label, f"{logit:.6g}", f"{p:.6g}"]
         )
-    atomic_write_bytes(path, text.getvalue().encode())
+    write_atomically(path, text.getvalue())
 
 
 def truncate_history(path: Path, iteration: int) -> None:
@@ -159,7 +134,7 @@ def truncate_history(path: Path, iteration: int) -> None:
         for line in path.read_text(encoding="utf-8").splitlines()
         if line.strip() and json.loads(line).get("iteration", 0) <= iteration
     ]
-    atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
+    write_atomically(path, "".join(f"{line}\n" for line in kept))
 
 
 def append_history(path: Path, entry: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F  # noqa: N812 (torch's own convention)
 from torch import nn
 from torch.utils.data import DataLoader
 
+from spinexr.pipeline.atomic import write_atomically
 from spinexr.pipeline.classifier import build_classifier
 from spinexr.pipeline.devices import resolve_device
 from spinexr.pipeline.preprocess import CLASSIFIER_SIZE
@@ -240,9 +241,7 @@ def train_classifier(
     resumed_from = state.iteration if saved is not None else None
 
     out.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_bytes(
-        out / ckpt.CONFIG, (json.dumps(config.to_dict(), indent=2) + "\n").encode()
-    )
+    write_atomically(out / ckpt.CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
     loop = _Loop(config, model, optimizer, device, cache, train, val, state, progress)
     final_loss = loop.run()
     best_path = out / ckpt.BEST

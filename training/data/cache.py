@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from spinexr.pipeline.atomic import write_atomically
 from spinexr.pipeline.errors import ImageRefusal, UnsupportedImageError
 from spinexr.pipeline.geometry import ResizeTransform
 from spinexr.pipeline.preprocess import (
@@ -233,7 +232,7 @@ class DisplayCache:
             target = scaled_size(original, self.max_side)
         image = display if target == original else resize_image(display, target)
         entry = CachedImage(np.ascontiguousarray(image, dtype=np.uint8), original)
-        _write(path, entry)
+        write_atomically(path, lambda tmp: _savez(tmp, entry), durable=False)
         with self._lock:
             self.misses += 1
         return entry
@@ -291,18 +290,8 @@ def _read(path: Path) -> CachedImage | None:
     return CachedImage(image, (rows, cols))
 
 
-def _write(path: Path, entry: CachedImage) -> None:
-    """Write atomically: unique temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                image=entry.image,
-                original_size=np.asarray(entry.original_size, dtype=np.int64),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _savez(path: Path, entry: CachedImage) -> None:
+    with open(path, "wb") as fh:  # a file object: np.savez would add ".npz" to a path
+        np.savez(
+            fh, image=entry.image, original_size=np.asarray(entry.original_size, dtype=np.int64)
+        )

@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from spinexr.node.db.states import OutputKind
 from spinexr.node.outputs.common import CLASS_COLOURS
 from spinexr.node.outputs.preview import DEFAULT_MAX_SIZE, preview_png, preview_scale
 from spinexr.node.settings import Settings
+from spinexr.pipeline.atomic import write_atomically
 from spinexr.pipeline.errors import PipelineError
 from spinexr.pipeline.results import Box, StudyResult
 
@@ -198,14 +197,6 @@ def preview_file(
     if path.is_file():
         return path
     png = _render(plan)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(png)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, png, durable=False)  # a cache: rebuilt when lost
     logger.info("preview of %s rendered (%d bytes)", sop_uid, len(png))
     return path
