@@ -15,13 +15,15 @@ Sends the same N phantom DX files (uncompressed, 16-bit) over loopback with dcmt
   algorithm on unless ``TCP_NODELAY=1`` is set, so it writes each C-STORE response in two
   pieces and the second waits for the sender's delayed ACK (~40 ms per instance on Linux),
 * ``storescp-nodelay``: the same with ``TCP_NODELAY=1``, its best case,
-* ``storescp+fsync`` (only with ``--targets``): the same, running ``sync FILE`` before each
-  response (``--exec-on-reception --exec-sync``): a durability-equivalent reference, and
+* ``storescp+fsync``: the same with ``TCP_NODELAY=1``, running ``sync FILE`` before each
+  response (``--exec-on-reception --exec-sync``): the same durability as ours for the file
+  (no folder fsync, no database), and
 * ``ours``: ``spinexr-node serve`` (fsync of file and folder, SQLite commit with
   ``synchronous=FULL``, rules; study completion pushed out so the assembler stays idle),
 
-with the same maximum PDU on both, and prints MB/s (file bytes, 10^6) and instances/s
-(median of the repeats) and the ratio ours / storescp per association count. Dirty pages are
+with the same maximum PDU on both, and prints MB/s (file bytes, 10^6; min, median and max
+of the repeats), instances/s (median) and the ratios ours / reference per association count
+(median of the per-repeat ratios, with their min and max). Dirty pages are
 flushed (``sync``) between runs, outside the timed part. A node is timed once its start-up is
 over (its processes idle), not while its worker is still importing. After each run of ours
 every instance must be acknowledged (storescu exit code 0) and in the database.
@@ -305,17 +307,25 @@ TARGETS = {
     "ours": run_ours,
     "baseline": run_baseline,
 }
-DEFAULT_TARGETS = ["storescp", "storescp-nodelay", "ours"]
+DEFAULT_TARGETS = ["storescp", "storescp-nodelay", "storescp+fsync", "ours"]
 NODES = ("ours", "baseline")
 
 
 # --------------------------------------------------------------------------- main
 
 
-def paired(times: dict[tuple[str, int], list[float]], ref: str, node: str, assoc: int) -> float:
-    """Median over the repeats of ref time / node time (runs of one repeat are adjacent)."""
-    pairs = zip(times[(ref, assoc)], times[(node, assoc)], strict=True)
-    return statistics.median(r / n for r, n in pairs)
+def paired(
+    times: dict[tuple[str, int], list[float]], ref: str, node: str, assoc: int
+) -> tuple[float, float, float]:
+    """Min, median and max over the repeats of ref time / node time (one repeat's runs are
+    adjacent)."""
+    ratios = [r / n for r, n in zip(times[(ref, assoc)], times[(node, assoc)], strict=True)]
+    return min(ratios), statistics.median(ratios), max(ratios)
+
+
+def spread(low: float, mid: float, high: float, fmt: str) -> str:
+    """``mid (low-high)`` in ``fmt``."""
+    return f"{mid:{fmt}} ({low:{fmt}}-{high:{fmt}})"
 
 
 def main() -> int:
@@ -395,27 +405,28 @@ def main() -> int:
     if "ours" in nodes and "baseline" in nodes:
         columns.append("ours/baseline")
     log(
-        f"{'target':>14} {'assoc':>5} {'MB/s':>8} {'inst/s':>8}"
-        + "".join(f" {c:>22}" for c in columns)
+        f"{'target':>16} {'assoc':>5} {'MB/s median (min-max)':>24} {'inst/s':>7}"
+        + "".join(f" {c:>28}" for c in columns)
     )
     for assoc in args.associations:
-        medians = {t: statistics.median(times[(t, assoc)]) for t in args.targets}
         for target in args.targets:
-            s = medians[target]
+            runs = times[(target, assoc)]
+            rates = spread(mb / max(runs), mb / statistics.median(runs), mb / min(runs), ".0f")
             ratios = ""
             if target in NODES:
                 cells = {f"{target}/{r}": paired(times, r, target, assoc) for r in refs}
-                if target == "ours" and "baseline" in medians:
+                if target == "ours" and "baseline" in args.targets:
                     cells["ours/baseline"] = paired(times, "baseline", target, assoc)
                 ratios = "".join(
-                    f" {f'{cells[c]:.2f}x' if c in cells else '':>22}" for c in columns
+                    f" {spread(*cells[c], '.2f') if c in cells else '':>28}" for c in columns
                 )
-            log(f"{target:>14} {assoc:>5} {mb / s:8.1f} {len(files) / s:8.1f}{ratios}")
+            inst = len(files) / statistics.median(runs)
+            log(f"{target:>16} {assoc:>5} {rates:>24} {inst:7.1f}{ratios}")
     log(
-        "(MB/s and inst/s: median of the repeats; ratios: median of the per-repeat ratios of "
-        "throughput; storescp neither fsyncs nor keeps a database; storescp: as shipped "
-        "(Nagle on), storescp-nodelay: TCP_NODELAY=1; "
-        "storescp+fsync runs `sync FILE` before each response)"
+        "(MB/s: median of the repeats, with min and max; inst/s: median; ratios: median of "
+        "the per-repeat throughput ratios, with min and max; storescp neither fsyncs nor keeps "
+        "a database; storescp: as shipped (Nagle on), storescp-nodelay: TCP_NODELAY=1, "
+        "storescp+fsync: TCP_NODELAY=1 and `sync FILE` before each response)"
     )
     log("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     if failed:
