@@ -404,8 +404,8 @@ def jobs_show(obj: Context, job_id: int, as_json: bool) -> None:
 def jobs_retry(obj: Context, job_id: int) -> None:
     """Run a failed, dead, cancelled or finished job again (export only if built)."""
     from spinexr.node.admin.jobs import retry_job
-    from spinexr.node.queue.app import configure
-    from spinexr.node.queue.dispatch import publish_analysis, publish_export
+    from spinexr.node.tasking.app import configure
+    from spinexr.node.tasking.dispatch import publish_analysis, publish_export
 
     settings = obj.settings()
     what = retry_job(_sessions(settings), job_id)
@@ -436,7 +436,7 @@ def jobs_cancel(obj: Context, job_id: int) -> None:
 def status(obj: Context, as_json: bool) -> None:
     """Queue depths, jobs per state, oldest waiting job, workers seen."""
     from spinexr.node.admin.jobs import status as job_status
-    from spinexr.node.queue.depth import queue_depths
+    from spinexr.node.tasking.depth import queue_depths
 
     settings = obj.settings()
     data = job_status(_sessions(settings))
@@ -653,7 +653,7 @@ def serve(obj: Context, demo_bundle: bool) -> None:
 @edge
 def worker(obj: Context, queues: str, concurrency: int) -> None:
     """Run a Celery worker for the given queues (scaled-out mode)."""
-    from spinexr.node.queue.app import INFERENCE_QUEUE, run_worker
+    from spinexr.node.tasking.app import INFERENCE_QUEUE, run_worker
 
     settings = obj.settings()
     _configure_logging(settings, obj.log_level)

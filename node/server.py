@@ -23,10 +23,10 @@ from spinexr.node.ingest.assembler import StudyAssembler, model_identity
 from spinexr.node.ingest.service import IngestService
 from spinexr.node.ingest.spool import Spool, quarantine_orphans
 from spinexr.node.jobs.reconciler import Reconciler
-from spinexr.node.queue.app import EXPORT_QUEUE, INFERENCE_QUEUE, configure
-from spinexr.node.queue.dispatch import publish_analysis, publish_export, queue_job
-from spinexr.node.queue.supervisor import WorkerSupervisor
 from spinexr.node.settings import Settings
+from spinexr.node.tasking.app import EXPORT_QUEUE, INFERENCE_QUEUE, configure
+from spinexr.node.tasking.dispatch import publish_analysis, publish_export, queue_job
+from spinexr.node.tasking.supervisor import WorkerSupervisor
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from sqlalchemy.engine import make_url
 from spinexr.node.admin import destinations
 from spinexr.node.db.engine import normalise_url
 from spinexr.node.doctor.result import Status, Verdict
-from spinexr.node.queue.app import EXPORT_QUEUE, INFERENCE_QUEUE, broker_url
 from spinexr.node.settings import Destination, Settings
+from spinexr.node.tasking.app import EXPORT_QUEUE, INFERENCE_QUEUE, broker_url
 
 UPGRADE_HINT = "run `spinexr-node db upgrade`"
 
@@ -104,7 +104,7 @@ def check_database(engine: Engine, head: str) -> Verdict:
 
 # ------------------------------------------------------------------------------ broker
 def _broker_options(url: str) -> dict[str, object]:
-    # As spinexr.node.queue.app.configure sets them: with priority steps a queue is several
+    # As spinexr.node.tasking.app.configure sets them: with priority steps a queue is several
     # Redis lists, and the transport only counts them all when it knows the steps.
     if url.startswith(("redis://", "rediss://")):
         return {"queue_order_strategy": "priority", "priority_steps": list(range(11))}

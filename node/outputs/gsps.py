@@ -43,15 +43,7 @@ from highdicom.pr import (
 )
 from pydicom.dataset import Dataset
 
-from spinexr.node.outputs.common import (
-    CLASS_COLOURS,
-    analysed_image,
-    ascii_text,
-    box_corners,
-    closed_rectangle,
-    copy_body_part,
-    voi_lut_item,
-)
+from spinexr.node.outputs.boxes import CLASS_COLOURS, box_corners, closed_rectangle
 from spinexr.node.outputs.provenance import (
     DEMO_WARNING,
     SERIES_NUMBERS,
@@ -62,6 +54,8 @@ from spinexr.node.outputs.provenance import (
     equipment,
     series_description,
 )
+from spinexr.node.outputs.source import analysed_image, ascii_text, copy_body_part
+from spinexr.node.outputs.voilut import voi_lut_item
 from spinexr.node.settings import Settings
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.display import Lut, Window, read_voi
@@ -335,7 +329,7 @@ def source_voi(source: Dataset) -> list[SoftcopyVOILUTTransformation] | None:
     -------
     list of highdicom.pr.SoftcopyVOILUTTransformation or None
         One item carrying what `spinexr.pipeline.display.read_voi` chose: the first VOI
-        LUT (`spinexr.node.outputs.common.voi_lut_item`: the source's LUT Descriptor, LUT
+        LUT (`spinexr.node.outputs.voilut.voi_lut_item`: the source's LUT Descriptor, LUT
         Data with its VR and bytes, and LUT Explanation, unchanged when encoded as the
         standard requires, else the same table re-encoded as it requires), else the first
         window (with its explanation and VOI LUT Function).

@@ -16,7 +16,6 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
 from spinexr.node.outputs import codes
-from spinexr.node.outputs.common import ascii_text
 from spinexr.node.outputs.provenance import (
     DEMO_WARNING,
     SERIES_NUMBERS,
@@ -25,6 +24,7 @@ from spinexr.node.outputs.provenance import (
     equipment,
     series_description,
 )
+from spinexr.node.outputs.source import ascii_text
 from spinexr.node.settings import Settings
 from spinexr.pipeline.results import ImageResult, StudyResult
 

@@ -21,13 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from spinexr.node.outputs.common import (
-    CLASS_COLOURS,
-    analysed_image,
-    ascii_text,
-    box_corners,
-    copy_body_part,
-)
+from spinexr.node.outputs.boxes import CLASS_COLOURS, box_corners
 from spinexr.node.outputs.gsps import box_label, summary_text
 from spinexr.node.outputs.provenance import (
     DEMO_WARNING,
@@ -39,6 +33,7 @@ from spinexr.node.outputs.provenance import (
     equipment,
     series_description,
 )
+from spinexr.node.outputs.source import analysed_image, ascii_text, copy_body_part
 from spinexr.node.settings import Settings
 from spinexr.pipeline.display import display_pixels
 from spinexr.pipeline.preprocess import decode_pixels

@@ -70,7 +70,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
 
 from spinexr.node.outputs import codes
-from spinexr.node.outputs.common import ascii_text, closed_rectangle
+from spinexr.node.outputs.boxes import closed_rectangle
 from spinexr.node.outputs.provenance import (
     DEMO_WARNING,
     OUTPUT_FORMAT_VERSION,
@@ -83,6 +83,7 @@ from spinexr.node.outputs.provenance import (
     output_uid,
     series_description,
 )
+from spinexr.node.outputs.source import ascii_text
 from spinexr.node.settings import Settings
 from spinexr.node.sopclasses import COMPREHENSIVE_SR
 from spinexr.pipeline.errors import ImageRefusal

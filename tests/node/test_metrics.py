@@ -24,8 +24,8 @@ from spinexr.node.ingest.assembler import StudyAssembler
 from spinexr.node.jobs.runner import JobRunner
 from spinexr.node.outputs.build import build_outputs
 from spinexr.node.outputs.persist import save_outputs
-from spinexr.node.queue.app import configure
-from spinexr.node.queue.dispatch import queue_job
+from spinexr.node.tasking.app import configure
+from spinexr.node.tasking.dispatch import queue_job
 from spinexr.pipeline.results import StudyResult
 from spinexr.training.phantoms import write
 

@@ -246,7 +246,7 @@ def test_a_study_of_one_untagged_chest_says_not_analysed(stack: Stack, tmp_path:
 def test_runtime_turns_the_check_off_for_any_body_part(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from spinexr.node.queue.runtime import Runtime
+    from spinexr.node.tasking.runtime import Runtime
 
     monkeypatch.chdir(tmp_path)
     seen: list[bool] = []

@@ -48,7 +48,7 @@ class Dispatcher(Protocol):
 
 
 class CeleryDispatcher:
-    """Publishes to the node's Celery queues (`spinexr.node.queue.dispatch`).
+    """Publishes to the node's Celery queues (`spinexr.node.tasking.dispatch`).
 
     Parameters
     ----------
@@ -60,27 +60,27 @@ class CeleryDispatcher:
         self.settings = settings
 
     def _configure(self) -> None:
-        from spinexr.node.queue.app import configure
+        from spinexr.node.tasking.app import configure
 
         configure(self.settings)
 
     def analysis(self, job_id: int, priority: int) -> None:
         """Send the analysis message."""
-        from spinexr.node.queue.dispatch import publish_analysis
+        from spinexr.node.tasking.dispatch import publish_analysis
 
         self._configure()
         publish_analysis(job_id, priority)
 
     def export(self, job_id: int) -> None:
         """Send the export message."""
-        from spinexr.node.queue.dispatch import publish_export
+        from spinexr.node.tasking.dispatch import publish_export
 
         self._configure()
         publish_export(job_id)
 
     def queue(self, sessions: sessionmaker[Session], job_id: int, detail: str) -> bool:
-        """Queue a ``complete`` job (`spinexr.node.queue.dispatch.queue_job`)."""
-        from spinexr.node.queue.dispatch import queue_job
+        """Queue a ``complete`` job (`spinexr.node.tasking.dispatch.queue_job`)."""
+        from spinexr.node.tasking.dispatch import queue_job
 
         self._configure()
         return queue_job(sessions, job_id, detail)

@@ -63,7 +63,7 @@ def broker_reachable(settings: Settings, timeout: float = PROBE_TIMEOUT) -> bool
 
 
 def queue_depths_quick(settings: Settings) -> dict[str, int | None]:
-    """Return `spinexr.node.queue.depth.queue_depths`, or unknowns when the broker is down.
+    """Return `spinexr.node.tasking.depth.queue_depths`, or unknowns when the broker is down.
 
     Parameters
     ----------
@@ -75,8 +75,8 @@ def queue_depths_quick(settings: Settings) -> dict[str, int | None]:
     dict
         Queue name → waiting messages (None: unknown).
     """
-    from spinexr.node.queue.app import EXPORT_QUEUE, INFERENCE_QUEUE
-    from spinexr.node.queue.depth import queue_depths
+    from spinexr.node.tasking.app import EXPORT_QUEUE, INFERENCE_QUEUE
+    from spinexr.node.tasking.depth import queue_depths
 
     if not broker_reachable(settings):
         return {INFERENCE_QUEUE: None, EXPORT_QUEUE: None}
@@ -108,7 +108,7 @@ def workers_seen(
         ``names`` (sorted) and ``source`` (a sentence).
     """
     if not settings.embedded_queue and broker_reachable(settings):
-        from spinexr.node.queue.app import configure
+        from spinexr.node.tasking.app import configure
 
         try:
             replies = configure(settings).control.inspect(timeout=1.0).ping() or {}

@@ -1,6 +1,6 @@
 """Preview PNGs of received images with the AI's boxes, cached under the data folder.
 
-The image is rendered by `spinexr.node.outputs.preview` with the GSPS the node built for it
+The image is rendered by `spinexr.node.outputs.render` with the GSPS the node built for it
 (the latest job that has one), so the admin sees what a viewer that renders GSPS shows.
 Without a GSPS (a site profile without them) the boxes of the latest result are drawn in
 their class colours on the node's display rendering. PNGs are cached in
@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from spinexr.node.admin.errors import NotFoundError, UnprocessableError
 from spinexr.node.db.models import Instance, Job, OutputObject, Result, Study
 from spinexr.node.db.states import OutputKind
-from spinexr.node.outputs.common import CLASS_COLOURS
-from spinexr.node.outputs.preview import DEFAULT_MAX_SIZE, preview_png, preview_scale
+from spinexr.node.outputs.boxes import CLASS_COLOURS
+from spinexr.node.outputs.render import DEFAULT_MAX_SIZE, preview_png, preview_scale
 from spinexr.node.settings import Settings
 from spinexr.pipeline.atomic import write_atomically
 from spinexr.pipeline.errors import PipelineError

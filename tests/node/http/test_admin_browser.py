@@ -23,7 +23,7 @@ from testsupport import free_port, require_tool
 from spinexr.node.db.states import JobState
 from spinexr.node.http.admin.dashboard import DEMO_WARNING
 from spinexr.node.http.app import create_app
-from spinexr.node.outputs.common import CLASS_COLOURS
+from spinexr.node.outputs.boxes import CLASS_COLOURS
 from spinexr.pipeline.classes import LesionClass
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from spinexr.node.http.admin.auth import SESSION_COOKIE, SESSION_SECONDS, issue_
 from spinexr.node.http.admin.dashboard import DEMO_WARNING
 from spinexr.node.http.admin.preview import preview_dir
 from spinexr.node.http.app import create_app
-from spinexr.node.outputs.common import CLASS_COLOURS
+from spinexr.node.outputs.boxes import CLASS_COLOURS
 
 
 def box_pixels(png: bytes, colour: tuple[int, int, int], box: tuple[int, int, int, int]) -> int:

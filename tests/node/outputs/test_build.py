@@ -22,7 +22,7 @@ from spinexr.node import MANUFACTURER
 from spinexr.node.ingest.header import read_header
 from spinexr.node.ingest.rules import is_own_object
 from spinexr.node.outputs import BuiltObject, SupersededReport, build_outputs
-from spinexr.node.outputs.common import CLASS_COLOURS
+from spinexr.node.outputs.boxes import CLASS_COLOURS
 from spinexr.node.outputs.provenance import DEMO_WARNING
 from spinexr.node.outputs.sc import grayscale_8bit
 from spinexr.node.sopclasses import COMPREHENSIVE_SR, GSPS, KOS, SECONDARY_CAPTURE

@@ -25,10 +25,10 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from testsupport import require_tool
 
+from spinexr.node.outputs.boxes import CLASS_COLOURS, box_corners
 from spinexr.node.outputs.build import build_outputs
-from spinexr.node.outputs.common import CLASS_COLOURS, box_corners
 from spinexr.node.outputs.gsps import CLASS_LAYERS, SUMMARY_LAYER, build_gsps
-from spinexr.node.outputs.preview import (
+from spinexr.node.outputs.render import (
     PALETTE,
     layer_colours,
     present,

@@ -40,7 +40,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from testsupport import require_tool
 
 from spinexr.node.outputs.gsps import build_gsps
-from spinexr.node.outputs.preview import present, render_preview
+from spinexr.node.outputs.render import present, render_preview
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.display import Lut, read_voi
 from spinexr.training.phantoms.image import render_phantom

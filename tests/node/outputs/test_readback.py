@@ -23,8 +23,8 @@ from pydicom.dataset import Dataset
 from testsupport import require_tool
 
 from spinexr.node.outputs import codes
+from spinexr.node.outputs.boxes import box_corners
 from spinexr.node.outputs.build import build_outputs
-from spinexr.node.outputs.common import box_corners
 from spinexr.node.outputs.provenance import DEMO_WARNING, box_trackings
 from spinexr.node.outputs.readback import (
     Finding,

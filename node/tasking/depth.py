@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from spinexr.node.queue.app import EXPORT_QUEUE, INFERENCE_QUEUE, configure
 from spinexr.node.settings import Settings
+from spinexr.node.tasking.app import EXPORT_QUEUE, INFERENCE_QUEUE, configure
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ EXPORT_QUEUE = "export"
 
 logger = logging.getLogger(__name__)
 
-app = Celery("spinexr", include=["spinexr.node.queue.tasks"])
+app = Celery("spinexr", include=["spinexr.node.tasking.tasks"])
 
 
 def broker_url(settings: Settings) -> str:
@@ -152,7 +152,7 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int) -> None:
     concurrency : int
         Worker processes (``solo`` pool when 1).
     """
-    from spinexr.node.queue.runtime import init_runtime
+    from spinexr.node.tasking.runtime import init_runtime
 
     configure(settings)
     init_runtime(settings, inference=INFERENCE_QUEUE in queues)

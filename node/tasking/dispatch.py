@@ -15,16 +15,16 @@ logger = logging.getLogger(__name__)
 
 def publish_analysis(job_id: int, priority: int) -> None:
     """Send the analysis message for a job that is already ``queued`` in the database."""
-    from spinexr.node.queue.app import INFERENCE_QUEUE
-    from spinexr.node.queue.tasks import analyze_study
+    from spinexr.node.tasking.app import INFERENCE_QUEUE
+    from spinexr.node.tasking.tasks import analyze_study
 
     analyze_study.apply_async(args=[job_id], queue=INFERENCE_QUEUE, priority=priority)
 
 
 def publish_export(job_id: int) -> None:
     """Send the export message for a ``built`` (or export-``failed``) job."""
-    from spinexr.node.queue.app import EXPORT_QUEUE
-    from spinexr.node.queue.tasks import export_results
+    from spinexr.node.tasking.app import EXPORT_QUEUE
+    from spinexr.node.tasking.tasks import export_results
 
     export_results.apply_async(args=[job_id], queue=EXPORT_QUEUE)
 

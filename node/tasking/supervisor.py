@@ -38,7 +38,7 @@ class WorkerSupervisor:
         if self.config_file is not None:
             cmd += ["--config", str(self.config_file)]
         cmd += ["worker", "--queues", ",".join(self.queues)]
-        from spinexr.node.queue.app import PARENT_ENV
+        from spinexr.node.tasking.app import PARENT_ENV
 
         proc = subprocess.Popen(cmd, env={**os.environ, PARENT_ENV: str(os.getpid())})
         logger.info("worker started (pid %d, queues %s)", proc.pid, ",".join(self.queues))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from ingest_support import build_stack
 
-from spinexr.node.queue.app import INFERENCE_QUEUE, configure
-from spinexr.node.queue.depth import queue_depths
-from spinexr.node.queue.dispatch import publish_analysis
+from spinexr.node.tasking.app import INFERENCE_QUEUE, configure
+from spinexr.node.tasking.depth import queue_depths
+from spinexr.node.tasking.dispatch import publish_analysis
 
 
 def test_configuring_another_broker_publishes_there(

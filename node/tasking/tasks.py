@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 
 from spinexr.node.db.states import JobState
-from spinexr.node.queue.app import EXPORT_QUEUE, INFERENCE_QUEUE, app
-from spinexr.node.queue.runtime import get_runtime
+from spinexr.node.tasking.app import EXPORT_QUEUE, INFERENCE_QUEUE, app
+from spinexr.node.tasking.runtime import get_runtime
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from spinexr.node.queue.app import PARENT_ENV
+from spinexr.node.tasking.app import PARENT_ENV
 
 CHILD = (
-    "import time; from spinexr.node.queue.app import watch_parent; "
+    "import time; from spinexr.node.tasking.app import watch_parent; "
     "watch_parent(0.1); time.sleep(60)"
 )
 PARENT = (
@@ -50,6 +50,6 @@ def test_worker_stops_when_its_serve_is_killed() -> None:
 
 def test_a_worker_not_started_by_serve_is_not_watched(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv(PARENT_ENV, raising=False)
-    from spinexr.node.queue.app import watch_parent
+    from spinexr.node.tasking.app import watch_parent
 
     watch_parent()  # no thread, no exception
