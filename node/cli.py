@@ -324,15 +324,12 @@ def studies_show(obj: Context, uid: str, as_json: bool) -> None:
 @pass_ctx
 @edge
 def studies_complete(obj: Context, uid: str) -> None:
-    """Mark a study complete now (creates its job if it has something to analyse)."""
-    from spinexr.node.ingest.assembler import StudyAssembler, model_identity
+    """Mark a study complete now (creates and queues its job if it has something to analyse)."""
+    from spinexr.node.admin.actions import CeleryDispatcher, complete_study
 
     settings = obj.settings()
-    assembler = StudyAssembler(
-        settings, _sessions(settings), model_identity(settings.models.bundle)
-    )
-    job = assembler.force_complete(uid)
-    click.echo(f"study complete; job {job} created" if job else "study complete; no new job")
+    done = complete_study(settings, _sessions(settings), CeleryDispatcher(settings), uid, "cli")
+    click.echo(done.message)
 
 
 # ---------------------------------------------------------------- jobs / status
@@ -403,18 +400,10 @@ def jobs_show(obj: Context, job_id: int, as_json: bool) -> None:
 @edge
 def jobs_retry(obj: Context, job_id: int) -> None:
     """Run a failed, dead, cancelled or finished job again (export only if built)."""
-    from spinexr.node.admin.jobs import retry_job
-    from spinexr.node.tasking.app import configure
-    from spinexr.node.tasking.dispatch import publish_analysis, publish_export
+    from spinexr.node.admin.actions import CeleryDispatcher, retry
 
     settings = obj.settings()
-    what = retry_job(_sessions(settings), job_id)
-    configure(settings)
-    if what == "export":
-        publish_export(job_id)
-    else:
-        publish_analysis(job_id, 8)
-    click.echo(f"job {job_id}: {what} queued again")
+    click.echo(retry(_sessions(settings), CeleryDispatcher(settings), job_id, "cli").message)
 
 
 @jobs.command("cancel")
@@ -423,10 +412,9 @@ def jobs_retry(obj: Context, job_id: int) -> None:
 @edge
 def jobs_cancel(obj: Context, job_id: int) -> None:
     """Cancel a job that has not finished."""
-    from spinexr.node.admin.jobs import cancel_job
+    from spinexr.node.admin.actions import cancel
 
-    cancel_job(_sessions(obj.settings()), job_id)
-    click.echo(f"job {job_id} cancelled")
+    click.echo(cancel(_sessions(obj.settings()), job_id, "cli").message)
 
 
 @cli.command()

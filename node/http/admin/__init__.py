@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
-from spinexr.node.http.admin.actions import CeleryDispatcher, Dispatcher
+from spinexr.node.admin.actions import CeleryDispatcher, Dispatcher
 from spinexr.node.http.admin.api import make_api_router
 from spinexr.node.http.admin.bundleinfo import BundleInfo
 from spinexr.node.http.admin.context import AdminContext

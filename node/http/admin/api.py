@@ -12,11 +12,11 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from spinexr.node.admin import destinations, jobs, studies
+from spinexr.node.admin import actions, destinations, jobs, studies
 from spinexr.node.admin.errors import ConflictError, NotFoundError, UnprocessableError
 from spinexr.node.admin.secrets import effective_settings
 from spinexr.node.db.states import JobState, StudyStatus
-from spinexr.node.http.admin import actions, dashboard
+from spinexr.node.http.admin import dashboard
 from spinexr.node.http.admin.auth import require_api_token
 from spinexr.node.http.admin.context import AdminContext, admin_context
 from spinexr.node.http.admin.schemas import (

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from spinexr.node.http.admin.actions import Dispatcher
+from spinexr.node.admin.actions import Dispatcher
 from spinexr.node.http.admin.bundleinfo import BundleInfo
 from spinexr.node.settings import Settings
 

@@ -21,10 +21,10 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from spinexr.node.admin import jobs, studies
+from spinexr.node.admin import actions, jobs, studies
 from spinexr.node.admin.errors import ConflictError, NotFoundError, UnprocessableError
 from spinexr.node.db.states import JobState, StudyStatus
-from spinexr.node.http.admin import actions, dashboard, preview
+from spinexr.node.http.admin import dashboard, preview
 from spinexr.node.http.admin.auth import (
     DISABLED,
     SESSION_COOKIE,

@@ -160,3 +160,37 @@ def test_admin_retry_cancel_and_status(stack: Stack) -> None:
     info = status(stack.sessions)
     assert info["jobs"]["analyzing"] == 1
     assert len(info["workers_seen_last_hour"]) == 1
+
+
+def test_cli_complete_cancel_and_retry_are_the_admin_actions(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+    from ingest_support import build_stack
+
+    from spinexr.node.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    stack = build_stack(tmp_path)
+    monkeypatch.setenv("SPINEXR_STORAGE__DATA_DIR", str(tmp_path / "var"))
+    uid = generate_uid()
+    stack.ingest.ingest([phantom_bytes(1, study_uid=uid)[0]], calling_ae="PACS", source="dimse")
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code == 0, result.output
+        return result.stdout.strip()
+
+    done = run("studies", "complete", uid)
+    assert done.startswith("study complete; job ") and "no model bundle" in done
+    job_id = int(done.split()[3])
+    assert run("jobs", "cancel", str(job_id)) == f"job {job_id} cancelled"
+    assert run("jobs", "retry", str(job_id)) == f"job {job_id}: analysis queued again"
+    assert state(stack, job_id).state is JobState.QUEUED
+    with stack.sessions() as s:
+        details = s.scalars(select(AuditEvent.detail).where(AuditEvent.event == "admin")).all()
+    assert details == [
+        "completion requested by cli",
+        "cancel requested by cli",
+        "retry (analysis) requested by cli",
+    ]
+    missing = CliRunner().invoke(cli, ["jobs", "retry", "999"])
+    assert missing.exit_code != 0 and "no job 999" in missing.stderr

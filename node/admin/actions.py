@@ -1,9 +1,10 @@
 """Admin actions: retry and cancel a job, complete a study, each recorded with its actor.
 
-The state moves are those of the CLI (`spinexr.node.admin.jobs.retry_job`, ``cancel_job``,
-`spinexr.node.ingest.assembler.StudyAssembler.force_complete`); each action adds an
-``admin`` event naming the actor (``admin-api``, ``admin-web``) to the study's timeline and
-hands the job to the queue after the commit. A job whose message cannot be sent (broker
+The one path of the CLI, the admin API and the admin pages: the state moves
+(`spinexr.node.admin.jobs.retry_job`, ``cancel_job``,
+`spinexr.node.ingest.assembler.StudyAssembler.force_complete`), then an ``admin`` event
+naming the actor (``cli``, ``admin-api``, ``admin-web``) in the study's timeline, then the
+job handed to the queue after the commit. A job whose message cannot be sent (broker
 down) is not lost: the reconciler re-sends queued and built jobs idle longer than a lease.
 """
 
@@ -28,7 +29,7 @@ from spinexr.node.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-Actor = Literal["admin-api", "admin-web"]
+Actor = Literal["admin-api", "admin-web", "cli"]
 
 
 class Dispatcher(Protocol):
@@ -146,7 +147,7 @@ def retry(
         The queue.
     job_id : int
         The job.
-    actor : {"admin-api", "admin-web"}
+    actor : {"admin-api", "admin-web", "cli"}
         Who asked (goes into the timeline).
 
     Returns
@@ -186,7 +187,7 @@ def cancel(sessions: sessionmaker[Session], job_id: int, actor: Actor) -> Action
         Database sessions.
     job_id : int
         The job.
-    actor : {"admin-api", "admin-web"}
+    actor : {"admin-api", "admin-web", "cli"}
         Who asked.
 
     Returns
@@ -230,7 +231,7 @@ def complete_study(
         The queue.
     uid : str
         Study Instance UID.
-    actor : {"admin-api", "admin-web"}
+    actor : {"admin-api", "admin-web", "cli"}
         Who asked.
 
     Returns
