@@ -116,7 +116,7 @@ class FileFollower:
         return True
 
     def before_pdu(self, received: int) -> None:
-        """Before a PDU is written, ``received`` data bytes are in the file: the meta too?"""
+        """Read the file meta once it is in the file (``received`` data bytes are, now)."""
         if self._meta is not None or not self._open():
             return
         in_file = os.fstat(self._fd).st_size
