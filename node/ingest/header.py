@@ -20,7 +20,7 @@ from pydicom.tag import BaseTag
 
 from spinexr.node.errors import IngestError
 from spinexr.node.ingest.inflate import read_file_meta
-from spinexr.node.ingest.integrity import check_complete
+from spinexr.node.ingest.integrity import check_complete, pixel_samples
 from spinexr.node.sopclasses import ANALYSABLE_SOP_CLASSES, SECONDARY_CAPTURE
 
 _BROKEN_STREAM = ("End of file reached", "Expected explicit VR", "Unknown VR", "Unexpected")
@@ -212,14 +212,8 @@ def decoded_pixel_bytes(ds: Dataset) -> int:
     IngestError
         ``unparseable`` when the Image Pixel module's values are not numbers.
     """
-    try:
-        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits = int(ds.get("BitsAllocated", 8) or 8)
-    except (TypeError, ValueError) as exc:
-        raise IngestError("unparseable", "image pixel module values are not numbers") from exc
-    return rows * cols * frames * samples * max(bits, 8) // 8
+    count, bits = pixel_samples(ds)
+    return count * max(bits, 8) // 8
 
 
 def read_header(

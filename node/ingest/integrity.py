@@ -30,7 +30,36 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM = 0xFFFEE000
 SEQUENCE_DELIMITER = 0xFFFEE0DD
 
-__all__ = ["check_complete", "native_pixel_bytes"]
+__all__ = ["check_complete", "native_pixel_bytes", "pixel_samples"]
+
+
+def pixel_samples(ds: Dataset) -> tuple[int, int]:
+    """Return the number of samples (Rows × Columns × Samples × Frames) and Bits Allocated.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The data set (its Image Pixel module; absent values count as 0 rows/columns/bits,
+        1 frame, 1 sample).
+
+    Returns
+    -------
+    tuple of int
+        Samples in all frames, and Bits Allocated.
+
+    Raises
+    ------
+    IngestError
+        ``unparseable`` when the Image Pixel module's values are not numbers.
+    """
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise IngestError("unparseable", "image pixel module values are not numbers") from exc
+    return rows * cols * samples * frames, bits
 
 
 def native_pixel_bytes(ds: Dataset) -> int:
@@ -46,14 +75,8 @@ def native_pixel_bytes(ds: Dataset) -> int:
     int
         ``ceil(Rows × Columns × SamplesPerPixel × NumberOfFrames × BitsAllocated / 8)``.
     """
-    try:
-        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits = int(ds.get("BitsAllocated", 0) or 0)
-    except (TypeError, ValueError) as exc:
-        raise IngestError("unparseable", "image pixel module values are not numbers") from exc
-    return (rows * cols * samples * frames * bits + 7) // 8
+    count, bits = pixel_samples(ds)
+    return (count * bits + 7) // 8
 
 
 def _truncated(message: str) -> IngestError:
