@@ -186,18 +186,23 @@ class JobRunner:
             thread.join()
 
     # ------------------------------------------------------------------ analysis
-    def _sources(self, session: Session, job: Job) -> list[pydicom.Dataset]:
+    def _latest(self, session: Session, job: Job, *, analysable: bool) -> list[Instance]:
+        """Return the latest version of each instance of the job's study (analysable ones)."""
+        query = select(Instance).where(Instance.study_id == job.study_id)
+        if analysable:
+            query = query.where(Instance.decision == ANALYSE)
         rows = session.scalars(
-            select(Instance)
-            .where(Instance.study_id == job.study_id, Instance.decision == ANALYSE)
-            .order_by(Instance.sop_instance_uid, Instance.version.desc())
+            query.order_by(Instance.sop_instance_uid, Instance.version.desc())
         ).all()
         latest: dict[str, Instance] = {}
         for row in rows:
             latest.setdefault(row.sop_instance_uid, row)
+        return list(latest.values())
+
+    def _sources(self, session: Session, job: Job) -> list[pydicom.Dataset]:
         spool = self.settings.storage.spool_dir
         sources: list[pydicom.Dataset] = []
-        for r in latest.values():
+        for r in self._latest(session, job, analysable=True):
             try:
                 sources.append(pydicom.dcmread(spool / r.path))
             except FileNotFoundError:
@@ -379,16 +384,9 @@ class JobRunner:
             why, and the job goes ``dead`` with it in its error.
         """
         spool = self.settings.storage.spool_dir
-        rows = session.scalars(
-            select(Instance)
-            .where(Instance.study_id == job.study_id)
-            .order_by(Instance.sop_instance_uid, Instance.version.desc())
-        ).all()
-        latest: dict[str, Instance] = {}
-        for row in rows:
-            latest.setdefault(row.sop_instance_uid, row)
-        analysable = [spool / r.path for r in latest.values() if r.decision == ANALYSE]
-        others = [spool / r.path for r in latest.values() if r.decision != ANALYSE]
+        latest = self._latest(session, job, analysable=False)
+        analysable = [spool / r.path for r in latest if r.decision == ANALYSE]
+        others = [spool / r.path for r in latest if r.decision != ANALYSE]
         headers = readable_headers(analysable) or readable_headers(others)[:1]
         reason = f"analysis failed after {job.attempts} attempts ({error.split(':', 1)[0]})"
         try:
