@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -140,7 +141,15 @@ def analyze_paths(
 
     studies, skipped = group_by_study(paths)
     start = time.perf_counter()
-    pipeline = Pipeline.from_directory(bundle_dir, device=device)
+    kwargs: dict[str, Any] = {}
+    if settings is not None:
+        from spinexr.node.vertebrae import genant_cutoffs
+
+        kwargs = {
+            "vertebrae": settings.vertebrae.enabled,
+            "genant_cutoffs": genant_cutoffs(settings),
+        }
+    pipeline = Pipeline.from_directory(bundle_dir, device=device, **kwargs)
     logger.info("pipeline loaded in %.1f s", time.perf_counter() - start)
     results: list[StudyResult] = []
     for study in studies:

@@ -311,6 +311,31 @@ class ModelsSection(_Section):
         return None if value in ("", None) else value
 
 
+class VertebraeSection(_Section):
+    """The vertebral fracture analysis on lateral views (Genant grading)."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Grade vertebral fractures on lateral views when the bundle has a keypoint model."
+        ),
+    )
+    mild: float = Field(default=0.80, gt=0, lt=1, description="G at or below: mild (grade 1).")
+    moderate: float = Field(
+        default=0.75, gt=0, lt=1, description="G at or below: moderate (grade 2)."
+    )
+    severe: float = Field(default=0.60, gt=0, lt=1, description="G at or below: severe (grade 3).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VertebraeSection:
+        if not self.severe < self.moderate < self.mild:
+            raise ValueError(
+                f"vertebrae cut-offs must satisfy severe < moderate < mild, got "
+                f"{self.severe}, {self.moderate}, {self.mild}"
+            )
+        return self
+
+
 class OutputSection(_Section):
     """Which objects the node builds for each analysed study (the site profile)."""
 
@@ -384,6 +409,7 @@ class Settings(BaseSettings):
     queue: QueueSection = Field(default_factory=QueueSection)
     study: StudySection = Field(default_factory=StudySection)
     models: ModelsSection = Field(default_factory=ModelsSection)
+    vertebrae: VertebraeSection = Field(default_factory=VertebraeSection)
     output: OutputSection = Field(default_factory=OutputSection)
     destinations: list[Destination] = Field(default_factory=list)
 

@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -152,6 +152,31 @@ class AnatomyEntry(_Model):
         return self
 
 
+class VertebraeEntry(_Model):
+    """The optional vertebral fracture analysis (`spinexr.pipeline.vertebrae`).
+
+    Attributes
+    ----------
+    model : str
+        Architecture of the keypoint model: ``"pisov"`` (Pisov et al.'s single-stage
+        detector) or ``"keypointrcnn"`` (torchvision's baseline).
+    checkpoint : str
+        Checkpoint file, relative to the bundle folder.
+    score_threshold : float
+        Lowest detection score of a vertebra that is reported.
+    sacrum_threshold : float
+        Lowest score of a first-sacral-segment detection that fixes the level names.
+    metrics : dict
+        How it was validated (free form: held-out recall, precision, errors...).
+    """
+
+    model: Literal["pisov", "keypointrcnn"]
+    checkpoint: RelPath
+    score_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, allow_inf_nan=False)
+    sacrum_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, allow_inf_nan=False)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
 class Manifest(_Model):
     """Contents of ``manifest.json`` (validated on construction).
 
@@ -191,6 +216,9 @@ class Manifest(_Model):
     anatomy : AnatomyEntry or None
         The image check (spine AP / spine lateral / other); optional: without it, images
         whose header says nothing about their anatomy are analysed unchecked.
+    vertebrae : VertebraeEntry or None
+        The vertebral fracture keypoint model; optional: without it, lateral views get the
+        lesion analysis only and say "not analysed for vertebral fractures".
     """
 
     schema_version: int = Field(ge=MANIFEST_SCHEMA_VERSION, le=MANIFEST_SCHEMA_VERSION)
@@ -210,6 +238,7 @@ class Manifest(_Model):
     demo: bool
     files: dict[RelPath, Sha256] = Field(min_length=1)
     anatomy: AnatomyEntry | None = None
+    vertebrae: VertebraeEntry | None = None
 
     @model_validator(mode="after")
     def _references_listed(self) -> Self:
@@ -220,6 +249,8 @@ class Manifest(_Model):
         referenced += [self.detector.config, self.detector.checkpoint]
         if self.anatomy is not None:
             referenced.append(self.anatomy.weights)
+        if self.vertebrae is not None:
+            referenced.append(self.vertebrae.checkpoint)
         unlisted = [p for p in referenced if p not in self.files]
         if unlisted:
             raise ValueError(f"files referenced but not listed in 'files': {unlisted}")
@@ -302,6 +333,17 @@ class Bundle:
         """Absolute path of the image check's state dict, when the bundle has one."""
         entry = self.manifest.anatomy
         return None if entry is None else self.directory / entry.weights
+
+    @property
+    def vertebrae(self) -> VertebraeEntry | None:
+        """The vertebral fracture model's manifest entry, when the bundle has one."""
+        return self.manifest.vertebrae
+
+    @property
+    def vertebrae_checkpoint(self) -> Path | None:
+        """Absolute path of the keypoint model's checkpoint, when the bundle has one."""
+        entry = self.manifest.vertebrae
+        return None if entry is None else self.directory / entry.checkpoint
 
     @property
     def weights_digest(self) -> str:

@@ -16,6 +16,12 @@ and its scores. The provenance says which check ran (`SpineCheck`).
 
 The detector adapter (`spinexr.pipeline.detector`, the only module that imports MMDetection)
 is imported lazily, when a pipeline is built without an injected detector.
+
+After the lesion models, every analysed image goes through the vertebral fracture stage
+(`spinexr.pipeline.vertebrae.stage`, when the bundle has a keypoint model or one is
+injected): lateral views get six keypoints per vertebra, heights and Genant grades; other
+views say why they were not analysed for fractures. Images whose header names no view are
+shown to the bundle's anatomy model, whose lateral/AP scores decide.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import numpy.typing as npt
 import torch
 from pydicom.dataset import Dataset
 
-from spinexr.pipeline.anatomy import AnatomyClassifier, GateDecision, spine_gate
+from spinexr.pipeline.anatomy import AnatomyClass, AnatomyClassifier, GateDecision, spine_gate
 from spinexr.pipeline.bodypart import TagAnatomy, dataset_tag_verdict
 from spinexr.pipeline.bundle import Bundle, verify_bundle
 from spinexr.pipeline.classes import LesionClass
@@ -53,6 +59,11 @@ from spinexr.pipeline.results import (
     SpineCheck,
     StudyResult,
 )
+from spinexr.pipeline.vertebrae.findings import VertebralAnalysis
+from spinexr.pipeline.vertebrae.genant import DEFAULT_CUTOFFS, GenantCutoffs
+from spinexr.pipeline.vertebrae.objects import KeypointModel
+from spinexr.pipeline.vertebrae.stage import VertebralStage
+from spinexr.pipeline.vertebrae.view import View, view_from_header
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +126,12 @@ class Pipeline:
         model); False analyses every image (a site with ``study.body_parts = "any"``).
     anatomy : AnatomyClassifier, optional
         An anatomy model to use instead of the bundle's (tests).
+    keypoints : KeypointModel, optional
+        A vertebra keypoint model to use instead of the bundle's (tests).
+    vertebrae : bool
+        Run the vertebral fracture stage (when a keypoint model is available).
+    genant_cutoffs : genant.GenantCutoffs, optional
+        Site override of the grade bounds.
     """
 
     def __init__(
@@ -130,6 +147,9 @@ class Pipeline:
         max_detections: int = 100,
         spine_check: bool = True,
         anatomy: AnatomyClassifier | None = None,
+        keypoints: KeypointModel | None = None,
+        vertebrae: bool = True,
+        genant_cutoffs: GenantCutoffs | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
@@ -152,6 +172,12 @@ class Pipeline:
         self.anatomy: AnatomyClassifier | None = None
         if spine_check:
             self.anatomy = anatomy if anatomy is not None else self._build_anatomy()
+        self.vertebral: VertebralStage | None = None
+        if vertebrae:
+            self.vertebral = self._build_vertebral(keypoints, genant_cutoffs or DEFAULT_CUTOFFS)
+            if self.anatomy is None and self.vertebral is not None:
+                # The view decision needs the image model even where the spine check is off.
+                self.anatomy = anatomy if anatomy is not None else self._build_anatomy()
         self.spine_check = (
             SpineCheck.OFF
             if not spine_check
@@ -201,6 +227,23 @@ class Pipeline:
         if entry is None or weights is None:
             return None
         return AnatomyClassifier.from_file(weights, entry.other_threshold, self.device)
+
+    def _build_vertebral(
+        self, keypoints: KeypointModel | None, cutoffs: GenantCutoffs
+    ) -> VertebralStage | None:
+        entry, checkpoint = self.bundle.vertebrae, self.bundle.vertebrae_checkpoint
+        if keypoints is None and (entry is None or checkpoint is None):
+            return None
+        if keypoints is None and entry is not None and checkpoint is not None:
+            from spinexr.pipeline.vertebrae.loader import load_keypoint_model
+
+            keypoints = load_keypoint_model(entry.model, checkpoint, self.device)
+        return VertebralStage(
+            model=keypoints,
+            score_threshold=0.5 if entry is None else entry.score_threshold,
+            sacrum_threshold=0.5 if entry is None else entry.sacrum_threshold,
+            cutoffs=cutoffs,
+        )
 
     @property
     def provenance(self) -> Provenance:
@@ -318,6 +361,7 @@ class Pipeline:
             prepared.append((i, image, seconds))
         scores = self._check_unknown(datasets, prepared, unknown, out, timings)
         prepared = [p for p in prepared if out[p[0]] is None]
+        scores |= self._score_views(datasets, prepared, scores, timings)
         if prepared:
             n = len(prepared)
             images = [p for _, p, _ in prepared]
@@ -352,6 +396,11 @@ class Pipeline:
                 image_timings = {"preprocess": pre_s, "detector": detector_seconds / n}
                 image_timings |= {f"classifier.{a}": s / n for a, s in ensemble.seconds.items()}
                 image_timings["fusion"] = fusion_seconds
+                t = time.perf_counter()
+                vertebral = self._analyse_vertebrae(datasets[i], image, scores.get(i, {}))
+                if vertebral is not None:
+                    image_timings["vertebrae"] = time.perf_counter() - t
+                    timings["vertebrae"] += image_timings["vertebrae"]
                 spacing = image.pixel_spacing
                 out[i] = ImageResult(
                     sop_instance_uid=image.sop_instance_uid,
@@ -372,8 +421,52 @@ class Pipeline:
                     boxes=fused.boxes,
                     timings=image_timings,
                     anatomy_scores=scores.get(i, {}),
+                    vertebrae=vertebral,
                 )
         return [r for r in out if r is not None]
+
+    def _score_views(
+        self,
+        datasets: Sequence[Dataset],
+        prepared: Sequence[tuple[int, PreparedImage, float]],
+        scored: dict[int, dict[str, float]],
+        timings: defaultdict[str, float],
+    ) -> dict[int, dict[str, float]]:
+        """Run the anatomy model on images whose header names no view (for the fracture stage)."""
+        if self.vertebral is None or self.anatomy is None:
+            return {}
+        todo = [
+            (i, image)
+            for i, image, _ in prepared
+            if i not in scored and view_from_header(datasets[i]).view is View.UNKNOWN
+        ]
+        if not todo:
+            return {}
+        t = time.perf_counter()
+        probabilities = self.anatomy.predict([image.display for _, image in todo])
+        timings["anatomy"] += time.perf_counter() - t
+        names = [c.value for c in AnatomyClass]
+        return {
+            i: {n: float(v) for n, v in zip(names, p, strict=True)}
+            for (i, _), p in zip(todo, probabilities, strict=True)
+        }
+
+    def _analyse_vertebrae(
+        self, ds: Dataset, image: PreparedImage, scores: dict[str, float]
+    ) -> VertebralAnalysis | None:
+        """Run the fracture stage on one image (None without a keypoint model)."""
+        if self.vertebral is None:
+            return None
+        view = self.vertebral.decide_view(ds, scores)
+        result = self.vertebral.analyse(ds, image.display, view)
+        logger.info(
+            "image %s vertebrae: %s (%s, %d found)",
+            image.sop_instance_uid,
+            result.status,
+            view.detail,
+            len(result.vertebrae),
+        )
+        return result
 
     def _check_unknown(
         self,

@@ -180,6 +180,9 @@ def fuse_image(
 def summarise_study(images: Sequence[ImageResult], threshold: float) -> StudySummary:
     """Conclude at study level from the image results.
 
+    The study is ``ABNORMAL`` when the decision is positive, a box is displayed, or a
+    vertebra is graded mild or worse (Genant grade ≥ 1 is a fracture).
+
     Parameters
     ----------
     images : sequence of ImageResult
@@ -200,5 +203,8 @@ def summarise_study(images: Sequence[ImageResult], threshold: float) -> StudySum
     probability = max(float(im.probability) for im in analysed if im.probability is not None)
     decision = probability >= threshold
     flagged = sorted({b.label for im in analysed for b in im.displayed_boxes})
-    outcome = Outcome.ABNORMAL if decision or flagged else Outcome.NO_FINDING
+    fractured = any(
+        v.fractured for im in analysed if im.vertebrae is not None for v in im.vertebrae.vertebrae
+    )
+    outcome = Outcome.ABNORMAL if decision or flagged or fractured else Outcome.NO_FINDING
     return StudySummary(outcome, probability, decision, flagged, None)

@@ -25,6 +25,7 @@ from pydantic import (
 
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.spacing import SpacingBasis
+from spinexr.pipeline.vertebrae.findings import VertebralAnalysis
 
 RESULT_SCHEMA_VERSION: Literal[1] = 1
 """Version of the serialised form; bump on incompatible changes."""
@@ -172,6 +173,9 @@ class ImageResult(_Model):
     anatomy_scores : dict of str to float
         Probabilities of the anatomy model (``spine_ap``, ``spine_lateral``, ``other``)
         when the image check ran on this image; empty otherwise.
+    vertebrae : VertebralAnalysis or None
+        The vertebral fracture analysis (or why the image had none); None for results
+        written by a bundle without a keypoint model.
     """
 
     sop_instance_uid: str
@@ -189,6 +193,7 @@ class ImageResult(_Model):
     timings: Seconds = Field(default_factory=dict)
     error: ImageError | None = None
     anatomy_scores: dict[str, Probability] = Field(default_factory=dict)
+    vertebrae: VertebralAnalysis | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -314,6 +319,15 @@ class StudyResult(_Model):
     def analysed_images(self) -> list[ImageResult]:
         """Images that were analysed."""
         return [im for im in self.images if not im.failed]
+
+    @property
+    def vertebral_analyses(self) -> list[tuple[ImageResult, VertebralAnalysis]]:
+        """Images analysed for vertebral fractures, with their analysis."""
+        return [
+            (im, im.vertebrae)
+            for im in self.images
+            if im.vertebrae is not None and im.vertebrae.analysed
+        ]
 
     def to_json(self, *, indent: int | None = None) -> str:
         """Serialise to JSON (enums as stable strings).

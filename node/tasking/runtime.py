@@ -41,6 +41,7 @@ class Runtime:
         """Return the warm pipeline, loading the bundle on first use."""
         with self._lock:
             if self._pipeline is None:
+                from spinexr.node.vertebrae import genant_cutoffs
                 from spinexr.pipeline.engine import Pipeline
 
                 bundle = self.settings.models.bundle
@@ -51,6 +52,8 @@ class Runtime:
                     device=self.settings.models.device,
                     display_threshold=self.settings.models.display_threshold,
                     spine_check=self.settings.study.body_parts is BodyParts.SPINE,
+                    vertebrae=self.settings.vertebrae.enabled,
+                    genant_cutoffs=genant_cutoffs(self.settings),
                 )
             return self._pipeline
 

@@ -1,0 +1,1 @@
+"""Training and evaluation of the vertebra keypoint models (Pisov et al. 2020, ``method.md`` §8)."""
