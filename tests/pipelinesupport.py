@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from spinexr.pipeline.bundle import Bundle
 
@@ -91,3 +94,27 @@ def build_tiny_bundle(
         **overrides,
     )
     return write_bundle(directory, fields, files)
+
+
+class Brightness(torch.nn.Module):
+    """A classifier member whose logit is the mean input brightness (no weights)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+
+class _NoDetections:
+    boxes = np.zeros((0, 4), np.float32)
+    labels = np.zeros(0, np.int64)
+    scores = np.zeros(0, np.float32)
+
+
+class NoBoxes:
+    """A lesion detector that finds nothing and counts the images of each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict(self, images: Sequence[np.ndarray], transforms: Sequence[object]) -> list[object]:
+        self.calls.append(len(images))
+        return [_NoDetections() for _ in images]

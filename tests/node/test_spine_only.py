@@ -13,12 +13,11 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 import torch
 from ingest_support import Stack, build_stack, phantom_bytes
-from pipelinesupport import bundle_fields
+from pipelinesupport import Brightness, NoBoxes, bundle_fields
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
@@ -140,22 +139,6 @@ class Constant(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits.expand(x.shape[0], -1)
-
-
-class Brightness(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(1, 2, 3)).unsqueeze(1)
-
-
-class NoBoxes:
-    def predict(self, images: Sequence[np.ndarray], transforms: Sequence[object]) -> list[object]:
-        return [_Empty() for _ in images]
-
-
-class _Empty:
-    boxes = np.zeros((0, 4), np.float32)
-    labels = np.zeros(0, np.int64)
-    scores = np.zeros(0, np.float32)
 
 
 def spine_pipeline(tmp_path: Path, *, spine_check: bool = True) -> Pipeline:

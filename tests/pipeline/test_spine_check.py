@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pipelinesupport import BundleFactory, bundle_fields
+from pipelinesupport import Brightness, BundleFactory, NoBoxes, bundle_fields
 from pydicom.dataset import Dataset
 from torch import nn
 
@@ -49,26 +49,6 @@ class Constant(nn.Module):
 
 SAYS_OTHER = (0.0, 0.0, 5.0)  # other ≈ 0.987
 SAYS_SPINE_AP = (5.0, 0.0, 0.0)
-
-
-class Brightness(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(1, 2, 3)).unsqueeze(1)
-
-
-class NoBoxes:
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    def predict(self, images: Sequence[np.ndarray], transforms: Sequence[object]) -> list[object]:
-        self.calls.append(len(images))
-        empty = np.zeros((0, 4), np.float32)
-        return [_Dets(empty, np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in images]
-
-
-class _Dets:
-    def __init__(self, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> None:
-        self.boxes, self.labels, self.scores = boxes, labels, scores
 
 
 def spine(seed: int, *, tags: bool = True, view: str = "AP") -> Dataset:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import torch
-from pipelinesupport import bundle_fields
+from pipelinesupport import Brightness, NoBoxes, bundle_fields
 
 from spinexr.pipeline.anatomy import (
     ANATOMY_CLASSES,
@@ -142,25 +141,6 @@ def test_a_cached_demo_without_its_image_check_is_rebuilt(tmp_path: Path) -> Non
 
 
 # ----------------------------------------------------------------------------- trained
-
-
-class Brightness(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(1, 2, 3)).unsqueeze(1)
-
-
-class NoBoxes:
-    def predict(self, images: Sequence[np.ndarray], transforms: Sequence[object]) -> list[object]:
-        empty = type(
-            "Empty",
-            (),
-            {
-                "boxes": np.zeros((0, 4), np.float32),
-                "labels": np.zeros(0, np.int64),
-                "scores": np.zeros(0, np.float32),
-            },
-        )
-        return [empty() for _ in images]
 
 
 @pytest.mark.slow
