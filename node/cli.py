@@ -545,6 +545,12 @@ def echo(address: str, calling: str, called: str) -> None:
     default=None,
     help="Default: models.device.",
 )
+@click.option(
+    "--no-vertebrae-table",
+    "no_vertebrae_table",
+    is_flag=True,
+    help="Do not print the per-vertebra table under each study.",
+)
 @pass_ctx
 @edge
 def analyze(
@@ -553,11 +559,13 @@ def analyze(
     bundle_dir: Path | None,
     out_dir: Path,
     device: str | None,
+    no_vertebrae_table: bool,
 ) -> None:
     """Run the pipeline offline on DICOM files or folders, one JSON result per study."""
     from tqdm import tqdm
 
     from spinexr.node.analyze import analyze_paths
+    from spinexr.node.analyze_table import vertebrae_table
     from spinexr.pipeline.results import StudyResult
 
     settings = obj.settings()
@@ -591,6 +599,9 @@ def analyze(
             f"{r.study_instance_uid:<64} {len(r.images):>3} {r.outcome.value:<11} "
             f"{p:>5} {r.timings.get('total', 0):6.2f}  {flagged}"
         )
+        if not no_vertebrae_table:
+            for line in vertebrae_table(r):
+                click.echo(line)
     if results and results[0].provenance.demo:
         click.echo("DEMO BUNDLE (trained on synthetic phantoms): not for clinical use", err=True)
     click.echo(f"{len(results)} stud{'y' if len(results) == 1 else 'ies'} written to {out_dir}")

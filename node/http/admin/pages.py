@@ -24,7 +24,7 @@ from starlette.templating import Jinja2Templates
 from spinexr.node.admin import actions, jobs, studies
 from spinexr.node.admin.errors import ConflictError, NotFoundError, UnprocessableError
 from spinexr.node.db.states import JobState, StudyStatus
-from spinexr.node.http.admin import dashboard, preview
+from spinexr.node.http.admin import dashboard, preview, vertebrae
 from spinexr.node.http.admin.auth import (
     DISABLED,
     SESSION_COOKIE,
@@ -396,7 +396,13 @@ def make_pages_router() -> APIRouter:
         return render(
             request,
             "study.html",
-            {"s": data, "header": header, "images": list(latest.values()), "findings": findings},
+            {
+                "s": data,
+                "header": header,
+                "images": list(latest.values()),
+                "findings": findings,
+                "vertebrae": vertebrae.current_vertebrae(ctx.sessions, data["current_job_id"]),
+            },
             session=session,
         )
 
