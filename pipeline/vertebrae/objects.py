@@ -24,9 +24,9 @@ class ObjectKind(enum.StrEnum):
     SACRUM = "sacrum"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DetectedObject:
-    """One detection.
+    """One detection (compared and hashed by identity: it holds an array).
 
     Attributes
     ----------
