@@ -400,14 +400,15 @@ def _header(path: Path, header: list[str] | None) -> list[str]:
 
 
 def _cells(columns: list[str], row: list[str], where: str) -> dict[str, str]:
-    if len(row) < len(columns):
-        absent = columns[len(row) :]
+    if len(row) > len(columns):
+        raise AnnotationError(f"{where}: {len(row)} values for {len(columns)} columns")
+    absent = [c for c in columns[len(row) :] if c in CSV_COLUMNS]
+    if absent:
         raise AnnotationError(
             f"{where}: {len(row)} values for {len(columns)} columns (no {', '.join(absent)})"
         )
-    if len(row) > len(columns):
-        raise AnnotationError(f"{where}: {len(row)} values for {len(columns)} columns")
-    return {c: v.strip() for c, v in zip(columns, row, strict=True)}
+    padded = [*row, *([""] * (len(columns) - len(row)))]
+    return {c: v.strip() for c, v in zip(columns, padded, strict=True)}
 
 
 def _identifier(cells: Mapping[str, str], column: str, where: str) -> str:
