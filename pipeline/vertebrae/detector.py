@@ -1,0 +1,519 @@
+"""Pisov et al.'s single-stage vertebra keypoint detector, ready for inference.
+
+`PisovDetector` implements `spinexr.pipeline.vertebrae.objects.KeypointModel`:
+
+1. The display image is resampled (bilinear, antialiased) to the model's fixed spacing
+   (`PisovHyper.model_spacing_mm`, isotropic), so the anchors (`anchors`) are fixed in model
+   pixels; the only other preprocessing is z-scoring over the image (Pisov et al.); the image
+   is padded with black (z-scored like the image) to a multiple of the network's stride.
+2. `PisovNet` predicts objectness, sacrum-vs-vertebra and the encoded keypoints for every
+   anchor at every model pixel.
+3. Decoding: anchors whose objectness probability reaches `PisovHyper.score_threshold` are
+   decoded (``g = e·a_wh + a_xy``), and non-maximum suppression
+   (``torchvision.ops.nms``, `PisovHyper.nms_iou`) runs on the axis-aligned boxes of the
+   decoded keypoints, vertebrae and sacrum together. An object is the sacrum where its sacrum
+   probability is above one half.
+4. Keypoints go back to original pixels through the resampling's exact ratios.
+
+Coordinates, original and model, have their origin at the top-left corner of the top-left
+pixel (pixel centres at ``i + 0.5``: DICOM's graphic annotations and the phantoms), so the
+resampling maps points by a plain scaling.
+
+Without a spacing (``spacing_mm=None``) the detector finds the scale itself (`search_scale`):
+it assumes square pixels and a field of view of each of `ASSUMED_FIELDS_MM` (250 to 500 mm,
+a geometric series of ratio 2^(1/6) ≈ 1.12 — within the ±15 % scale jitter of training) over
+the image's height, detects at each, and keeps the scale whose detections have the largest
+**sum of scores** (the expected number of true objects; ties go to the smaller field). The
+keypoints are in pixels either way, so heights in pixels and Genant ratios stay right; only
+heights in mm need the true spacing.
+
+Checkpoints are plain ``torch.save`` dictionaries (`save_checkpoint`) that
+``torch.load(..., weights_only=True)`` reads: ``arch="pisov"``, ``version``, ``hyper``
+(`PisovHyper` as plain types), ``state_dict`` and ``training`` metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F  # noqa: N812 (torch's own convention)
+from torchvision.ops import nms
+
+from spinexr.pipeline.atomic import write_atomically
+from spinexr.pipeline.devices import resolve_device
+from spinexr.pipeline.vertebrae.anchors import (
+    ANCHOR_RATIOS,
+    ANCHOR_SCALES_MM,
+    anchor_shapes,
+    decode,
+    keypoint_boxes,
+    pixel_centres,
+)
+from spinexr.pipeline.vertebrae.net import PisovNet
+from spinexr.pipeline.vertebrae.objects import DetectedObject, ObjectKind
+
+ARCH = "pisov"
+"""The ``arch`` entry of this detector's checkpoints."""
+
+CHECKPOINT_VERSION = 1
+"""Version of the checkpoint layout (and of the algorithm, in `PisovDetector.name`)."""
+
+ASSUMED_FIELDS_MM: tuple[float, ...] = tuple(250.0 * 2.0 ** (k / 6) for k in range(7))
+"""Fields of view over the image height tried when the image has no spacing."""
+
+MAX_CANDIDATES = 3000
+"""Anchors above the score threshold kept (best first) before non-maximum suppression."""
+
+
+@dataclass(frozen=True)
+class PisovHyper:
+    """Everything besides the weights that a trained detector needs.
+
+    Attributes
+    ----------
+    channels : tuple of int
+        U-Net channels per level, finest first.
+    model_spacing_mm : float
+        Isotropic pixel size the image is resampled to.
+    anchor_scales_mm, anchor_ratios : tuple of float
+        Anchor shapes (`anchors.anchor_shapes`; ratios are width / height).
+    score_threshold : float
+        Objectness probability a detection must reach.
+    nms_iou : float
+        IoU of keypoint boxes above which the lower-scored detection is suppressed.
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    model_spacing_mm: float = 2.0
+    anchor_scales_mm: tuple[float, ...] = ANCHOR_SCALES_MM
+    anchor_ratios: tuple[float, ...] = ANCHOR_RATIOS
+    score_threshold: float = 0.5
+    nms_iou: float = 0.3
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types for the checkpoint (lists instead of tuples)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PisovHyper:
+        """Inverse of `to_dict`."""
+        return cls(
+            channels=tuple(int(c) for c in d["channels"]),
+            model_spacing_mm=float(d["model_spacing_mm"]),
+            anchor_scales_mm=tuple(float(s) for s in d["anchor_scales_mm"]),
+            anchor_ratios=tuple(float(r) for r in d["anchor_ratios"]),
+            score_threshold=float(d["score_threshold"]),
+            nms_iou=float(d["nms_iou"]),
+        )
+
+    def shapes(self) -> torch.Tensor:
+        """Anchor ``(w, h)`` in model pixels."""
+        return anchor_shapes(self.model_spacing_mm, self.anchor_scales_mm, self.anchor_ratios)
+
+
+def build_model(hyper: PisovHyper) -> PisovNet:
+    """Build the network for these hyperparameters (random weights).
+
+    Parameters
+    ----------
+    hyper : PisovHyper
+        Channels and anchors.
+
+    Returns
+    -------
+    PisovNet
+        The network.
+    """
+    return PisovNet(hyper.channels, len(hyper.anchor_scales_mm) * len(hyper.anchor_ratios))
+
+
+@dataclass(frozen=True)
+class Resampled:
+    """An image resampled to the model spacing.
+
+    Attributes
+    ----------
+    image : torch.Tensor
+        ``(H, W)`` float32 in ``0..1``.
+    scale : tuple of float
+        ``(rows, columns)`` original pixels per model pixel (exact, from the sizes).
+    """
+
+    image: torch.Tensor
+    scale: tuple[float, float]
+
+    def to_model(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Map ``(..., 2)`` ``(x, y)`` from original to model pixels (corner origin)."""
+        p = np.asarray(points, dtype=np.float64)
+        return p / np.array([self.scale[1], self.scale[0]])
+
+    def to_original(self, points: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Map ``(..., 2)`` ``(x, y)`` from model to original pixels (corner origin)."""
+        p = np.asarray(points, dtype=np.float64)
+        return p * np.array([self.scale[1], self.scale[0]])
+
+
+def resample(
+    display: npt.NDArray[np.uint8] | npt.NDArray[np.floating[Any]],
+    spacing_mm: tuple[float, float],
+    model_spacing_mm: float,
+) -> Resampled:
+    """Resample a display image to the model spacing (bilinear, antialiased).
+
+    Parameters
+    ----------
+    display : numpy.ndarray
+        ``(rows, columns)`` image, ``uint8`` (scaled to ``0..1``) or float in ``0..1``.
+    spacing_mm : tuple of float
+        ``(row_mm, column_mm)`` of the image.
+    model_spacing_mm : float
+        Target pixel size.
+
+    Returns
+    -------
+    Resampled
+        The image and the exact original-per-model pixel ratios.
+    """
+    arr = np.asarray(display)
+    if arr.ndim != 2 or min(arr.shape) < 1:
+        raise ValueError(f"expected a (rows, columns) image, got shape {arr.shape}")
+    row_mm, col_mm = (float(v) for v in spacing_mm)
+    if not (row_mm > 0 and col_mm > 0 and math.isfinite(row_mm) and math.isfinite(col_mm)):
+        raise ValueError(f"spacing must be positive and finite, got {spacing_mm}")
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if arr.dtype == np.uint8:
+        x = x / 255.0
+    rows, cols = arr.shape
+    out_rows = max(1, round(rows * row_mm / model_spacing_mm))
+    out_cols = max(1, round(cols * col_mm / model_spacing_mm))
+    y = F.interpolate(x[None, None], size=(out_rows, out_cols), mode="bilinear", antialias=True)[
+        0, 0
+    ]
+    return Resampled(y.contiguous(), (rows / out_rows, cols / out_cols))
+
+
+def model_input(image: torch.Tensor, stride: int) -> torch.Tensor:
+    """Z-score an image and pad it with black to a multiple of `stride` (bottom, right).
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        ``(H, W)`` float in ``0..1``.
+    stride : int
+        The network's stride.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, 1, H', W')`` float32.
+    """
+    mean = image.mean()
+    std = image.std(unbiased=False).clamp(min=1e-6) if image.numel() > 1 else torch.tensor(1.0)
+    h, w = image.shape
+    ph, pw = -h % stride, -w % stride
+    z = F.pad(image, (0, pw, 0, ph), value=0.0)
+    return ((z - mean) / std)[None, None].float()
+
+
+@dataclass(frozen=True)
+class RawDetections:
+    """Decoded detections in model pixels (after NMS), best first.
+
+    Attributes
+    ----------
+    scores : torch.Tensor
+        ``(K,)`` objectness probabilities.
+    sacrum : torch.Tensor
+        ``(K,)`` sacrum probabilities.
+    keypoints : torch.Tensor
+        ``(K, 6, 2)`` ``(x, y)`` in model pixels.
+    """
+
+    scores: torch.Tensor
+    sacrum: torch.Tensor
+    keypoints: torch.Tensor
+
+
+def decode_output(
+    output: torch.Tensor,
+    shapes: torch.Tensor,
+    valid: tuple[int, int],
+    *,
+    score_threshold: float,
+    nms_iou: float,
+    max_candidates: int = MAX_CANDIDATES,
+) -> RawDetections:
+    """Turn one image's network output into detections.
+
+    Parameters
+    ----------
+    output : torch.Tensor
+        ``(A, OUTPUTS, H, W)`` from `PisovNet` for one image.
+    shapes : torch.Tensor
+        ``(A, 2)`` anchor ``(w, h)`` in model pixels.
+    valid : tuple of int
+        ``(rows, columns)`` of the image inside the padded input (anchors centred in the
+        padding are dropped).
+    score_threshold : float
+        Objectness probability to reach.
+    nms_iou : float
+        IoU threshold of the non-maximum suppression on keypoint boxes.
+    max_candidates : int
+        Best anchors kept before the suppression.
+
+    Returns
+    -------
+    RawDetections
+        The kept detections, best first.
+    """
+    rows, cols = valid
+    out = output[:, :, :rows, :cols].float()
+    scores = torch.sigmoid(out[:, 0])
+    a, y, x = torch.nonzero(scores >= score_threshold, as_tuple=True)
+    s = scores[a, y, x]
+    if s.numel() > max_candidates:
+        top = torch.topk(s, max_candidates).indices
+        a, y, x, s = a[top], y[top], x[top], s[top]
+    enc = out[a, 2:, y, x].reshape(-1, 6, 2)
+    centres = pixel_centres(y, x)
+    kp = decode(enc, centres, shapes.to(out.device)[a])
+    keep = nms(keypoint_boxes(kp), s, nms_iou)
+    return RawDetections(s[keep], torch.sigmoid(out[a, 1, y, x])[keep], kp[keep])
+
+
+@dataclass(frozen=True)
+class ScaleSearch:
+    """What `PisovDetector.search_scale` found.
+
+    Attributes
+    ----------
+    spacing_mm : tuple of float
+        The assumed ``(row_mm, column_mm)`` kept.
+    detections : list of DetectedObject
+        The detections at that spacing (original pixels).
+    qualities : dict
+        Sum of detection scores per assumed field of view (mm).
+    """
+
+    spacing_mm: tuple[float, float]
+    detections: list[DetectedObject]
+    qualities: dict[float, float] = field(default_factory=dict)
+
+
+class PisovDetector:
+    """A trained Pisov keypoint detector (`objects.KeypointModel`).
+
+    Parameters
+    ----------
+    model : PisovNet
+        Trained network (put in eval mode on `device`).
+    hyper : PisovHyper
+        Its hyperparameters.
+    device : torch.device or str
+        Where inference runs.
+    training : dict, optional
+        Training metadata from the checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: PisovNet,
+        hyper: PisovHyper,
+        device: torch.device | str = "cpu",
+        training: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.hyper = hyper
+        self.training = dict(training or {})
+        self._shapes = hyper.shapes().to(self.device)
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, device: torch.device | str = "cpu") -> PisovDetector:
+        """Load a checkpoint written by `save_checkpoint`.
+
+        Parameters
+        ----------
+        path : pathlib.Path or str
+            The ``.pt`` file.
+        device : torch.device or str
+            ``cpu``, ``cuda``, ``auto``...
+
+        Returns
+        -------
+        PisovDetector
+            Ready for `predict`.
+
+        Raises
+        ------
+        ValueError
+            When the file is not a Pisov checkpoint of a known version.
+        """
+        ckpt = load_checkpoint(path)
+        hyper = PisovHyper.from_dict(ckpt["hyper"])
+        model = build_model(hyper)
+        model.load_state_dict(ckpt["state_dict"])
+        return cls(model, hyper, device, ckpt.get("training"))
+
+    @property
+    def name(self) -> str:
+        """Algorithm name and version, for the SR."""
+        return f"pisov-keypoints {CHECKPOINT_VERSION}"
+
+    def predict(
+        self, image: npt.NDArray[np.uint8], spacing_mm: tuple[float, float] | None
+    ) -> list[DetectedObject]:
+        """Detect vertebral bodies and the sacrum (see the module docstring).
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            ``uint8`` ``(rows, columns)`` display image, bone bright.
+        spacing_mm : tuple of float, optional
+            ``(row_mm, column_mm)``; None: the scale is searched (`search_scale`).
+
+        Returns
+        -------
+        list of DetectedObject
+            Keypoints in original pixels, best score first.
+        """
+        if spacing_mm is None:
+            return self.search_scale(image).detections
+        return self.detect(image, spacing_mm)
+
+    def detect(
+        self, image: npt.NDArray[np.uint8], spacing_mm: tuple[float, float]
+    ) -> list[DetectedObject]:
+        """Detect at a given (true or assumed) spacing.
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            ``uint8`` ``(rows, columns)`` display image.
+        spacing_mm : tuple of float
+            ``(row_mm, column_mm)``.
+
+        Returns
+        -------
+        list of DetectedObject
+            Keypoints in original pixels, best score first.
+        """
+        res = resample(image, spacing_mm, self.hyper.model_spacing_mm)
+        x = model_input(res.image, self.model.stride).to(self.device)
+        with torch.inference_mode():
+            out = self.model(x)[0]
+        raw = decode_output(
+            out,
+            self._shapes,
+            (res.image.shape[0], res.image.shape[1]),
+            score_threshold=self.hyper.score_threshold,
+            nms_iou=self.hyper.nms_iou,
+        )
+        keypoints = res.to_original(raw.keypoints.cpu().numpy())
+        return [
+            DetectedObject(
+                ObjectKind.SACRUM if float(p) > 0.5 else ObjectKind.VERTEBRA,
+                float(s),
+                keypoints[i],
+            )
+            for i, (s, p) in enumerate(zip(raw.scores.tolist(), raw.sacrum.tolist(), strict=True))
+        ]
+
+    def search_scale(
+        self, image: npt.NDArray[np.uint8], fields_mm: Sequence[float] = ASSUMED_FIELDS_MM
+    ) -> ScaleSearch:
+        """Detect at several assumed spacings and keep the best (module docstring).
+
+        Parameters
+        ----------
+        image : numpy.ndarray
+            ``uint8`` ``(rows, columns)`` display image.
+        fields_mm : sequence of float
+            Assumed fields of view over the image height, in mm.
+
+        Returns
+        -------
+        ScaleSearch
+            The spacing kept, its detections and every candidate's quality.
+        """
+        rows = np.asarray(image).shape[0]
+        if not fields_mm:
+            raise ValueError("no field of view to try")
+        best: tuple[float, tuple[float, float], list[DetectedObject]] | None = None
+        qualities: dict[float, float] = {}
+        for fov in sorted(fields_mm):
+            spacing = (fov / rows, fov / rows)
+            found = self.detect(image, spacing)
+            quality = float(sum(d.score for d in found))
+            qualities[float(fov)] = quality
+            if best is None or quality > best[0]:
+                best = (quality, spacing, found)
+        assert best is not None
+        return ScaleSearch(best[1], best[2], qualities)
+
+
+def save_checkpoint(
+    path: Path, model: PisovNet, hyper: PisovHyper, training: Mapping[str, Any]
+) -> Path:
+    """Write a checkpoint that `PisovDetector.from_checkpoint` loads (atomically).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Destination ``.pt`` file.
+    model : PisovNet
+        The network (its weights are saved on the CPU).
+    hyper : PisovHyper
+        Its hyperparameters.
+    training : mapping
+        Plain-typed metadata (seed, iterations, data digest, timings...).
+
+    Returns
+    -------
+    pathlib.Path
+        `path`.
+    """
+    obj = {
+        "arch": ARCH,
+        "version": CHECKPOINT_VERSION,
+        "hyper": hyper.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "training": dict(training),
+    }
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
+    return path
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Read and check a Pisov checkpoint (``weights_only=True``).
+
+    Parameters
+    ----------
+    path : pathlib.Path or str
+        The ``.pt`` file.
+
+    Returns
+    -------
+    dict
+        Its contents.
+
+    Raises
+    ------
+    ValueError
+        When it is not a Pisov checkpoint of a known version.
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("arch") != ARCH:
+        raise ValueError(f"{path} is not a Pisov keypoint detector checkpoint")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint version {ckpt.get('version')!r}, expected {CHECKPOINT_VERSION}"
+        )
+    return ckpt
