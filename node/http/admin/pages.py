@@ -401,7 +401,7 @@ def make_pages_router() -> APIRouter:
                 "header": header,
                 "images": list(latest.values()),
                 "findings": findings,
-                "vertebrae": vertebrae.current_vertebrae(ctx.sessions, data["current_job_id"]),
+                "vertebrae": vertebrae.study_vertebrae(ctx.sessions, data),
             },
             session=session,
         )

@@ -4,24 +4,33 @@
 or number, heights, Genant index, grade, deformity, score), the worst grade and the count
 per grade, the view decision, the spacing and the level rule in words, and the geometry of
 an SVG overlay in original image pixels (``viewBox`` = columns × rows): the three height
-lines and six keypoints of each vertebra in its grade's colour, and its label.
-`current_vertebrae` reads the current job's stored result and returns the view of each
-image. Only UIDs and measurements: nothing that identifies the patient.
+lines and six keypoints of each vertebra in its grade's colour, and its label, with the
+colours, text and place of the GSPS's (`spinexr.node.outputs.vertebrae_gsps`).
+
+The preview PNG is rendered from the image's GSPS when the node built one, and that GSPS
+already draws the height lines and labels: the page then offers the overlay switched off
+(`ImageVertebrae.in_preview`); without a GSPS (a site profile without them) the overlay is
+the only drawing of the keypoints and starts switched on. `study_vertebrae` reads the
+current job's stored result and returns the view of each image. Only UIDs and
+measurements: nothing that identifies the patient.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from spinexr.node.db.models import Result
-from spinexr.pipeline.results import ImageResult, StudyResult
+from spinexr.node.db.states import OutputKind
+from spinexr.node.outputs.vertebrae_gsps import GRADE_COLOURS as GSPS_GRADE_COLOURS
+from spinexr.node.outputs.vertebrae_gsps import label_box, vertebra_label
+from spinexr.pipeline.results import StudyResult
 from spinexr.pipeline.spacing import SpacingBasis
 from spinexr.pipeline.vertebrae.findings import (
     LevelRule,
@@ -34,19 +43,17 @@ from spinexr.pipeline.vertebrae.genant import GenantGrade
 logger = logging.getLogger(__name__)
 
 GRADE_COLOURS: Final[dict[GenantGrade, str]] = {
-    GenantGrade.NORMAL: "#00e600",
-    GenantGrade.MILD: "#ffd700",
-    GenantGrade.MODERATE: "#ff8c00",
-    GenantGrade.SEVERE: "#ff2828",
+    grade: "#{:02x}{:02x}{:02x}".format(*rgb) for grade, rgb in GSPS_GRADE_COLOURS.items()
 }
-"""Overlay colour of each grade (green, yellow, orange, red)."""
+"""Overlay colour of each grade: the GSPS layer's colour (green, yellow, orange, red)."""
 
 NO_VALUE: Final = "—"
 """Shown for a value that does not exist (a height in mm without a spacing)."""
 
 _POINT_RADIUS: Final = 0.004
-_FONT_SIZE: Final = 0.022
-"""Keypoint radius and label size relative to the image's longest side."""
+"""Keypoint radius relative to the image's longest side."""
+_TEXT_FILL: Final = 0.8
+"""Font size relative to the height of the label's box (as the preview renders GSPS text)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,16 @@ class Line:
 
 
 @dataclass(frozen=True)
+class Label:
+    """Where an overlay label goes: the GSPS's label box, in original pixels."""
+
+    x: float
+    y: float
+    width: float
+    font_size: float
+
+
+@dataclass(frozen=True)
 class VertebraRow:
     """One vertebra: a table row and its overlay.
 
@@ -68,8 +85,7 @@ class VertebraRow:
     label : str
         The level (``"L1"``), or ``"#n (level not established)"``.
     overlay_text : str
-        The overlay label: ``"L1 G 0.92"``, with grade and deformity when fractured
-        (``"#2 G 0.68 moderate wedge"``).
+        The label drawn beside the body, the GSPS's (``"L1 G 0.68 moderate wedge"``).
     heights_mm : tuple of str
         Anterior, middle and posterior heights in mm with one decimal, or `NO_VALUE`.
     genant : str
@@ -86,10 +102,9 @@ class VertebraRow:
         Anterior, middle and posterior height lines.
     points : tuple of (float, float)
         The six keypoints.
-    label_x, label_y : float
-        Where the overlay label is anchored.
-    label_anchor : str
-        SVG ``text-anchor``: ``end`` (label left of the body) or ``start`` (right of it).
+    place : Label or None
+        Left end, vertical centre, width and font size of the overlay label (None without
+        the image size).
     """
 
     label: str
@@ -102,9 +117,7 @@ class VertebraRow:
     colour: str
     lines: tuple[Line, Line, Line]
     points: tuple[tuple[float, float], ...]
-    label_x: float
-    label_y: float
-    label_anchor: str
+    place: Label | None
 
 
 @dataclass(frozen=True)
@@ -120,7 +133,7 @@ class ImageVertebrae:
     view : str
         The view decision and where it came from, e.g. ``"lateral (ViewPosition)"``.
     spacing : str
-        The spacing used, e.g. ``"PixelSpacing"``.
+        The spacing used, e.g. ``"PixelSpacing (0.150 × 0.150 mm)"``.
     levels : str
         The level rule in words.
     worst : str
@@ -131,10 +144,13 @@ class ImageVertebrae:
         Top to bottom.
     width, height : int or None
         Image columns and rows (the overlay's ``viewBox``); None without them (no overlay).
-    point_radius, font_size : float
-        Overlay keypoint radius and label size in image pixels.
+    point_radius : float
+        Overlay keypoint radius in image pixels.
     model : str
         The keypoint model.
+    in_preview : bool
+        The preview is rendered from a GSPS of the image, which draws the same lines and
+        labels: the overlay starts switched off.
     """
 
     analysed: bool
@@ -148,8 +164,8 @@ class ImageVertebrae:
     width: int | None
     height: int | None
     point_radius: float
-    font_size: float
     model: str
+    in_preview: bool = False
 
     @property
     def overlay(self) -> bool:
@@ -226,35 +242,25 @@ def level_rule_text(analysis: VertebralAnalysis) -> str:
     return "numbered from the top: level not established"
 
 
-def _label_position(
-    points: Sequence[tuple[float, float]], width: int | None, font: float
-) -> tuple[float, float, str]:
-    """Left of the body (anterior on a left-facing view) unless that leaves the image."""
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points]
-    y = (min(ys) + max(ys)) / 2 + font / 3  # baseline: visually centred
-    left = min(xs) - font / 2
-    if width is None or left >= 3 * font:
-        return left, y, "end"
-    return max(xs) + font / 2, y, "start"
-
-
-def _row(v: VertebraFinding, width: int | None, font: float) -> VertebraRow:
-    kp = [(round(float(x), 2), round(float(y), 2)) for x, y in v.keypoints]
-    lines = tuple(Line(*kp[2 * i], *kp[2 * i + 1]) for i in range(3))
-    heights = (
-        (NO_VALUE, NO_VALUE, NO_VALUE)
-        if v.heights_mm is None
-        else tuple(f"{h:.1f}" for h in v.heights_mm)
+def _place(v: VertebraFinding, rows: int, columns: int) -> Label:
+    left, top, right, bottom = label_box(v, rows, columns)
+    return Label(
+        x=round(left, 1),
+        y=round((top + bottom) / 2, 1),
+        width=round(right - left, 1),
+        font_size=round(_TEXT_FILL * (bottom - top), 1),
     )
-    x, y, anchor = _label_position(kp, width, font)
-    text = f"{v.label} G {v.genant_index:.2f}"
-    if v.fractured:
-        text += f" {v.grade.value} {v.deformity.value}"
+
+
+def _row(v: VertebraFinding, rows: int | None, columns: int | None) -> VertebraRow:
+    kp = [(round(float(x), 2), round(float(y), 2)) for x, y in v.keypoints]
+    lines = [Line(*kp[2 * i], *kp[2 * i + 1]) for i in range(3)]
+    mm = v.heights_mm
+    heights = (NO_VALUE,) * 3 if mm is None else (f"{mm[0]:.1f}", f"{mm[1]:.1f}", f"{mm[2]:.1f}")
     return VertebraRow(
         label=v.level if v.level is not None else f"#{v.number} (level not established)",
-        overlay_text=text,
-        heights_mm=(heights[0], heights[1], heights[2]),
+        overlay_text=vertebra_label(v),
+        heights_mm=heights,
         genant=f"{v.genant_index:.2f}",
         grade=v.grade.value,
         deformity=v.deformity.value,
@@ -262,14 +268,16 @@ def _row(v: VertebraFinding, width: int | None, font: float) -> VertebraRow:
         colour=GRADE_COLOURS[v.grade],
         lines=(lines[0], lines[1], lines[2]),
         points=tuple(kp),
-        label_x=round(x, 1),
-        label_y=round(y, 1),
-        label_anchor=anchor,
+        place=None if rows is None or columns is None else _place(v, rows, columns),
     )
 
 
 def image_vertebrae(
-    analysis: VertebralAnalysis, rows: int | None = None, columns: int | None = None
+    analysis: VertebralAnalysis,
+    rows: int | None = None,
+    columns: int | None = None,
+    *,
+    in_preview: bool = False,
 ) -> ImageVertebrae:
     """Return the study page's view of an image's vertebral fracture analysis.
 
@@ -279,6 +287,8 @@ def image_vertebrae(
         The analysis (analysed or not, with its reason).
     rows, columns : int, optional
         The image size (the overlay's ``viewBox``); without it, no overlay.
+    in_preview : bool
+        The preview is rendered from a GSPS of the image (the overlay starts switched off).
 
     Returns
     -------
@@ -286,8 +296,6 @@ def image_vertebrae(
         Rows per vertebra, colours per grade, summary and overlay geometry.
     """
     sized = rows is not None and columns is not None
-    longest = max(rows or 0, columns or 0)
-    font = round(max(8.0, _FONT_SIZE * longest), 1)
     counts = analysis.grade_counts()
     return ImageVertebrae(
         analysed=analysis.analysed,
@@ -297,22 +305,26 @@ def image_vertebrae(
         levels=level_rule_text(analysis),
         worst=analysis.worst_grade.value,
         counts=[(g.value, counts[g]) for g in GenantGrade],
-        rows=[_row(v, columns if sized else None, font) for v in analysis.vertebrae],
+        rows=[_row(v, rows, columns) for v in analysis.vertebrae],
         width=columns if sized else None,
         height=rows if sized else None,
-        point_radius=round(max(1.5, _POINT_RADIUS * longest), 1),
-        font_size=font,
+        point_radius=round(max(1.5, _POINT_RADIUS * max(rows or 0, columns or 0)), 1),
         model=analysis.model,
+        in_preview=in_preview,
     )
 
 
-def result_vertebrae(result: StudyResult) -> dict[str, ImageVertebrae]:
+def result_vertebrae(
+    result: StudyResult, in_preview: Collection[str] = ()
+) -> dict[str, ImageVertebrae]:
     """Return the view of every image of a result that has a vertebral analysis.
 
     Parameters
     ----------
     result : StudyResult
         The study's result.
+    in_preview : collection of str
+        SOP Instance UIDs whose preview is rendered from a GSPS.
 
     Returns
     -------
@@ -321,28 +333,51 @@ def result_vertebrae(result: StudyResult) -> dict[str, ImageVertebrae]:
         model) are absent.
     """
     return {
-        image.sop_instance_uid: _image_view(image)
+        image.sop_instance_uid: image_vertebrae(
+            image.vertebrae,
+            image.rows,
+            image.columns,
+            in_preview=image.sop_instance_uid in in_preview,
+        )
         for image in result.images
         if image.vertebrae is not None
     }
 
 
-def _image_view(image: ImageResult) -> ImageVertebrae:
-    assert image.vertebrae is not None
-    return image_vertebrae(image.vertebrae, image.rows, image.columns)
+def gsps_sources(jobs: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Return the images that have a GSPS the node built (their preview is rendered from it).
+
+    Parameters
+    ----------
+    jobs : sequence of dict
+        The study's jobs as `spinexr.node.admin.studies.study_detail` lists them, each with
+        ``outputs`` (``kind``, ``source_sop_instance_uid``).
+
+    Returns
+    -------
+    set of str
+        SOP Instance UIDs of the source images.
+    """
+    return {
+        str(o["source_sop_instance_uid"])
+        for job in jobs
+        for o in job.get("outputs", ())
+        if o.get("kind") == OutputKind.GSPS.value and o.get("source_sop_instance_uid")
+    }
 
 
-def current_vertebrae(
-    sessions: sessionmaker[Session], job_id: int | None
+def study_vertebrae(
+    sessions: sessionmaker[Session], detail: Mapping[str, Any]
 ) -> dict[str, ImageVertebrae]:
-    """Return the vertebral view of each image in a job's stored result.
+    """Return the vertebral view of each image in the study's current result.
 
     Parameters
     ----------
     sessions : sessionmaker
         Database sessions.
-    job_id : int or None
-        The study's current job (None: no job yet).
+    detail : dict
+        The study as `spinexr.node.admin.studies.study_detail` returns it
+        (``current_job_id``, ``jobs``).
 
     Returns
     -------
@@ -350,6 +385,7 @@ def current_vertebrae(
         SOP Instance UID → view; empty without a result or when the stored payload does
         not match the result schema (logged).
     """
+    job_id = detail.get("current_job_id")
     if job_id is None:
         return {}
     with sessions() as session:
@@ -361,4 +397,4 @@ def current_vertebrae(
     except ValidationError:
         logger.warning("job %s: result payload does not match the result schema", job_id)
         return {}
-    return result_vertebrae(result)
+    return result_vertebrae(result, gsps_sources(detail.get("jobs", ())))

@@ -29,6 +29,7 @@ from spinexr.node.http.admin.vertebrae import (
 )
 from spinexr.node.ingest.assembler import StudyAssembler, model_identity
 from spinexr.node.jobs.runner import JobRunner
+from spinexr.node.outputs.vertebrae_gsps import label_box, vertebra_label
 from spinexr.pipeline.results import StudyResult
 from spinexr.pipeline.spacing import SpacingBasis
 from spinexr.pipeline.vertebrae import genant
@@ -133,13 +134,15 @@ class Svg(HTMLParser):
         if tag == "svg" and "vx-overlay" in (a.get("class") or ""):
             self.viewboxes.append(str(a["viewbox"]))
         elif tag == "g" and "vx-vertebra" in (a.get("class") or ""):
-            self.groups.append({"attrs": a, "lines": [], "circles": [], "text": ""})
+            self.groups.append({"attrs": a, "lines": [], "circles": [], "text": "", "at": {}})
         elif tag == "line" and self.groups:
             self.groups[-1]["lines"].append(
                 tuple(float(a[k] or "nan") for k in ("x1", "y1", "x2", "y2"))
             )
         elif tag == "circle" and self.groups:
             self.groups[-1]["circles"].append((float(a["cx"] or "nan"), float(a["cy"] or "nan")))
+        if tag == "text" and self.groups:
+            self.groups[-1]["at"] = a
         self._text = tag == "text"
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -159,9 +162,8 @@ def overlay_of(page: str) -> Svg:
     return parser
 
 
-@pytest.fixture
-def vertebral_study(world) -> tuple[str, list[Dataset]]:
-    """A second study analysed by `WithVertebrae` through the real job runner."""
+def analyse_with_vertebrae(world) -> tuple[str, list[Dataset]]:
+    """Receive a second study and run its job with `WithVertebrae` (the real runner)."""
     sources = make_study(13, Variant())
     uid = world.ingest(sources)
     settings, sessions = world.stack.settings, world.stack.sessions
@@ -179,6 +181,12 @@ def vertebral_study(world) -> tuple[str, list[Dataset]]:
     assert runner.run(job_id).state is JobState.BUILT
     world.login()
     return uid, sorted(sources, key=lambda ds: str(ds.SOPInstanceUID))
+
+
+@pytest.fixture
+def vertebral_study(world) -> tuple[str, list[Dataset]]:
+    """The study of `analyse_with_vertebrae` in the default world (GSPS built)."""
+    return analyse_with_vertebrae(world)
 
 
 def test_study_page_lists_vertebrae_with_grades_and_the_reason_for_the_ap_view(
@@ -240,18 +248,38 @@ def test_overlay_draws_height_lines_and_keypoints_in_image_pixels(world, vertebr
         assert drawn.shape == (3, 4) and np.allclose(drawn, lines, atol=0.01)
         points = np.asarray(group["circles"])
         assert points.shape == (6, 2) and np.allclose(points, kp, atol=0.01)
+        # The label: the GSPS's text, in the GSPS's label box.
+        left, top, right, bottom = label_box(v, int(lateral.Rows), int(lateral.Columns))
+        at = group["at"]
+        assert group["text"] == vertebra_label(v)
+        assert float(at["x"]) == pytest.approx(left, abs=0.06)
+        assert float(at["y"]) == pytest.approx((top + bottom) / 2, abs=0.06)
+        assert float(at["textlength"]) == pytest.approx(right - left, abs=0.06)
+        assert 0 <= left < right <= int(lateral.Columns)
     assert [g["text"] for g in svg.groups] == [
-        "L3 G 0.94",
+        "L3 G 0.94 normal",
         "L4 G 0.78 mild crush",
         "L5 G 0.50 severe wedge",
     ]
-    # The overlay sits inside the preview's frame, after its checkbox toggle.
-    frame = page.split('class="vx-toggle"')[1]
+    # The overlay sits inside the preview's frame, after its switch, which is off: the
+    # preview is rendered from the GSPS, which draws the same lines.
+    toggle, frame = page.split('class="vx-toggle"')[1].split(">", 1)
+    assert "checked" not in toggle
+    assert "the preview already shows the GSPS height lines" in frame
     assert (
         frame.index('<div class="frame">')
         < frame.index(f"instances/{lateral.SOPInstanceUID}/preview.png")
         < frame.index('<svg class="vx-overlay"')
     )
+
+
+def test_overlay_is_switched_on_when_the_preview_has_no_gsps(make_world) -> None:
+    world = make_world(output={"sr": True, "gsps": False})
+    uid, _sources = analyse_with_vertebrae(world)
+    page = world.client.get(f"/admin/studies/{uid}").text
+    toggle, frame = page.split('class="vx-toggle"')[1].split(">", 1)
+    assert "checked" in toggle and "GSPS" not in frame.split("</label>")[0]
+    assert len(overlay_of(page).groups) == 3
 
 
 def test_preview_png_still_serves_for_an_image_with_an_overlay(world, vertebral_study) -> None:
@@ -287,9 +315,10 @@ def test_unestablished_levels_without_spacing_show_numbers_and_no_mm() -> None:
     assert view.counts == [("normal", 1), ("mild", 0), ("moderate", 1), ("severe", 0)]
     assert view.rows[1].overlay_text == "#2 G 0.71 moderate biconcave"
     assert view.rows[1].colour == GRADE_COLOURS[GenantGrade.MODERATE]
-    # A body at the left edge is labelled on its right; others on their left.
-    assert view.rows[0].label_anchor == "start" and view.rows[0].label_x > 65
-    assert view.rows[1].label_anchor == "end" and view.rows[1].label_x < 300
+    # A body at the left edge is labelled on its right; others on their anterior (left).
+    first, second = (r.place for r in view.rows)
+    assert first is not None and first.x > 65
+    assert second is not None and second.x + second.width < 300
     assert view.overlay and view.width == 500 and view.height == 400
 
     section = make_templates().env.get_template("vertebrae.html").module.section  # type: ignore[attr-defined]
@@ -321,6 +350,7 @@ def test_spacing_and_view_wording() -> None:
     # Without the image size there is no overlay, the table stays.
     unsized: ImageVertebrae = image_vertebrae(base)
     assert not unsized.overlay and len(unsized.rows) == 3
+    assert all(r.place is None for r in unsized.rows)
     failed = image_vertebrae(
         VertebralAnalysis(status=VertebralStatus.NO_VERTEBRAE, reason="no vertebra found")
     )
