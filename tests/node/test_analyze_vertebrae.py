@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import pytest
+from click.testing import CliRunner
+
+from spinexr.node import analyze as analyze_module
+from spinexr.node.analyze import Skipped
 from spinexr.node.analyze_table import HEADER, image_table, vertebrae_table
+from spinexr.node.cli import cli
 from spinexr.pipeline.results import FusionMode, ImageResult, Outcome, Provenance, StudyResult
 from spinexr.pipeline.spacing import SpacingBasis
 from spinexr.pipeline.vertebrae import genant
@@ -166,3 +175,31 @@ def test_study_table_gives_reasons_and_skips_images_without_an_analysis() -> Non
     ]
     assert not any("1.2.3.3" in line for line in lines)
     assert vertebrae_table(study(image("1.2.3.3", None))) == []
+
+
+def test_analyze_prints_the_table_under_its_study_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command's output, with a stand-in for the models (the pipeline needs weights)."""
+    monkeypatch.chdir(tmp_path)
+    result = study(image("1.2.3.1", AP), image("1.2.3.2", WITH_SACRUM))
+
+    def hand_made(
+        paths: Sequence[Path], bundle_dir: Path, out_dir: Path, **kwargs: Any
+    ) -> tuple[list[StudyResult], list[Skipped]]:
+        kwargs["on_study"](result, len(result.images))
+        return [result], []
+
+    monkeypatch.setattr(analyze_module, "analyze_paths", hand_made)
+    args = ["analyze", str(tmp_path), "--bundle", str(tmp_path / "b"), "--out", str(tmp_path)]
+    shown = CliRunner().invoke(cli, args)
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    study_line = next(i for i, line in enumerate(lines) if line.startswith("1.2.3 "))
+    assert lines[study_line + 1 : study_line + 7] == vertebrae_table(result)
+    assert lines[-1].startswith("1 study written")
+
+    hidden = CliRunner().invoke(cli, [*args, "--no-vertebrae-table"])
+    assert hidden.exit_code == 0, hidden.output
+    assert "1.2.3 " in hidden.output and "h_a mm" not in hidden.output
+    assert "not analysed for vertebral fractures" not in hidden.output
