@@ -105,13 +105,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
-def test_forward_backward_six_keypoints_three_classes(backbone: str) -> None:
+@pytest.mark.parametrize(
+    ("backbone", "fpn"),
+    [("resnet18", 128), ("resnet50", 256)],  # the second is keypointrcnn_resnet50_fpn itself
+)
+def test_forward_backward_six_keypoints_three_classes(backbone: str, fpn: int) -> None:
     torch.manual_seed(0)
-    config = KRCNNConfig.cpu(**{**TINY.to_dict(), "backbone": backbone})
+    config = KRCNNConfig.cpu(**{**TINY.to_dict(), "backbone": backbone, "fpn_channels": fpn})
     model = build_keypointrcnn(config)
     assert model.roi_heads.keypoint_predictor.kps_score_lowres.out_channels == 6
     assert model.roi_heads.box_predictor.cls_score.out_features == 3
+    assert model.backbone.out_channels == fpn
     model.train()
     image, target = training_sample(synthetic_record(), config, np.random.default_rng(0))
     assert target["keypoints"].shape == (4, 6, 3)
