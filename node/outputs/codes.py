@@ -174,3 +174,152 @@ def coding_scheme_identification() -> list[CodingSchemeIdentificationItem]:
             responsible_organization=MANUFACTURER,
         )
     ]
+
+
+# ============================================================================= vertebrae
+# Vertebral fracture analysis (issue 16; encoding in `spinexr.node.outputs.vertebrae_sr`).
+# Standard codes below were each checked in pydicom's dictionary (`VERTEBRA_STANDARD_CODES`).
+
+VERTEBRA = Code("51282000", "SCT", "Vertebra")
+"""Finding type of the per-vertebra groups. SCT "Vertebral body" is not in pydicom's
+dictionary, so the vertebra itself is the finding (its body is what the outline bounds)."""
+
+VERTEBRA_LEVELS: MappingProxyType[str, Code] = MappingProxyType(
+    {
+        "T1": Code("64864005", "SCT", "T1 vertebra"),
+        "T2": Code("53733008", "SCT", "T2 vertebra"),
+        "T3": Code("1626008", "SCT", "T3 vertebra"),
+        "T4": Code("73071006", "SCT", "T4 vertebra"),
+        "T5": Code("56401006", "SCT", "T5 vertebra"),
+        "T6": Code("45296009", "SCT", "T6 vertebra"),
+        "T7": Code("62487009", "SCT", "T7 vertebra"),
+        "T8": Code("11068009", "SCT", "T8 vertebra"),
+        "T9": Code("82687006", "SCT", "T9 vertebra"),
+        "T10": Code("7610001", "SCT", "T10 vertebra"),
+        "T11": Code("12989004", "SCT", "T11 vertebra"),
+        "T12": Code("23215003", "SCT", "T12 vertebra"),
+        "L1": Code("66794005", "SCT", "L1 vertebra"),
+        "L2": Code("14293000", "SCT", "L2 vertebra"),
+        "L3": Code("36470004", "SCT", "L3 vertebra"),
+        "L4": Code("11994002", "SCT", "L4 vertebra"),
+        "L5": Code("49668003", "SCT", "L5 vertebra"),
+    }
+)
+"""CID 7603 "Vertebra" code of each thoracic and lumbar level (finding site), as pydicom's
+``codes.cid7603`` lists them."""
+
+HEIGHT = Code("121207", "DCM", "Height")
+"""Concept name of the anterior, middle and posterior heights."""
+
+HEIGHT_SITE_MODIFIERS: MappingProxyType[str, Code] = MappingProxyType(
+    {
+        "anterior": Code("255549009", "SCT", "Anterior"),
+        "middle": Code("C25569", "NCIt", "Middle"),
+        "posterior": Code("255551008", "SCT", "Posterior"),
+    }
+)
+"""Topographical modifier of a height's finding site (CID 212 Generic Anatomic Location
+Modifier), keyed by `spinexr.pipeline.vertebrae.genant.HEIGHT_NAMES`."""
+
+MILLIMETRE = Code("mm", "UCUM", "mm")
+RATIO_UNIT = Code("{ratio}", "UCUM", "ratio")
+MINIMUM = Code("255605001", "SCT", "Minimum")
+"""Derivation (CID 3488) of the lowest Genant index of an image."""
+
+GENANT_INDEX = _project("GENANT_INDEX", "Genant index")
+"""``min(h_a, h_m, h_p) / max(h_a, h_m, h_p)`` (UCUM ``{ratio}``)."""
+
+GENANT_GRADE = _project("GENANT_GRADE", "Genant grade")
+"""Qualitative evaluation of a vertebra, valued from `GRADE_CODES`."""
+
+WORST_GENANT_GRADE = _project("WORST_GENANT", "Worst Genant grade")
+"""Qualitative evaluation of an image's vertebral analysis, valued from `GRADE_CODES`."""
+
+GRADE_CODES: MappingProxyType[str, Code] = MappingProxyType(
+    {
+        "normal": Code("17621005", "SCT", "Normal"),
+        "mild": Code("255604002", "SCT", "Mild"),
+        "moderate": Code("6736007", "SCT", "Moderate"),
+        "severe": Code("24484000", "SCT", "Severe"),
+    }
+)
+"""Genant grade (`GenantGrade` value) → SCT normality/severity qualifier (CID 222, CID 3716)."""
+
+VERTEBRAE_AT_GRADE: MappingProxyType[str, Code] = MappingProxyType(
+    {
+        "normal": _project("N_VERT_NORMAL", "Number of vertebrae graded normal"),
+        "mild": _project("N_VERT_MILD", "Number of vertebrae graded mild"),
+        "moderate": _project("N_VERT_MODERATE", "Number of vertebrae graded moderate"),
+        "severe": _project("N_VERT_SEVERE", "Number of vertebrae graded severe"),
+    }
+)
+"""Counts in an image's vertebral summary (UCUM ``1``), keyed by `GenantGrade` value."""
+
+DEFORMITY = _project("VERT_DEFORMITY", "Vertebral deformity type")
+DEFORMITY_CODES: MappingProxyType[str, Code] = MappingProxyType(
+    {
+        "none": _project("DEFORM_NONE", "No vertebral deformity"),
+        "wedge": _project("DEFORM_WEDGE", "Wedge deformity"),
+        "biconcave": _project("DEFORM_BICONCAVE", "Biconcave deformity"),
+        "crush": _project("DEFORM_CRUSH", "Crush deformity"),
+    }
+)
+"""Deformity type (`Deformity` value) → code."""
+
+SPACING_BASIS = _project("SPACING_BASIS", "Pixel spacing used for heights")
+SPACING_CODES: MappingProxyType[str, Code] = MappingProxyType(
+    {
+        "PixelSpacing": _project("PIXEL_SPACING", "Pixel Spacing"),
+        "ImagerPixelSpacing/magnification": _project(
+            "IMAGER_SP_MAG", "Imager Pixel Spacing / magnification factor"
+        ),
+        "ImagerPixelSpacing": _project("IMAGER_SPACING", "Imager Pixel Spacing (detector)"),
+        "none": _project("NO_SPACING", "No pixel spacing: no heights in mm"),
+    }
+)
+"""Where the mm came from: `SpacingBasis` value, ``/magnification`` when
+EstimatedRadiographicMagnificationFactor divided Imager Pixel Spacing."""
+
+MAGNIFICATION_FACTOR = _project("MAGNIFICATION", "Estimated radiographic magnification")
+"""The EstimatedRadiographicMagnificationFactor that divided Imager Pixel Spacing."""
+
+VERTEBRAL_ANALYSIS = _project("VERT_FX_ANALYSIS", "Vertebral fracture analysis")
+"""Finding type of an image's vertebral summary group."""
+
+VERTEBRAL_STATUS = _project("VERT_FX_STATUS", "Vertebral fracture analysis status")
+STATUS_CODES: MappingProxyType[str, Code] = MappingProxyType(
+    {
+        "analysed": _project("VERT_ANALYSED", "Analysed for vertebral fractures"),
+        "not_lateral": _project("VERT_NOT_LATERAL", "Not analysed: not a lateral view"),
+        "no_vertebrae": _project("VERT_NONE_FOUND", "Not analysed: no vertebrae found"),
+        "too_small": _project("VERT_TOO_SMALL", "Not analysed: image too small"),
+        "no_model": _project("VERT_NO_MODEL", "Not analysed: no keypoint model"),
+        "failed": _project("VERT_FAILED", "Not analysed: vertebral analysis failed"),
+    }
+)
+"""`VertebralStatus` value → code."""
+
+LEVEL_RULE = _project("VERT_LEVEL_RULE", "Vertebral level rule")
+LEVEL_RULE_CODES: MappingProxyType[str, Code] = MappingProxyType(
+    {
+        "sacrum": _project("LEVELS_SACRUM", "Levels counted up from the sacrum"),
+        "from_top": _project("LEVELS_FROM_TOP", "Numbered from the top, level not established"),
+    }
+)
+"""`LevelRule` value → code."""
+
+VERTEBRAL_NOTE = _project("VERT_FX_NOTE", "Vertebral fracture analysis note")
+"""TEXT in ``Qualitative Evaluations``: per image, what the vertebral analysis concluded, why
+an image was not analysed for vertebral fractures, or that its spacing was absent."""
+
+VERTEBRA_STANDARD_CODES: tuple[Code, ...] = (
+    VERTEBRA,
+    *VERTEBRA_LEVELS.values(),
+    HEIGHT,
+    *HEIGHT_SITE_MODIFIERS.values(),
+    MILLIMETRE,
+    RATIO_UNIT,
+    MINIMUM,
+    *GRADE_CODES.values(),
+)
+"""The SCT/DCM/NCIt/UCUM codes of this section (each checked in pydicom's dictionary)."""

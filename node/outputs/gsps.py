@@ -11,6 +11,9 @@ planar ROI group for that box (Graphic Object / Text Object Sequence attributes,
 C.10.5), and both belong to one Graphic Group labelled with the same identifier, so a viewer
 can move them together and a reader can match GSPS and SR findings.
 
+Vertebral fractures: height lines and labels in one layer per Genant grade above these, or a
+"not analysed for vertebral fractures" line (`spinexr.node.outputs.vertebrae_gsps`).
+
 Display: the source's VOI is carried over in the order the models' display pipeline uses —
 the first item of its VOI LUT Sequence (descriptor, data and explanation unchanged, or the
 same table re-encoded where the source's encoding is not one PS3.3 allows), else its first
@@ -55,6 +58,7 @@ from spinexr.node.outputs.provenance import (
     series_description,
 )
 from spinexr.node.outputs.source import analysed_image, ascii_text, copy_body_part
+from spinexr.node.outputs.vertebrae_gsps import vertebral_annotations
 from spinexr.node.outputs.voilut import voi_lut_item
 from spinexr.node.settings import Settings
 from spinexr.pipeline.classes import LesionClass
@@ -209,6 +213,18 @@ def build_gsps(
             ],
         )
     )
+
+    vertebral = vertebral_annotations(
+        source,
+        image,
+        result,
+        settings.node.uid_root,
+        first_order=len(LesionClass) + 2,
+        first_group_id=1 + max((t.number for t in trackings), default=0),
+    )
+    layers += vertebral.layers
+    annotations += vertebral.annotations
+    groups += vertebral.groups
 
     mono1 = str(source.PhotometricInterpretation).upper() == "MONOCHROME1"
     gsps = GrayscaleSoftcopyPresentationState(

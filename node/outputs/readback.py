@@ -6,7 +6,9 @@ becomes a `Finding` (lesion class from its finding code, the bounds of its SCOOR
 the image it is drawn on, detection score, tracking identifier and UID); the TID 1501 groups
 give the study's and each image's probability, threshold and decision; the ``Qualitative
 Evaluations`` container gives the CID 6047 outcome, the summary text and the reasons images
-failed.
+failed. The vertebral fracture analysis (`spinexr.node.outputs.vertebrae_sr`) is read by
+`read_vertebrae` (each vertebra's planar ROI group joined with its heights group by Tracking
+UID) and `read_vertebral_analyses` (each image's summary group).
 
 highdicom parses the document (`highdicom.sr.ComprehensiveSR.from_dataset`,
 `highdicom.sr.MeasurementReport.from_sequence`) and finds the groups
@@ -17,6 +19,7 @@ private codes are matched by value and scheme (`spinexr.node.outputs.codes`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +35,11 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from spinexr.node.outputs import codes
+from spinexr.node.outputs.vertebrae_tracking import HEIGHT_PAIRS, OUTLINE_ORDER, identifier_number
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.results import Box, Outcome
+from spinexr.pipeline.vertebrae.findings import LevelRule, VertebralStatus
+from spinexr.pipeline.vertebrae.genant import HEIGHT_NAMES, Deformity, GenantGrade
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +263,191 @@ def read_report(sr: Dataset) -> ReportContents:
     )
 
 
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class ReportedVertebra:
+    """One vertebra an SR reports: its planar ROI group joined with its heights group.
+
+    Attributes
+    ----------
+    sop_instance_uid : str
+        The image its outline is drawn on.
+    tracking_id, tracking_uid : str
+        Tracking Identifier and UID (the GSPS lines of the vertebra carry the same).
+    number : int or None
+        Number from the top (from the tracking identifier).
+    level : str or None
+        ``"L1"`` etc. from the CID 7603 finding site; None when the level is not established.
+    genant_index : float
+        ``Genant index``.
+    grade : GenantGrade
+        ``Genant grade``.
+    deformity : Deformity
+        ``Vertebral deformity type``.
+    score : float or None
+        ``Detection confidence score``.
+    spacing : str
+        ``Pixel spacing used for heights`` (a `codes.SPACING_CODES` key).
+    heights_mm : tuple of float or None
+        ``(h_a, h_m, h_p)`` in mm; None when the SR has no heights (no pixel spacing).
+    height_lines : tuple
+        Three ``((x_top, y_top), (x_bottom, y_bottom))`` lines, anterior, middle, posterior:
+        the heights' own SCOORDs, or the outline's keypoints when there are no heights.
+    outline : tuple of (float, float)
+        The closed outline's seven points.
+    """
+
+    sop_instance_uid: str
+    tracking_id: str
+    tracking_uid: str
+    number: int | None
+    level: str | None
+    genant_index: float
+    grade: GenantGrade
+    deformity: Deformity
+    score: float | None
+    spacing: str
+    heights_mm: tuple[float, float, float] | None
+    height_lines: tuple[tuple[Point, Point], ...]
+    outline: tuple[Point, ...]
+
+
+@dataclass(frozen=True)
+class ReportedVertebralAnalysis:
+    """An image's vertebral summary group.
+
+    Attributes
+    ----------
+    sop_instance_uid : str
+        The image.
+    status : VertebralStatus
+        Analysed, or why not.
+    worst_grade : GenantGrade or None
+        None when the image was not analysed.
+    grade_counts : dict of GenantGrade to int
+        Vertebrae at each grade (empty when not analysed).
+    lowest_genant : float or None
+        The lowest Genant index.
+    level_rule : LevelRule or None
+        How vertebrae were named.
+    spacing : str or None
+        The spacing basis (a `codes.SPACING_CODES` key).
+    """
+
+    sop_instance_uid: str
+    status: VertebralStatus
+    worst_grade: GenantGrade | None
+    grade_counts: dict[GenantGrade, int]
+    lowest_genant: float | None
+    level_rule: LevelRule | None
+    spacing: str | None
+
+
+def read_vertebrae(sr: Dataset) -> list[ReportedVertebra]:
+    """Return the vertebrae an SR reports.
+
+    Parameters
+    ----------
+    sr : pydicom.dataset.Dataset
+        A Comprehensive SR written by `spinexr.node.outputs.sr.build_sr`.
+
+    Returns
+    -------
+    list of ReportedVertebra
+        One per vertebra planar ROI group, in document order (image order, top to bottom).
+
+    Raises
+    ------
+    ValueError
+        If the document is not a TID 1500 Measurement Report or a vertebra group lacks its
+        region, Genant index, grade or deformity, or has an unknown code.
+    """
+    report = _report(sr)
+    out: list[ReportedVertebra] = []
+    for group in report.get_planar_roi_measurement_groups(finding_type=codes.VERTEBRA):
+        uid = str(group.tracking_uid or "")
+        region = group.roi
+        genant = _measurement(group, codes.GENANT_INDEX)
+        if region is None or genant is None:
+            raise ValueError(f"vertebra group {uid} has no outline or no Genant index")
+        outline = np.asarray(region.value, dtype=np.float64).reshape(-1, 2)
+        heights = report.get_image_measurement_groups(tracking_uid=uid, finding_type=codes.VERTEBRA)
+        lengths, lines = _heights(heights[0]) if heights else (None, _outline_lines(outline))
+        identifier = str(group.tracking_identifier or "")
+        out.append(
+            ReportedVertebra(
+                sop_instance_uid=_region_image(region),
+                tracking_id=identifier,
+                tracking_uid=uid,
+                number=identifier_number(identifier),
+                level=_level(group.finding_sites),
+                genant_index=genant,
+                grade=GenantGrade(_evaluation(group, codes.GENANT_GRADE, codes.GRADE_CODES)),
+                deformity=Deformity(_evaluation(group, codes.DEFORMITY, codes.DEFORMITY_CODES)),
+                score=_measurement(group, codes.DETECTION_SCORE),
+                spacing=_evaluation(group, codes.SPACING_BASIS, codes.SPACING_CODES),
+                heights_mm=lengths,
+                height_lines=lines,
+                outline=tuple((float(x), float(y)) for x, y in outline),
+            )
+        )
+    return out
+
+
+def read_vertebral_analyses(sr: Dataset) -> list[ReportedVertebralAnalysis]:
+    """Return each image's vertebral summary group.
+
+    Parameters
+    ----------
+    sr : pydicom.dataset.Dataset
+        A Comprehensive SR written by `spinexr.node.outputs.sr.build_sr`.
+
+    Returns
+    -------
+    list of ReportedVertebralAnalysis
+        In document order (image order).
+
+    Raises
+    ------
+    ValueError
+        If a summary group references no image or has an unknown code.
+    """
+    out: list[ReportedVertebralAnalysis] = []
+    for group in _report(sr).get_image_measurement_groups(finding_type=codes.VERTEBRAL_ANALYSIS):
+        sources = group.source_images
+        if not sources:
+            raise ValueError(f"vertebral summary {group.tracking_identifier!r} has no image")
+        status = VertebralStatus(_evaluation(group, codes.VERTEBRAL_STATUS, codes.STATUS_CODES))
+        analysed = status is VertebralStatus.ANALYSED
+        out.append(
+            ReportedVertebralAnalysis(
+                sop_instance_uid=str(sources[0].referenced_sop_instance_uid),
+                status=status,
+                worst_grade=GenantGrade(
+                    _evaluation(group, codes.WORST_GENANT_GRADE, codes.GRADE_CODES)
+                )
+                if analysed
+                else None,
+                grade_counts={
+                    g: int(_measurement(group, codes.VERTEBRAE_AT_GRADE[g.value]) or 0)
+                    for g in GenantGrade
+                }
+                if analysed
+                else {},
+                lowest_genant=_measurement(group, codes.GENANT_INDEX),
+                level_rule=LevelRule(_evaluation(group, codes.LEVEL_RULE, codes.LEVEL_RULE_CODES))
+                if analysed
+                else None,
+                spacing=_evaluation(group, codes.SPACING_BASIS, codes.SPACING_CODES)
+                if analysed
+                else None,
+            )
+        )
+    return out
+
+
 def lesion_class(value: str, scheme: str) -> LesionClass:
     """Return the lesion class of a finding code.
 
@@ -296,6 +487,8 @@ def _findings(report: MeasurementReport) -> list[Finding]:
         finding = group.finding_type
         if finding is None:
             raise ValueError(f"ROI group {group.tracking_identifier!r} has no finding code")
+        if _is(finding, codes.VERTEBRA):
+            continue  # a vertebra of the fracture analysis (`read_vertebrae`)
         region = group.roi
         if region is None:
             raise ValueError(f"ROI group {group.tracking_identifier!r} has no image region")
@@ -344,3 +537,63 @@ def _decision(group: Any) -> bool | None:
 
 def _children(item: Dataset, name: Code, value_type: ValueTypeValues) -> list[Dataset]:
     return list(find_content_items(item, name=name, value_type=value_type))
+
+
+def _is(concept: Any, code: Code) -> bool:
+    """Whether a coded concept has a code's value and scheme."""
+    return (str(concept.value), str(concept.scheme_designator)) == (
+        code.value,
+        code.scheme_designator,
+    )
+
+
+def _key(concept: Any, table: Mapping[str, Code]) -> str:
+    """Return the key of ``table`` whose code is ``concept`` (value and scheme)."""
+    for key, code in table.items():
+        if _is(concept, code):
+            return key
+    raise ValueError(f"unknown code ({concept.value}, {concept.scheme_designator})")
+
+
+def _evaluation(group: Any, name: Code, table: Mapping[str, Code]) -> str:
+    found = group.get_qualitative_evaluations(name=name)
+    if not found:
+        raise ValueError(f"group {group.tracking_identifier!r} has no {name.meaning!r}")
+    return _key(found[0].value, table)
+
+
+def _level(sites: list[Any]) -> str | None:
+    for site in sites:
+        try:
+            return _key(site.value, codes.VERTEBRA_LEVELS)
+        except ValueError:
+            continue
+    return None
+
+
+def _heights(group: Any) -> tuple[tuple[float, float, float], tuple[tuple[Point, Point], ...]]:
+    """Return a heights group's ``(h_a, h_m, h_p)`` and their lines, by site modifier."""
+    found: dict[str, tuple[float, tuple[Point, Point]]] = {}
+    for measurement in group.get_measurements(name=codes.HEIGHT):
+        modifiers = [s.topographical_modifier for s in measurement.finding_sites]
+        name = _key(next(m for m in modifiers if m is not None), codes.HEIGHT_SITE_MODIFIERS)
+        (scoord,) = measurement.referenced_coordinates
+        (top, bottom) = np.asarray(scoord.value, dtype=np.float64).reshape(2, 2)
+        line = ((float(top[0]), float(top[1])), (float(bottom[0]), float(bottom[1])))
+        found[name] = (float(measurement.value), line)
+    if set(found) != set(HEIGHT_NAMES):
+        raise ValueError(f"heights group {group.tracking_uid} has heights {sorted(found)}")
+    a, m, p = (found[name] for name in HEIGHT_NAMES)
+    return (a[0], m[0], p[0]), (a[1], m[1], p[1])
+
+
+def _outline_lines(outline: np.ndarray) -> tuple[tuple[Point, Point], ...]:
+    """Return the height lines from a vertebra's outline (keypoint order restored)."""
+    keypoints = {index: outline[position] for position, index in enumerate(OUTLINE_ORDER)}
+    return tuple(
+        (
+            (float(keypoints[top][0]), float(keypoints[top][1])),
+            (float(keypoints[bottom][0]), float(keypoints[bottom][1])),
+        )
+        for top, bottom in HEIGHT_PAIRS
+    )

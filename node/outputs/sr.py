@@ -24,6 +24,9 @@ Content tree (root ``(126000, DCM, "Imaging Measurement Report")``):
   says it in words (``"No abnormal finding ..."``, ``"Analysis failed: <reason>"``), plus one
   ``Analysis failed`` text per image that could not be analysed.
 
+The vertebral fracture analysis adds its groups after the boxes and one note per image to
+``Qualitative Evaluations`` (`spinexr.node.outputs.vertebrae_sr`).
+
 Every measurement group carries TID 4019 Algorithm Identification (bundle name and version;
 fusion mode and thresholds as parameters). The private codes are declared in the Coding Scheme
 Identification Sequence. A superseded SR goes into the Predecessor Documents Sequence.
@@ -84,10 +87,12 @@ from spinexr.node.outputs.provenance import (
     series_description,
 )
 from spinexr.node.outputs.source import ascii_text
+from spinexr.node.outputs.vertebrae_sr import vertebral_groups, vertebral_notes
 from spinexr.node.settings import Settings
 from spinexr.node.sopclasses import COMPREHENSIVE_SR
 from spinexr.pipeline.errors import ImageRefusal
 from spinexr.pipeline.results import ImageResult, Outcome, StudyResult
+from spinexr.pipeline.vertebrae.genant import GenantCutoffs
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +124,7 @@ def build_sr(
     sop_uid: str,
     predecessor: SupersededReport | None = None,
     instance_number: int = 1,
+    genant_cutoffs: GenantCutoffs | None = None,
 ) -> ComprehensiveSR:
     """Build the Comprehensive SR (TID 1500) reporting a study's analysis.
 
@@ -138,6 +144,9 @@ def build_sr(
         The SR this one supersedes.
     instance_number : int
         Instance Number.
+    genant_cutoffs : GenantCutoffs, optional
+        The cut-offs the vertebral grades were given with (an algorithm parameter of the
+        vertebral groups; left out when not given).
 
     Returns
     -------
@@ -179,6 +188,7 @@ def build_sr(
         _box_group(tracking, by_uid[tracking.sop_instance_uid], algorithm)
         for tracking in box_trackings(result, root)
     )
+    groups.extend(vertebral_groups(result, by_uid, root, cutoffs=genant_cutoffs))
 
     observer = ObserverContext(
         observer_type=dcm_codes.DCM.Device,
@@ -438,6 +448,7 @@ def _qualitative_evaluations(result: StudyResult) -> ContainerContentItem:
                     relationship_type=RelationshipTypeValues.CONTAINS,
                 )
             )
+    items.extend(vertebral_notes(result))
     container.ContentSequence = items
     return container
 

@@ -1,0 +1,514 @@
+"""The vertebral fracture analysis in the study's TID 1500 SR (same document as the lesions).
+
+`vertebral_groups` returns the measurement groups `spinexr.node.outputs.sr.build_sr` adds
+after the lesion boxes, and `vertebral_notes` the TEXT items it adds to the ``Qualitative
+Evaluations`` container. Codes: `spinexr.node.outputs.codes` (section "vertebrae").
+
+Per image with a vertebral analysis (`ImageResult.vertebrae` not None), in image order:
+
+- one TID 1501 summary group (finding type ``Vertebral fracture analysis``, tracking
+  identifier ``"image N vertebral fracture analysis"``, referencing the image):
+  ``Vertebral fracture analysis status`` (analysed, or why not: not a lateral view, no
+  vertebrae found, image too small, no keypoint model, failed). Only an analysed image has
+  more: the lowest Genant index (derivation ``Minimum``), the number of vertebrae at each
+  grade, the worst grade, the level rule (counted up from the sacrum, or numbered from the
+  top with the level not established), the spacing basis and, when it divided Imager Pixel
+  Spacing, the estimated radiographic magnification factor. An image not analysed never
+  carries a grade.
+- per vertebra (top to bottom), a TID 1410 planar ROI group: tracking identifier and UID
+  (`spinexr.node.outputs.vertebrae_tracking`; the GSPS uses the same), Image Region = the
+  vertebral body's outline (closed SCOORD POLYLINE through the six keypoints), finding type
+  SCT ``Vertebra`` (SCT "Vertebral body" is not in pydicom's dictionary), finding site =
+  the CID 7603 level code when the level is established (T1-T12, L1-L5; no finding site
+  otherwise, or for a level outside that table), measurements ``Genant index`` (UCUM
+  ``{ratio}``) and ``Detection confidence score``, qualitative evaluations ``Genant grade``
+  (SCT Normal / Mild / Moderate / Severe), ``Vertebral deformity type`` (project codes
+  none / wedge / biconcave / crush) and ``Pixel spacing used for heights``.
+- per vertebra with heights in mm, a TID 1501 group with the same tracking identifier and
+  UID (PS3.16: groups of different templates about one object are correlated by a shared
+  Tracking UID, as in PS3.17 RRR.5): three ``Height`` (DCM 121207) measurements in ``mm``,
+  told apart by their finding site's topographical modifier (SCT Anterior, NCIt Middle,
+  SCT Posterior, CID 212) on the level code (SCT ``Vertebra`` when the level is not
+  established), each INFERRED FROM its own SCOORD POLYLINE of two points (top and bottom
+  keypoint) on the source image. TID 1410's measurements (TID 1419) have no SCOORD row,
+  hence this second group; highdicom refuses referenced coordinates in a planar ROI group.
+  Without a pixel spacing there are no heights in mm and no such group; the ROI group's
+  spacing evaluation is ``No pixel spacing`` and a note says so.
+
+Grades use SCT qualifiers rather than RadElement RDES150: their codes are in pydicom's
+dictionary and read as Genant's terms under the concept name ``Genant grade``.
+
+Every group carries TID 4019 Algorithm Identification of the keypoint model
+(`keypoint_algorithm`: name and version from `VertebralAnalysis.model`, the Genant cut-offs
+when given, the level rule, the spacing basis and the view decision as parameters).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CoordinatesForMeasurement,
+    FindingSite,
+    GraphicTypeValues,
+    ImageRegion,
+    Measurement,
+    MeasurementsAndQualitativeEvaluations,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
+    QualitativeEvaluation,
+    RelationshipTypeValues,
+    SourceImageForMeasurementGroup,
+    SourceImageForRegion,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from spinexr.node.outputs import codes
+from spinexr.node.outputs.provenance import OUTPUT_FORMAT_VERSION, output_uid
+from spinexr.node.outputs.source import ascii_text
+from spinexr.node.outputs.vertebrae_tracking import (
+    VertebraTracking,
+    height_lines,
+    outline,
+    vertebra_trackings,
+)
+from spinexr.pipeline.results import ImageResult, StudyResult
+from spinexr.pipeline.spacing import SpacingBasis
+from spinexr.pipeline.vertebrae.findings import LevelRule, VertebraFinding, VertebralAnalysis
+from spinexr.pipeline.vertebrae.genant import HEIGHT_NAMES, GenantCutoffs, GenantGrade
+
+logger = logging.getLogger(__name__)
+
+Group = MeasurementsAndQualitativeEvaluations | PlanarROIMeasurementsAndQualitativeEvaluations
+
+
+def vertebral_groups(
+    result: StudyResult,
+    sources: Mapping[str, Dataset],
+    root: str,
+    *,
+    cutoffs: GenantCutoffs | None = None,
+) -> list[Group]:
+    """Return the SR measurement groups of a study's vertebral fracture analysis.
+
+    Parameters
+    ----------
+    result : StudyResult
+        The analysis; images whose ``vertebrae`` is None add nothing.
+    sources : mapping of str to pydicom.dataset.Dataset
+        Source image headers by SOP Instance UID (every image of the result).
+    root : str
+        UID root (tracking UIDs).
+    cutoffs : GenantCutoffs, optional
+        The cut-offs the grades were given with, listed as algorithm parameters (left out
+        when not given).
+
+    Returns
+    -------
+    list of highdicom groups
+        Per image: the summary group, then per vertebra its planar ROI group and (with
+        heights in mm) its heights group.
+    """
+    trackings = vertebra_trackings(result, root)
+    groups: list[Group] = []
+    for number, image in enumerate(result.images, start=1):
+        analysis = image.vertebrae
+        if analysis is None:
+            continue
+        source = sources[image.sop_instance_uid]
+        algorithm = keypoint_algorithm(analysis, result, cutoffs)
+        groups.append(summary_group(image, number, source, result, root, algorithm))
+        for tracking in trackings:
+            if tracking.sop_instance_uid != image.sop_instance_uid:
+                continue
+            groups.append(vertebra_group(tracking, analysis, source, algorithm))
+            if tracking.vertebra.heights_mm is not None:
+                groups.append(heights_group(tracking, source, algorithm))
+    return groups
+
+
+def vertebral_notes(result: StudyResult) -> list[TextContentItem]:
+    """Return the ``Vertebral fracture analysis note`` TEXT items (one per image analysed or not).
+
+    Parameters
+    ----------
+    result : StudyResult
+        The analysis.
+
+    Returns
+    -------
+    list of highdicom.sr.TextContentItem
+        CONTAINS items for the ``Qualitative Evaluations`` container (ASCII).
+    """
+    return [
+        TextContentItem(
+            name=codes.VERTEBRAL_NOTE,
+            value=note_text(image, number),
+            relationship_type=RelationshipTypeValues.CONTAINS,
+        )
+        for number, image in enumerate(result.images, start=1)
+        if image.vertebrae is not None
+    ]
+
+
+def note_text(image: ImageResult, number: int) -> str:
+    """Return what an image's vertebral analysis concluded, in words.
+
+    Parameters
+    ----------
+    image : ImageResult
+        The image (``vertebrae`` set).
+    number : int
+        Its 1-based position in the result.
+
+    Returns
+    -------
+    str
+        E.g. ``"image 2 (<uid>): worst Genant grade moderate (L1 G 0.68); 1 of 5 vertebrae
+        mild or worse; levels counted up from the sacrum; heights in mm from PixelSpacing."``
+        or ``"image 1 (<uid>) not analysed for vertebral fractures: not_lateral: <reason>"``.
+    """
+    analysis = image.vertebrae
+    assert analysis is not None
+    head = f"image {number} ({image.sop_instance_uid})"
+    if not analysis.analysed:
+        return ascii_text(
+            f"{head} not analysed for vertebral fractures: "
+            f"{analysis.status.value}: {analysis.reason}"
+        )
+    worst = min(analysis.vertebrae, key=lambda v: v.genant_index)
+    fractured = sum(1 for v in analysis.vertebrae if v.fractured)
+    levels = (
+        "levels counted up from the sacrum"
+        if analysis.level_rule is LevelRule.SACRUM
+        else "levels not established (numbered from the top)"
+    )
+    if analysis.spacing_basis is SpacingBasis.NONE:
+        spacing = (
+            "pixel spacing absent: no heights in mm, Genant index and grades from pixel ratios"
+        )
+    else:
+        spacing = f"heights in mm from {codes.SPACING_CODES[spacing_key(analysis)].meaning}"
+    text = (
+        f"{head}: worst Genant grade {analysis.worst_grade.value} "
+        f"({worst.label} G {worst.genant_index:.2f}); {fractured} of "
+        f"{len(analysis.vertebrae)} vertebrae mild or worse; {levels}; {spacing}."
+    )
+    if analysis.reason:
+        text += f" {analysis.reason}"
+    return ascii_text(text)
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+def summary_group(
+    image: ImageResult,
+    number: int,
+    source: Dataset,
+    result: StudyResult,
+    root: str,
+    algorithm: AlgorithmIdentification | None,
+) -> MeasurementsAndQualitativeEvaluations:
+    """Return the TID 1501 group summarising one image's vertebral analysis.
+
+    Parameters
+    ----------
+    image : ImageResult
+        The image (``vertebrae`` set).
+    number : int
+        Its 1-based position in the result.
+    source : pydicom.dataset.Dataset
+        Its header.
+    result : StudyResult
+        The study (tracking UID).
+    root : str
+        UID root.
+    algorithm : highdicom.sr.AlgorithmIdentification or None
+        The keypoint model.
+
+    Returns
+    -------
+    highdicom.sr.MeasurementsAndQualitativeEvaluations
+        Status for every image; counts, lowest G, worst grade, level rule and spacing only
+        for an analysed one.
+    """
+    analysis = image.vertebrae
+    assert analysis is not None
+    prov = result.provenance
+    uid = output_uid(
+        root,
+        "tracking",
+        OUTPUT_FORMAT_VERSION,
+        result.study_instance_uid,
+        image.sop_instance_uid,
+        "vertebral-analysis",
+        prov.bundle_name,
+        prov.bundle_version,
+        prov.weights_digest,
+    )
+    evaluations = [
+        QualitativeEvaluation(
+            name=codes.VERTEBRAL_STATUS, value=codes.STATUS_CODES[analysis.status.value]
+        )
+    ]
+    measurements: list[Measurement] = []
+    if analysis.analysed:
+        measurements = _summary_measurements(analysis)
+        evaluations += [
+            QualitativeEvaluation(
+                name=codes.WORST_GENANT_GRADE, value=codes.GRADE_CODES[analysis.worst_grade.value]
+            ),
+            QualitativeEvaluation(
+                name=codes.LEVEL_RULE, value=codes.LEVEL_RULE_CODES[analysis.level_rule.value]
+            ),
+            _spacing_evaluation(analysis),
+        ]
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=uid, identifier=f"image {number} vertebral fracture analysis"
+        ),
+        finding_type=codes.VERTEBRAL_ANALYSIS,
+        algorithm_id=algorithm,
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations,
+        source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
+    )
+
+
+def vertebra_group(
+    tracking: VertebraTracking,
+    analysis: VertebralAnalysis,
+    source: Dataset,
+    algorithm: AlgorithmIdentification | None,
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """Return the TID 1410 group of one vertebra: outline, G, score, grade, deformity.
+
+    Parameters
+    ----------
+    tracking : VertebraTracking
+        The vertebra and its tracking identifier and UID.
+    analysis : VertebralAnalysis
+        Its image's analysis (spacing basis).
+    source : pydicom.dataset.Dataset
+        The source image's header.
+    algorithm : highdicom.sr.AlgorithmIdentification or None
+        The keypoint model.
+
+    Returns
+    -------
+    highdicom.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        The group.
+    """
+    vertebra = tracking.vertebra
+    region = ImageRegion(
+        graphic_type=GraphicTypeValues.POLYLINE,
+        graphic_data=outline(vertebra, int(source.Rows), int(source.Columns)),
+        source_image=SourceImageForRegion.from_source_image(source),
+    )
+    site = level_code(vertebra.level)
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=tracking.uid, identifier=tracking.identifier),
+        referenced_region=region,
+        finding_type=codes.VERTEBRA,
+        finding_sites=None if site is None else [FindingSite(anatomic_location=site)],
+        algorithm_id=algorithm,
+        measurements=[
+            Measurement(
+                name=codes.GENANT_INDEX, value=vertebra.genant_index, unit=codes.RATIO_UNIT
+            ),
+            Measurement(name=codes.DETECTION_SCORE, value=vertebra.score, unit=codes.NO_UNITS),
+        ],
+        qualitative_evaluations=[
+            QualitativeEvaluation(
+                name=codes.GENANT_GRADE, value=codes.GRADE_CODES[vertebra.grade.value]
+            ),
+            QualitativeEvaluation(
+                name=codes.DEFORMITY, value=codes.DEFORMITY_CODES[vertebra.deformity.value]
+            ),
+            _spacing_evaluation(analysis),
+        ],
+    )
+
+
+def heights_group(
+    tracking: VertebraTracking,
+    source: Dataset,
+    algorithm: AlgorithmIdentification | None,
+) -> MeasurementsAndQualitativeEvaluations:
+    """Return the TID 1501 group of one vertebra's three heights, each with its line.
+
+    Parameters
+    ----------
+    tracking : VertebraTracking
+        The vertebra (``heights_mm`` set) and its tracking identifier and UID.
+    source : pydicom.dataset.Dataset
+        The source image's header.
+    algorithm : highdicom.sr.AlgorithmIdentification or None
+        The keypoint model.
+
+    Returns
+    -------
+    highdicom.sr.MeasurementsAndQualitativeEvaluations
+        Same tracking identifier and UID as the vertebra's planar ROI group.
+    """
+    vertebra = tracking.vertebra
+    assert vertebra.heights_mm is not None
+    site = level_code(vertebra.level)
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=tracking.uid, identifier=tracking.identifier),
+        finding_type=codes.VERTEBRA,
+        finding_sites=None if site is None else [FindingSite(anatomic_location=site)],
+        algorithm_id=algorithm,
+        measurements=_height_measurements(vertebra, source, site or codes.VERTEBRA),
+        source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
+    )
+
+
+# ----------------------------------------------------------------------------- items
+
+
+def keypoint_algorithm(
+    analysis: VertebralAnalysis, result: StudyResult, cutoffs: GenantCutoffs | None
+) -> AlgorithmIdentification | None:
+    """Return the TID 4019 identification of the keypoint model (None without a model).
+
+    Parameters
+    ----------
+    analysis : VertebralAnalysis
+        The image's analysis; ``model`` is ``"<name> <version>"`` (a name without a space
+        is given the bundle's version).
+    result : StudyResult
+        The study (bundle version).
+    cutoffs : GenantCutoffs, optional
+        Listed as a parameter when given.
+
+    Returns
+    -------
+    highdicom.sr.AlgorithmIdentification or None
+        Name, version, parameters (cut-offs, level rule, spacing basis, view decision).
+    """
+    model = analysis.model.strip()
+    if not model:
+        return None
+    name, _, version = model.rpartition(" ")
+    if not name:
+        name, version = model, result.provenance.bundle_version
+    parameters = [
+        f"level_rule={analysis.level_rule.value}",
+        f"spacing={spacing_key(analysis)}",
+        f"view={analysis.view} ({analysis.view_source.value})",
+    ]
+    if cutoffs is not None:
+        parameters.insert(
+            0,
+            f"genant_cutoffs=mild<={cutoffs.mild:g},moderate<={cutoffs.moderate:g},"
+            f"severe<={cutoffs.severe:g}",
+        )
+    return AlgorithmIdentification(name=name[:64], version=version[:64], parameters=parameters)
+
+
+def level_code(level: str | None) -> Code | None:
+    """Return the CID 7603 code of a level name (None when not established or unknown).
+
+    Parameters
+    ----------
+    level : str or None
+        ``"T1"`` … ``"T12"``, ``"L1"`` … ``"L5"``.
+
+    Returns
+    -------
+    pydicom.sr.coding.Code or None
+        The SCT code; None for None or a level outside `codes.VERTEBRA_LEVELS` (logged).
+    """
+    if level is None:
+        return None
+    code = codes.VERTEBRA_LEVELS.get(level)
+    if code is None:
+        logger.warning("no CID 7603 code for level %r: the SR gives it no finding site", level)
+    return code
+
+
+def spacing_key(analysis: VertebralAnalysis) -> str:
+    """Return the `codes.SPACING_CODES` key of an analysis's spacing basis.
+
+    Parameters
+    ----------
+    analysis : VertebralAnalysis
+        The analysis.
+
+    Returns
+    -------
+    str
+        ``"PixelSpacing"``, ``"ImagerPixelSpacing/magnification"`` (divided by
+        EstimatedRadiographicMagnificationFactor), ``"ImagerPixelSpacing"`` or ``"none"``.
+    """
+    basis = analysis.spacing_basis
+    if basis is SpacingBasis.IMAGER_PIXEL_SPACING and analysis.magnification_factor is not None:
+        return "ImagerPixelSpacing/magnification"
+    return basis.value
+
+
+def _spacing_evaluation(analysis: VertebralAnalysis) -> QualitativeEvaluation:
+    return QualitativeEvaluation(
+        name=codes.SPACING_BASIS, value=codes.SPACING_CODES[spacing_key(analysis)]
+    )
+
+
+def _summary_measurements(analysis: VertebralAnalysis) -> list[Measurement]:
+    lowest = analysis.lowest_genant
+    assert lowest is not None
+    out = [
+        Measurement(
+            name=codes.GENANT_INDEX, value=lowest, unit=codes.RATIO_UNIT, derivation=codes.MINIMUM
+        )
+    ]
+    counts = analysis.grade_counts()
+    out += [
+        Measurement(
+            name=codes.VERTEBRAE_AT_GRADE[grade.value], value=counts[grade], unit=codes.NO_UNITS
+        )
+        for grade in GenantGrade
+    ]
+    if spacing_key(analysis) == "ImagerPixelSpacing/magnification":
+        assert analysis.magnification_factor is not None
+        out.append(
+            Measurement(
+                name=codes.MAGNIFICATION_FACTOR,
+                value=analysis.magnification_factor,
+                unit=codes.NO_UNITS,
+            )
+        )
+    return out
+
+
+def _height_measurements(
+    vertebra: VertebraFinding, source: Dataset, site: Code
+) -> list[Measurement]:
+    assert vertebra.heights_mm is not None
+    lines = height_lines(vertebra, int(source.Rows), int(source.Columns))
+    return [
+        Measurement(
+            name=codes.HEIGHT,
+            value=value,
+            unit=codes.MILLIMETRE,
+            finding_sites=[
+                FindingSite(
+                    anatomic_location=site,
+                    topographical_modifier=codes.HEIGHT_SITE_MODIFIERS[name],
+                )
+            ],
+            referenced_coordinates=[
+                CoordinatesForMeasurement(
+                    graphic_type=GraphicTypeValues.POLYLINE,
+                    graphic_data=line,
+                    source_image=SourceImageForRegion.from_source_image(source),
+                )
+            ],
+        )
+        for name, value, line in zip(HEIGHT_NAMES, vertebra.heights_mm, lines, strict=True)
+    ]
