@@ -71,6 +71,7 @@ class LazyGroup(click.Group):
         "train": ("spinexr.training.cli", "train"),
         "evaluate": ("spinexr.training.cli", "evaluate"),
         "bundle": ("spinexr.training.cli", "bundle"),
+        "vertebrae": ("spinexr.training.vertebrae.cli", "vertebrae"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -47,6 +47,11 @@ def test_demo_bundle_is_a_labelled_verified_bundle(demo_dir: Path) -> None:
     assert report["pycocotools_check"]["agrees_1e-6"]
     for name in ("roc.png", "pr_detector.png", "pr_fusion.png", "predictions.csv"):
         assert (work / "evaluation" / name).stat().st_size > 0
+    # Step 6: the vertebra keypoint model, evaluated on held-out keypoint phantoms.
+    assert bundle.vertebrae is not None and bundle.vertebrae.model == "pisov"
+    held_out = bundle.vertebrae.metrics["test_phantoms"]
+    assert held_out["images"] == QUICK_RECIPE.keypoint_test_images
+    assert (work / "vertebrae-evaluation" / "keypoints-report.json").is_file()
 
 
 def test_cached_demo_is_reused(demo_dir: Path) -> None:

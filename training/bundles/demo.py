@@ -4,7 +4,9 @@ Nothing can be downloaded, so the demo trains from scratch: it generates a phant
 (VinDr-SpineXR layout), trains one DenseNet-121 at 224 and a light RetinaNet at the phantoms'
 native scale, fits c* on the validation split, evaluates on the held-out phantom test split,
 trains the image check (`spinexr.training.anatomy`: spine AP / spine lateral / other, on
-spine, chest and extremity phantoms) and writes a bundle named and flagged as a
+spine, chest and extremity phantoms), trains Pisov et al.'s vertebra keypoint detector on
+lateral keypoint phantoms with fractures of known Genant index and evaluates it on held-out
+ones (`spinexr.training.vertebrae`), and writes a bundle named and flagged as a
 synthetic-phantom demo (its SR, GSPS and admin pages say "not for clinical use").
 
 The result is cached: the bundle folder's name carries a digest of the recipe, and a folder
@@ -75,6 +77,12 @@ class DemoRecipe:
         Image check: training and held-out phantoms per class, epochs.
     anatomy_other_threshold : float
         Image check: ``other`` probability at or above which an image is not analysed.
+    keypoint_images, keypoint_test_images : int
+        Lateral keypoint phantoms for training and for the held-out evaluation.
+    keypoint_iterations, keypoint_batch : int
+        Pisov detector training length (the CPU demo recipe otherwise).
+    keypoint_lr : float
+        Its initial learning rate (Adam).
     """
 
     studies: int = 400
@@ -99,6 +107,11 @@ class DemoRecipe:
     anatomy_val_per_class: int = 50
     anatomy_epochs: int = 8
     anatomy_other_threshold: float = 0.5
+    keypoint_images: int = 300
+    keypoint_test_images: int = 80
+    keypoint_iterations: int = 600
+    keypoint_batch: int = 8
+    keypoint_lr: float = 2e-3
 
     def digest(self) -> str:
         """Short digest of the recipe (the cache key)."""
@@ -121,6 +134,10 @@ QUICK_RECIPE = DemoRecipe(
     anatomy_per_class=8,
     anatomy_val_per_class=4,
     anatomy_epochs=1,
+    keypoint_images=6,
+    keypoint_test_images=3,
+    keypoint_iterations=2,
+    keypoint_batch=2,
 )
 """A recipe that runs in about a minute, for tests (the bundle works; its figures are poor)."""
 
@@ -134,7 +151,7 @@ def default_demo_dir(recipe: DemoRecipe = DEMO_RECIPE) -> Path:
 def cached_demo(out: Path) -> Bundle | None:
     """Return the demo bundle in `out` when it exists, verifies and is complete, else None.
 
-    Complete: it has its image check, the last thing `demo` adds.
+    Complete: it has its image check and its keypoint model, the last things `demo` adds.
     """
     if not (out / "manifest.json").is_file():
         return None
@@ -143,7 +160,8 @@ def cached_demo(out: Path) -> Bundle | None:
     except BundleError as exc:
         logger.warning("cached demo bundle in %s does not verify (%s); rebuilding", out, exc)
         return None
-    return bundle if bundle.demo and bundle.anatomy is not None else None
+    complete = bundle.anatomy is not None and bundle.vertebrae is not None
+    return bundle if bundle.demo and complete else None
 
 
 def demo(
@@ -189,7 +207,7 @@ def demo(
     started = time.monotonic()
 
     def step(n: int, text: str) -> None:
-        speak(f"[demo] step {n}/5 ({time.monotonic() - started:.0f} s): {text}")
+        speak(f"[demo] step {n}/6 ({time.monotonic() - started:.0f} s): {text}")
 
     data = work / "phantoms"
     step(1, f"phantom dataset, {recipe.studies} studies")
@@ -269,6 +287,13 @@ def demo(
 
     step(5, f"image check (spine AP / spine lateral / other), {recipe.anatomy_epochs} epochs")
     bundle = _add_anatomy(out, work, recipe, device, speak)
+
+    step(
+        6,
+        f"vertebral keypoints (Pisov et al.): {recipe.keypoint_images} lateral phantoms, "
+        f"{recipe.keypoint_iterations} iterations, then {recipe.keypoint_test_images} held out",
+    )
+    bundle = _add_vertebrae(out, work, recipe, device, speak)
     speak(f"[demo] done in {time.monotonic() - started:.0f} s: {out}")
     speak(result.markdown)
     return bundle
@@ -360,6 +385,72 @@ def _add_anatomy(
         say=speak,
     )
     return add_anatomy_to_bundle(out, result.weights, result.other_threshold, result.metrics)
+
+
+def _add_vertebrae(
+    out: Path, work: Path, recipe: DemoRecipe, device: str, speak: Callable[[str], None]
+) -> Bundle:
+    """Train the keypoint detector on lateral phantoms, evaluate it, write it into the bundle."""
+    from spinexr.pipeline.vertebrae.detector import PisovDetector
+    from spinexr.training.vertebrae.bundle import add_vertebrae_to_bundle
+    from spinexr.training.vertebrae.evaluate import evaluate_keypoints
+    from spinexr.training.vertebrae.phantoms import generate_keypoint_records
+    from spinexr.training.vertebrae.train import DEMO_RECIPE as PISOV_DEMO
+    from spinexr.training.vertebrae.train import train_pisov
+
+    t = time.monotonic()
+    train = generate_keypoint_records(recipe.keypoint_images, recipe.seed, test_fraction=0.0)
+    # Held out: another seed (every image is new), evaluated as a whole.
+    test = generate_keypoint_records(
+        recipe.keypoint_test_images, recipe.seed + 1000, test_fraction=0.0
+    )
+    speak(f"[demo] {len(train) + len(test)} keypoint phantoms in {time.monotonic() - t:.0f} s")
+    checkpoint = train_pisov(
+        train,
+        work / "vertebrae",
+        seed=recipe.seed,
+        iterations=recipe.keypoint_iterations,
+        batch_size=recipe.keypoint_batch,
+        lr=recipe.keypoint_lr,
+        device=device,
+        recipe=PISOV_DEMO,
+    )
+    model = PisovDetector.from_checkpoint(checkpoint, device="cpu" if device == "auto" else device)
+    report = evaluate_keypoints(
+        {"pisov": model},
+        test,
+        work / "vertebrae-evaluation",
+        seed=recipe.seed,
+        n_bootstrap=min(recipe.bootstrap, 1000),
+    )
+    return add_vertebrae_to_bundle(
+        out, checkpoint, "pisov", {"test_phantoms": _keypoint_summary(report, len(test))}
+    )
+
+
+def _keypoint_summary(report: dict[str, Any], images: int) -> dict[str, Any]:
+    """Return the held-out figures for the manifest (the full report is in the work folder)."""
+    m = report["models"]["pisov"]
+
+    def value(*path: str) -> Any:
+        node: Any = m
+        for key in path:
+            node = node[key]
+        return node["value"] if isinstance(node, dict) and "value" in node else node
+
+    return {
+        "images": images,
+        "recall": value("detection", "recall"),
+        "precision": value("detection", "precision"),
+        "centre_error_mm": value("localisation", "centre_error_mm"),
+        "height_mae_mm": value("height_mae_mm", "overall"),
+        "auroc_patient_moderate": value("fractures", "at_least_moderate", "patient", "auroc"),
+        "auroc_vertebra_moderate": value("fractures", "at_least_moderate", "vertebra", "auroc"),
+        "auroc_patient_mild": value("fractures", "at_least_mild", "patient", "auroc"),
+        "grade_accuracy": value("grades", "accuracy"),
+        "level_accuracy": value("levels", "accuracy"),
+        "seconds_per_image": m["seconds_per_image"],
+    }
 
 
 def _logging_to_stderr() -> None:
