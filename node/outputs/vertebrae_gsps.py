@@ -237,8 +237,8 @@ def label_box(
     room, on_left = rooms[0], faces_left
     if room < width * _MIN_SHRINK and rooms[1] > room:
         room, on_left = rooms[1], not faces_left
-    scale = min(1.0, max(room, 1.0) / width)
-    height, width = height * max(scale, _MIN_SHRINK), min(width * max(scale, _MIN_SHRINK), columns)
+    scale = max(_MIN_SHRINK, min(1.0, room / width))
+    height, width = height * scale, min(width * scale, float(columns))
     if on_left:
         left = float(min(anterior.min(), posterior.min())) - gap - width
     else:
