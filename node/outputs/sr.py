@@ -92,7 +92,6 @@ from spinexr.node.settings import Settings
 from spinexr.node.sopclasses import COMPREHENSIVE_SR
 from spinexr.pipeline.errors import ImageRefusal
 from spinexr.pipeline.results import ImageResult, Outcome, StudyResult
-from spinexr.pipeline.vertebrae.genant import GenantCutoffs
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,6 @@ def build_sr(
     sop_uid: str,
     predecessor: SupersededReport | None = None,
     instance_number: int = 1,
-    genant_cutoffs: GenantCutoffs | None = None,
 ) -> ComprehensiveSR:
     """Build the Comprehensive SR (TID 1500) reporting a study's analysis.
 
@@ -144,9 +142,6 @@ def build_sr(
         The SR this one supersedes.
     instance_number : int
         Instance Number.
-    genant_cutoffs : GenantCutoffs, optional
-        The cut-offs the vertebral grades were given with (an algorithm parameter of the
-        vertebral groups; left out when not given).
 
     Returns
     -------
@@ -188,7 +183,7 @@ def build_sr(
         _box_group(tracking, by_uid[tracking.sop_instance_uid], algorithm)
         for tracking in box_trackings(result, root)
     )
-    groups.extend(vertebral_groups(result, by_uid, root, cutoffs=genant_cutoffs))
+    groups.extend(vertebral_groups(result, by_uid, root))
 
     observer = ObserverContext(
         observer_type=dcm_codes.DCM.Device,

@@ -79,7 +79,7 @@ from spinexr.node.outputs.vertebrae_tracking import (
 from spinexr.pipeline.results import ImageResult, StudyResult
 from spinexr.pipeline.spacing import SpacingBasis
 from spinexr.pipeline.vertebrae.findings import LevelRule, VertebraFinding, VertebralAnalysis
-from spinexr.pipeline.vertebrae.genant import HEIGHT_NAMES, GenantCutoffs, GenantGrade
+from spinexr.pipeline.vertebrae.genant import HEIGHT_NAMES, GenantGrade
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,6 @@ def vertebral_groups(
     result: StudyResult,
     sources: Mapping[str, Dataset],
     root: str,
-    *,
-    cutoffs: GenantCutoffs | None = None,
 ) -> list[Group]:
     """Return the SR measurement groups of a study's vertebral fracture analysis.
 
@@ -103,9 +101,6 @@ def vertebral_groups(
         Source image headers by SOP Instance UID (every image of the result).
     root : str
         UID root (tracking UIDs).
-    cutoffs : GenantCutoffs, optional
-        The cut-offs the grades were given with, listed as algorithm parameters (left out
-        when not given).
 
     Returns
     -------
@@ -120,7 +115,7 @@ def vertebral_groups(
         if analysis is None:
             continue
         source = sources[image.sop_instance_uid]
-        algorithm = keypoint_algorithm(analysis, result, cutoffs)
+        algorithm = keypoint_algorithm(analysis, result)
         groups.append(summary_group(image, number, source, result, root, algorithm))
         for tracking in trackings:
             if tracking.sop_instance_uid != image.sop_instance_uid:
@@ -373,7 +368,7 @@ def heights_group(
 
 
 def keypoint_algorithm(
-    analysis: VertebralAnalysis, result: StudyResult, cutoffs: GenantCutoffs | None
+    analysis: VertebralAnalysis, result: StudyResult
 ) -> AlgorithmIdentification | None:
     """Return the TID 4019 identification of the keypoint model (None without a model).
 
@@ -384,13 +379,12 @@ def keypoint_algorithm(
         is given the bundle's version).
     result : StudyResult
         The study (bundle version).
-    cutoffs : GenantCutoffs, optional
-        Listed as a parameter when given.
 
     Returns
     -------
     highdicom.sr.AlgorithmIdentification or None
-        Name, version, parameters (cut-offs, level rule, spacing basis, view decision).
+        Name, version, parameters (the cut-offs the grades were given with, level rule,
+        spacing basis, view decision).
     """
     model = analysis.model.strip()
     if not model:
@@ -398,17 +392,13 @@ def keypoint_algorithm(
     name, _, version = model.rpartition(" ")
     if not name:
         name, version = model, result.provenance.bundle_version
+    mild, moderate, severe = analysis.cutoffs
     parameters = [
+        f"genant_cutoffs=mild<={mild:g},moderate<={moderate:g},severe<={severe:g}",
         f"level_rule={analysis.level_rule.value}",
         f"spacing={spacing_key(analysis)}",
         f"view={analysis.view} ({analysis.view_source.value})",
     ]
-    if cutoffs is not None:
-        parameters.insert(
-            0,
-            f"genant_cutoffs=mild<={cutoffs.mild:g},moderate<={cutoffs.moderate:g},"
-            f"severe<={cutoffs.severe:g}",
-        )
     return AlgorithmIdentification(name=name[:64], version=version[:64], parameters=parameters)
 
 

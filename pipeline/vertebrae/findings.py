@@ -132,6 +132,9 @@ class VertebralAnalysis(_Model):
         Top to bottom.
     model : str
         Name and version of the keypoint model (algorithm identification).
+    cutoffs : tuple of float
+        ``(mild, moderate, severe)``: the upper bounds of G the grades were given with (the
+        site's settings at analysis time), so a result sent again later still states them.
     """
 
     status: VertebralStatus
@@ -145,6 +148,7 @@ class VertebralAnalysis(_Model):
     level_rule: LevelRule = LevelRule.FROM_TOP
     vertebrae: list[VertebraFinding] = Field(default_factory=list)
     model: str = ""
+    cutoffs: tuple[Score, Score, Score] = (0.80, 0.75, 0.60)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -107,6 +107,7 @@ class VertebralStage:
             "view_source": view.source,
             "view_score": view.score,
             "model": self.model_name,
+            "cutoffs": (self.cutoffs.mild, self.cutoffs.moderate, self.cutoffs.severe),
         }
         if view.view is not View.LATERAL:
             what = {

@@ -43,9 +43,7 @@ from spinexr.node.outputs.vertebrae_sr import keypoint_algorithm, level_code, no
 from spinexr.node.outputs.vertebrae_tracking import vertebra_trackings
 from spinexr.pipeline.results import Outcome, StudyResult
 from spinexr.pipeline.vertebrae.findings import LevelRule, VertebralAnalysis, VertebralStatus
-from spinexr.pipeline.vertebrae.genant import GenantCutoffs, GenantGrade
-
-CUTOFFS = GenantCutoffs()
+from spinexr.pipeline.vertebrae.genant import GenantGrade
 
 
 def _build(sources: list[Dataset], result: StudyResult, n: int) -> Dataset:
@@ -55,7 +53,6 @@ def _build(sources: list[Dataset], result: StudyResult, n: int) -> Dataset:
         make_settings(),
         series_uid=f"{UID_ROOT}.5.1",
         sop_uid=f"{UID_ROOT}.5.2.{n}",
-        genant_cutoffs=CUTOFFS,
     )
 
 
@@ -378,17 +375,17 @@ def test_algorithm_identification_of_the_keypoint_model(
 ) -> None:
     _, result = cases["levels_mm"]
     analysis = _analyses(result)[0]
-    algorithm = keypoint_algorithm(analysis, result, CUTOFFS)
+    algorithm = keypoint_algorithm(analysis, result)
     assert algorithm is not None
     texts = [str(i.TextValue) for i in algorithm if "TextValue" in i]
     assert texts[:2] == MODEL.split(" ")
     assert "genant_cutoffs=mild<=0.8,moderate<=0.75,severe<=0.6" in texts
     assert "level_rule=sacrum" in texts and "spacing=PixelSpacing" in texts
     bare = analysis.model_copy(update={"model": "keypoints"})
-    named = keypoint_algorithm(bare, result, None)
+    named = keypoint_algorithm(bare, result)
     assert named is not None
     assert [str(i.TextValue) for i in named][:2] == ["keypoints", result.provenance.bundle_version]
-    assert keypoint_algorithm(not_analysed(VertebralStatus.NO_MODEL, "x"), result, None) is None
+    assert keypoint_algorithm(not_analysed(VertebralStatus.NO_MODEL, "x"), result) is None
 
 
 def test_note_names_the_worst_vertebra(cases: dict[str, tuple[list[Dataset], StudyResult]]) -> None:
