@@ -232,7 +232,7 @@ def train_keypointrcnn(
     progress: bool = True,
     config: KRCNNConfig | None = None,
     augmentation: Augmentation = Augmentation(),
-    threads: int | None = 2,
+    threads: int | None = 1,
     weight_decay: float = 1e-4,
     time_limit_s: float | None = None,
 ) -> Path:
@@ -261,7 +261,9 @@ def train_keypointrcnn(
     augmentation : Augmentation
         Per-image augmentation (`NO_AUGMENTATION` switches it off).
     threads : int, optional
-        CPU threads for torch during training (restored afterwards); None leaves it.
+        CPU threads for torch during training (restored afterwards); None leaves it. One by
+        default: on a shared two-core machine a step with two threads took five times as
+        long as with one (the threads wait on each other while others use the cores).
     weight_decay : float
         AdamW's decoupled weight decay.
     time_limit_s : float, optional
