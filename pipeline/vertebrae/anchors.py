@@ -3,10 +3,13 @@
 The detector predicts at every pixel of its input (resampled to a fixed model spacing, so
 the anchors are fixed in model pixels) and for every anchor shape (``method.md`` §8):
 
-- **Shapes**: scales 17, 23, 28, 35 mm × aspect ratios 0.8, 1.1, 1.3, 2, where the aspect
-  ratio is **width / height** (a lateral vertebral body's box is wider than tall: lumbar
-  about 1.3–1.8, fractured bodies more) and the scale is the square root of the area:
-  ``w = s·√r``, ``h = s/√r``. Sixteen shapes, scale-major (``shape = 4·scale + ratio``).
+- **Shapes**: scales 17, 23, 28, 35 mm × aspect ratios 0.8, 1.1, 1.3, 2 (Pisov et al.),
+  where the aspect ratio is **width / height** (a lateral vertebral body's box is wider than
+  tall: lumbar about 1.3–1.8, fractured bodies more) and the scale is the square root of the
+  area: ``w = s·√r``, ``h = s/√r``; plus one scale of ours, 45 mm (`SACRUM_SCALE_MM`), for
+  the first sacral segment, whose tilted keypoint box on a lateral view (about 65 × 45 mm)
+  no anchor of the paper's (chest CT: no sacrum) overlaps by 0.5. Shapes are scale-major
+  (``shape = len(ratios)·scale + ratio``).
 - **Centres**: pixel centres. Coordinates have their origin at the top-left corner of the
   top-left pixel (DICOM's convention for graphic annotations, and the phantoms'): pixel
   ``(row i, column j)`` has its centre at ``(x, y) = (j + 0.5, i + 0.5)``.
@@ -27,8 +30,14 @@ from dataclasses import dataclass
 
 import torch
 
-ANCHOR_SCALES_MM: tuple[float, ...] = (17.0, 23.0, 28.0, 35.0)
+PAPER_SCALES_MM: tuple[float, ...] = (17.0, 23.0, 28.0, 35.0)
 """Anchor scales (square root of the area) in mm, Pisov et al."""
+
+SACRUM_SCALE_MM = 45.0
+"""Our added anchor scale for the first sacral segment."""
+
+ANCHOR_SCALES_MM: tuple[float, ...] = (*PAPER_SCALES_MM, SACRUM_SCALE_MM)
+"""Anchor scales of the detector: the paper's and `SACRUM_SCALE_MM`."""
 
 ANCHOR_RATIOS: tuple[float, ...] = (0.8, 1.1, 1.3, 2.0)
 """Anchor aspect ratios, width / height, Pisov et al."""

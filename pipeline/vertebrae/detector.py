@@ -13,7 +13,12 @@
    (``torchvision.ops.nms``, `PisovHyper.nms_iou`) runs on the axis-aligned boxes of the
    decoded keypoints, vertebrae and sacrum together. An object is the sacrum where its sacrum
    probability is above one half.
-4. Keypoints go back to original pixels through the resampling's exact ratios.
+4. The network gives keypoints in image order (the height on the image's left first) and a
+   per-image facing; where the patient faces right (probability above one half) the
+   keypoints are permuted by `genant.FLIP_HORIZONTAL` into anatomical order.
+5. Keypoints go back to original pixels through the resampling's exact ratios; a detection
+   with a keypoint outside the image (a body cut by the border, which cannot be measured) is
+   dropped.
 
 Coordinates, original and model, have their origin at the top-left corner of the top-left
 pixel (pixel centres at ``i + 0.5``: DICOM's graphic annotations and the phantoms), so the
@@ -35,7 +40,7 @@ Checkpoints are plain ``torch.save`` dictionaries (`save_checkpoint`) that
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,7 @@ from spinexr.pipeline.vertebrae.anchors import (
     keypoint_boxes,
     pixel_centres,
 )
+from spinexr.pipeline.vertebrae.genant import FLIP_HORIZONTAL
 from spinexr.pipeline.vertebrae.net import PisovNet
 from spinexr.pipeline.vertebrae.objects import DetectedObject, ObjectKind
 
@@ -80,6 +86,8 @@ class PisovHyper:
     ----------
     channels : tuple of int
         U-Net channels per level, finest first.
+    head_channels : int
+        Hidden width of the per-pixel head.
     model_spacing_mm : float
         Isotropic pixel size the image is resampled to.
     anchor_scales_mm, anchor_ratios : tuple of float
@@ -91,6 +99,7 @@ class PisovHyper:
     """
 
     channels: tuple[int, ...] = (16, 32, 64, 128)
+    head_channels: int = 32
     model_spacing_mm: float = 2.0
     anchor_scales_mm: tuple[float, ...] = ANCHOR_SCALES_MM
     anchor_ratios: tuple[float, ...] = ANCHOR_RATIOS
@@ -106,6 +115,7 @@ class PisovHyper:
         """Inverse of `to_dict`."""
         return cls(
             channels=tuple(int(c) for c in d["channels"]),
+            head_channels=int(d["head_channels"]),
             model_spacing_mm=float(d["model_spacing_mm"]),
             anchor_scales_mm=tuple(float(s) for s in d["anchor_scales_mm"]),
             anchor_ratios=tuple(float(r) for r in d["anchor_ratios"]),
@@ -131,7 +141,8 @@ def build_model(hyper: PisovHyper) -> PisovNet:
     PisovNet
         The network.
     """
-    return PisovNet(hyper.channels, len(hyper.anchor_scales_mm) * len(hyper.anchor_ratios))
+    n_anchors = len(hyper.anchor_scales_mm) * len(hyper.anchor_ratios)
+    return PisovNet(hyper.channels, n_anchors, hyper.head_channels)
 
 
 @dataclass(frozen=True)
@@ -242,7 +253,8 @@ class RawDetections:
 
 
 def decode_output(
-    output: torch.Tensor,
+    scores: torch.Tensor,
+    encoded: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     shapes: torch.Tensor,
     valid: tuple[int, int],
     *,
@@ -254,8 +266,11 @@ def decode_output(
 
     Parameters
     ----------
-    output : torch.Tensor
-        ``(A, OUTPUTS, H, W)`` from `PisovNet` for one image.
+    scores : torch.Tensor
+        ``(A, SCORES, H, W)`` score logits of one image (`PisovOutput.scores`).
+    encoded : callable
+        ``(anchor, row, column) -> (K, 12)`` encoded keypoints of those anchors
+        (`PisovNet.keypoints` of the image).
     shapes : torch.Tensor
         ``(A, 2)`` anchor ``(w, h)`` in model pixels.
     valid : tuple of int
@@ -274,18 +289,41 @@ def decode_output(
         The kept detections, best first.
     """
     rows, cols = valid
-    out = output[:, :, :rows, :cols].float()
-    scores = torch.sigmoid(out[:, 0])
-    a, y, x = torch.nonzero(scores >= score_threshold, as_tuple=True)
-    s = scores[a, y, x]
+    logits = scores[:, :, :rows, :cols].float()
+    objectness = torch.sigmoid(logits[:, 0])
+    a, y, x = torch.nonzero(objectness >= score_threshold, as_tuple=True)
+    s = objectness[a, y, x]
     if s.numel() > max_candidates:
         top = torch.topk(s, max_candidates).indices
         a, y, x, s = a[top], y[top], x[top], s[top]
-    enc = out[a, 2:, y, x].reshape(-1, 6, 2)
-    centres = pixel_centres(y, x)
-    kp = decode(enc, centres, shapes.to(out.device)[a])
+    enc = encoded(a, y, x).float().reshape(-1, 6, 2)
+    kp = decode(enc, pixel_centres(y, x), shapes.to(logits.device)[a])
     keep = nms(keypoint_boxes(kp), s, nms_iou)
-    return RawDetections(s[keep], torch.sigmoid(out[a, 1, y, x])[keep], kp[keep])
+    return RawDetections(s[keep], torch.sigmoid(logits[a, 1, y, x])[keep], kp[keep])
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    """What the detector found on one image at one spacing.
+
+    Attributes
+    ----------
+    objects : list of DetectedObject
+        Keypoints in original pixels, anatomical order, best score first.
+    faces_right : float
+        Probability that the patient faces right (anterior = image right).
+    spacing_mm : tuple of float
+        The (true or assumed) ``(row_mm, column_mm)`` used.
+    """
+
+    objects: list[DetectedObject]
+    faces_right: float
+    spacing_mm: tuple[float, float]
+
+    @property
+    def quality(self) -> float:
+        """Sum of the detection scores (the scale search's criterion)."""
+        return float(sum(d.score for d in self.objects))
 
 
 @dataclass(frozen=True)
@@ -294,16 +332,13 @@ class ScaleSearch:
 
     Attributes
     ----------
-    spacing_mm : tuple of float
-        The assumed ``(row_mm, column_mm)`` kept.
-    detections : list of DetectedObject
-        The detections at that spacing (original pixels).
+    best : ImageDetections
+        The detections at the spacing kept.
     qualities : dict
         Sum of detection scores per assumed field of view (mm).
     """
 
-    spacing_mm: tuple[float, float]
-    detections: list[DetectedObject]
+    best: ImageDetections
     qualities: dict[float, float] = field(default_factory=dict)
 
 
@@ -382,15 +417,15 @@ class PisovDetector:
         Returns
         -------
         list of DetectedObject
-            Keypoints in original pixels, best score first.
+            Keypoints in original pixels, anatomical order, best score first.
         """
         if spacing_mm is None:
-            return self.search_scale(image).detections
-        return self.detect(image, spacing_mm)
+            return self.search_scale(image).best.objects
+        return self.detect(image, spacing_mm).objects
 
     def detect(
         self, image: npt.NDArray[np.uint8], spacing_mm: tuple[float, float]
-    ) -> list[DetectedObject]:
+    ) -> ImageDetections:
         """Detect at a given (true or assumed) spacing.
 
         Parameters
@@ -402,29 +437,43 @@ class PisovDetector:
 
         Returns
         -------
-        list of DetectedObject
-            Keypoints in original pixels, best score first.
+        ImageDetections
+            Detections in original pixels and the facing.
         """
         res = resample(image, spacing_mm, self.hyper.model_spacing_mm)
         x = model_input(res.image, self.model.stride).to(self.device)
         with torch.inference_mode():
-            out = self.model(x)[0]
-        raw = decode_output(
-            out,
-            self._shapes,
-            (res.image.shape[0], res.image.shape[1]),
-            score_threshold=self.hyper.score_threshold,
-            nms_iou=self.hyper.nms_iou,
-        )
+            out = self.model(x)
+
+            def encoded(a: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+                return self.model.keypoints(out.features, torch.zeros_like(a), a, y, x)
+
+            raw = decode_output(
+                out.scores[0],
+                encoded,
+                self._shapes,
+                (res.image.shape[0], res.image.shape[1]),
+                score_threshold=self.hyper.score_threshold,
+                nms_iou=self.hyper.nms_iou,
+            )
+        faces_right = float(torch.sigmoid(out.facing[0]))
         keypoints = res.to_original(raw.keypoints.cpu().numpy())
-        return [
+        if faces_right > 0.5:  # image order -> anatomical order
+            keypoints = keypoints[:, list(FLIP_HORIZONTAL)]
+        rows, cols = np.asarray(image).shape
+        inside = np.all(
+            (keypoints >= 0) & (keypoints <= np.array([cols, rows], dtype=np.float64)), axis=(1, 2)
+        )
+        objects = [
             DetectedObject(
                 ObjectKind.SACRUM if float(p) > 0.5 else ObjectKind.VERTEBRA,
                 float(s),
                 keypoints[i],
             )
             for i, (s, p) in enumerate(zip(raw.scores.tolist(), raw.sacrum.tolist(), strict=True))
+            if inside[i]
         ]
+        return ImageDetections(objects, faces_right, (float(spacing_mm[0]), float(spacing_mm[1])))
 
     def search_scale(
         self, image: npt.NDArray[np.uint8], fields_mm: Sequence[float] = ASSUMED_FIELDS_MM
@@ -441,22 +490,20 @@ class PisovDetector:
         Returns
         -------
         ScaleSearch
-            The spacing kept, its detections and every candidate's quality.
+            The detections at the spacing kept and every candidate's quality.
         """
-        rows = np.asarray(image).shape[0]
         if not fields_mm:
             raise ValueError("no field of view to try")
-        best: tuple[float, tuple[float, float], list[DetectedObject]] | None = None
+        rows = np.asarray(image).shape[0]
+        best: ImageDetections | None = None
         qualities: dict[float, float] = {}
         for fov in sorted(fields_mm):
-            spacing = (fov / rows, fov / rows)
-            found = self.detect(image, spacing)
-            quality = float(sum(d.score for d in found))
-            qualities[float(fov)] = quality
-            if best is None or quality > best[0]:
-                best = (quality, spacing, found)
+            found = self.detect(image, (fov / rows, fov / rows))
+            qualities[float(fov)] = found.quality
+            if best is None or found.quality > best.quality:
+                best = found
         assert best is not None
-        return ScaleSearch(best[1], best[2], qualities)
+        return ScaleSearch(best, qualities)
 
 
 def save_checkpoint(

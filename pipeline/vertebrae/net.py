@@ -3,14 +3,25 @@
 An encoder of ``len(channels)`` levels (two 3 × 3 convolutions with batch normalisation and
 ReLU each, 2 × 2 max-pooling between levels), a decoder that upsamples (2 × 2 transposed
 convolution, deterministic on GPUs too), concatenates the encoder's features of the same level
-and applies two convolutions, and a head at the input's resolution that gives, for every
-pixel and every anchor shape, `OUTPUTS` numbers:
+and applies two convolutions, and a head at the input's resolution: a 3 × 3 convolution to
+``head_channels`` features per pixel, then per pixel and per anchor shape a linear map
+(a 1 × 1 convolution) to
 
-- channel 0: objectness logit (some object — vertebra or sacrum — matches this anchor);
-- channel 1: sacrum logit (the matched object is the first sacral segment rather than a
-  vertebral body; trained on positive anchors only);
-- channels 2–13: the six keypoints encoded relative to the anchor,
-  ``(e_x, e_y)`` of each keypoint in `genant.KEYPOINT_NAMES` order.
+- the **scores**, computed at every pixel (`PisovOutput.scores`): objectness logit (some
+  object — vertebra or sacrum — matches this anchor) and sacrum logit (the matched object is
+  the first sacral segment rather than a vertebral body; trained on positive anchors only);
+- the **keypoints**, computed only where needed (`PisovNet.keypoints`: the positive anchors
+  in training, the anchors above the score threshold at inference — the same 1 × 1
+  convolution, evaluated at those pixels only): the six keypoints encoded relative to the
+  anchor, ``(e_x, e_y)`` of each keypoint in **image order**: `genant.KEYPOINT_NAMES` order
+  for a patient facing left (anterior = image left), that order permuted by
+  `genant.FLIP_HORIZONTAL` for a patient facing right — the first height is always the one
+  on the image's left;
+
+and, per image, a **facing** logit (the patient faces right), from the deepest features
+averaged over the image. Which side is anterior is one decision per image from the whole
+view (posterior elements, canal, soft tissue in front), so the per-anchor regression only has
+to find the corners near it; the detector turns image order into anatomical order with it.
 
 The input's height and width must be multiples of `PisovNet.stride`.
 """
@@ -19,16 +30,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (torch's own convention)
 from torch import nn
 
-OUTPUTS = 14
-"""Numbers per anchor and pixel: objectness, sacrum, twelve keypoint coordinates."""
+SCORES = 2
+"""Score logits per anchor and pixel: objectness, sacrum."""
+
+KEYPOINT_OUTPUTS = 12
+"""Encoded keypoint coordinates per anchor: ``(e_x, e_y)`` of six keypoints."""
 
 OBJECT_PRIOR = 1e-3
 """Initial objectness probability (the head's bias), roughly the share of positive anchors."""
+
+
+class PisovOutput(NamedTuple):
+    """What `PisovNet` predicts for a batch.
+
+    Attributes
+    ----------
+    scores : torch.Tensor
+        ``(N, num_anchors, SCORES, H, W)`` objectness and sacrum logits.
+    features : torch.Tensor
+        ``(N, head_channels, H, W)`` head features, for `PisovNet.keypoints`.
+    facing : torch.Tensor
+        ``(N,)`` logit that the patient faces right (anterior = image right).
+    """
+
+    scores: torch.Tensor
+    features: torch.Tensor
+    facing: torch.Tensor
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -51,14 +84,18 @@ class PisovNet(nn.Module):
         Feature channels per level, finest first (e.g. ``(16, 32, 64, 128)``).
     num_anchors : int
         Anchor shapes per pixel.
+    head_channels : int
+        Width of the head's hidden layer (it must carry the twelve keypoint offsets, the
+        objectness and the kind at every pixel: at least about 16).
     """
 
-    def __init__(self, channels: Sequence[int], num_anchors: int) -> None:
+    def __init__(self, channels: Sequence[int], num_anchors: int, head_channels: int = 32) -> None:
         super().__init__()
         if len(channels) < 2:
             raise ValueError("the U-Net needs at least two levels")
         self.channels = tuple(int(c) for c in channels)
         self.num_anchors = int(num_anchors)
+        self.head_channels = int(head_channels)
         self.encoders = nn.ModuleList()
         c_prev = 1
         for c in self.channels:
@@ -72,27 +109,28 @@ class PisovNet(nn.Module):
             _block(self.channels[i + 1] + self.channels[i], self.channels[i])
             for i in range(len(self.channels) - 1)
         )
-        c0 = self.channels[0]
         self.head = nn.Sequential(
-            nn.Conv2d(c0, c0, 3, padding=1),
+            nn.Conv2d(self.channels[0], self.head_channels, 3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(c0, self.num_anchors * OUTPUTS, 1),
         )
-        last = self.head[-1]
-        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        self.score_layer = nn.Conv2d(self.head_channels, self.num_anchors * SCORES, 1)
+        self.keypoint_layer = nn.Linear(self.head_channels, self.num_anchors * KEYPOINT_OUTPUTS)
+        self.facing = nn.Linear(self.channels[-1], 1)
         with torch.no_grad():
-            bias = last.bias.view(self.num_anchors, OUTPUTS)
+            assert self.score_layer.bias is not None
+            bias = self.score_layer.bias.view(self.num_anchors, SCORES)
             bias.zero_()
             bias[:, 0] = -math.log((1 - OBJECT_PRIOR) / OBJECT_PRIOR)
-            last.weight.view(self.num_anchors, OUTPUTS, -1)[:, 2:] *= 0.1
+            self.keypoint_layer.weight *= 0.1
+            self.keypoint_layer.bias.zero_()
 
     @property
     def stride(self) -> int:
         """The input's height and width must be multiples of this."""
         return int(2 ** (len(self.channels) - 1))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Predict every anchor's outputs.
+    def forward(self, images: torch.Tensor) -> PisovOutput:
+        """Predict every anchor's scores, the head features and the facing.
 
         Parameters
         ----------
@@ -101,8 +139,8 @@ class PisovNet(nn.Module):
 
         Returns
         -------
-        torch.Tensor
-            ``(N, num_anchors, OUTPUTS, H, W)``.
+        PisovOutput
+            Scores, features and the facing logit.
         """
         n, _, h, w = images.shape
         if h % self.stride or w % self.stride:
@@ -114,7 +152,37 @@ class PisovNet(nn.Module):
                 x = F.max_pool2d(x, 2)
             x = enc(x)
             skips.append(x)
+        facing = self.facing(x.mean(dim=(2, 3)))[:, 0]
         for i in range(len(self.decoders) - 1, -1, -1):
             x = self.upsamplers[i](x)
             x = self.decoders[i](torch.cat([x, skips[i]], dim=1))
-        return self.head(x).view(n, self.num_anchors, OUTPUTS, h, w)
+        features = self.head(x)
+        scores = self.score_layer(features).view(n, self.num_anchors, SCORES, h, w)
+        return PisovOutput(scores, features, facing)
+
+    def keypoints(
+        self,
+        features: torch.Tensor,
+        image: torch.Tensor,
+        anchor: torch.Tensor,
+        row: torch.Tensor,
+        column: torch.Tensor,
+    ) -> torch.Tensor:
+        """Compute the encoded keypoints of chosen anchors (the 1 × 1 map at their pixels only).
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            `PisovOutput.features`.
+        image, anchor, row, column : torch.Tensor
+            ``(K,)`` indices of the anchors.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(K, KEYPOINT_OUTPUTS)`` encoded coordinates.
+        """
+        f = features[image, :, row, column]  # (K, C)
+        weight = self.keypoint_layer.weight.view(self.num_anchors, KEYPOINT_OUTPUTS, -1)[anchor]
+        bias = self.keypoint_layer.bias.view(self.num_anchors, KEYPOINT_OUTPUTS)[anchor]
+        return torch.bmm(weight, f[:, :, None])[:, :, 0] + bias

@@ -7,14 +7,18 @@ a spacing jitter), a small rotation and a horizontal flip — with gamma and Gau
 the intensities, and the same z-scoring as inference (the image's mean and standard
 deviation; outside the image is black, z-scored alike).
 
-**Flips keep the labels.** The keypoint names are anatomical (anterior = towards the
-patient's front). Mirroring a lateral view gives the view from the other side, the patient
-now facing right: the anterior top corner of a body is still its anterior top corner, only
-at the other side of the image. So a flip moves the points and does *not* permute them
-(`genant.FLIP_HORIZONTAL` would turn them into image-left / image-right labels, and wedge
-fractures of patients facing right would come out as crush fractures). The network learns
-which side is anterior from the anatomy around the body (posterior elements, the canal);
-lateral radiographs face either way, so training flips half of the crops.
+**Facing and flips.** The records' keypoint names are anatomical (anterior = towards the
+patient's front). Mirroring a lateral view gives the view from the other side: the anterior
+top corner is still the anterior top corner, only on the other side of the image. The network
+regresses keypoints in *image order* (the height on the image's left first, ``net.py``) and
+predicts once per image which way the patient faces. So `prepare_record` finds each image's
+facing from its keypoints (anterior left of posterior on average: facing left) and puts a
+right-facing image's keypoints into image order with `genant.FLIP_HORIZONTAL`; a flipped crop
+permutes them with `genant.FLIP_HORIZONTAL` again and toggles its facing. The detector
+turns image order back into anatomical order with the predicted facing. (Permuting on a
+flip while keeping anatomical labels as targets would be wrong: wedge fractures of patients
+facing right would come out as crush fractures.) Lateral radiographs face either way, so
+training flips half of the crops.
 
 An object whose keypoint box lies at least `AugmentConfig.min_visible` inside the crop is a
 target; one only partly inside is left out of the objectness loss (`IGNORE_IOU`).
@@ -23,15 +27,17 @@ target; one only partly inside is left out of the objectness loss (`IGNORE_IOU`)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F  # noqa: N812 (torch's own convention)
 
 from spinexr.pipeline.vertebrae.anchors import keypoint_boxes
 from spinexr.pipeline.vertebrae.detector import resample
-from spinexr.pipeline.vertebrae.genant import genant_index, heights
+from spinexr.pipeline.vertebrae.genant import FLIP_HORIZONTAL, genant_index, heights
 from spinexr.pipeline.vertebrae.objects import ObjectKind
 from spinexr.training.vertebrae.records import KeypointRecord
 
@@ -79,7 +85,9 @@ class PreparedRecord:
     image : torch.Tensor
         ``(H, W)`` float32 in ``0..1``.
     keypoints : torch.Tensor
-        ``(G, 6, 2)`` float32 ``(x, y)`` in model pixels.
+        ``(G, 6, 2)`` float32 ``(x, y)`` in model pixels, image order (module docstring).
+    faces_right : bool or None
+        Whether the patient faces right (None: no object to tell).
     sacrum : torch.Tensor
         ``(G,)`` bool, the object is the first sacral segment.
     genant : torch.Tensor
@@ -89,8 +97,29 @@ class PreparedRecord:
 
     image: torch.Tensor
     keypoints: torch.Tensor
+    faces_right: bool | None
     sacrum: torch.Tensor
     genant: torch.Tensor
+
+
+def facing_of(keypoints: Sequence[npt.NDArray[np.float64]]) -> bool | None:
+    """Whether the patient faces right: posterior keypoints left of the anterior ones on average.
+
+    Parameters
+    ----------
+    keypoints : sequence of numpy.ndarray
+        ``(6, 2)`` keypoints in anatomical order.
+
+    Returns
+    -------
+    bool or None
+        None without keypoints or when the sides cannot be told apart.
+    """
+    if not keypoints:
+        return None
+    kp = np.asarray(keypoints, dtype=np.float64)
+    depth = float(np.mean(kp[:, 4:6, 0] - kp[:, 0:2, 0]))
+    return None if depth == 0 else depth < 0
 
 
 def prepare_record(record: KeypointRecord, model_spacing_mm: float) -> PreparedRecord:
@@ -116,9 +145,11 @@ def prepare_record(record: KeypointRecord, model_spacing_mm: float) -> PreparedR
     if record.spacing_mm is None:
         raise ValueError(f"record {record.image} has no spacing: it cannot be resampled")
     res = resample(record.display, record.spacing_mm, model_spacing_mm)
+    faces_right = facing_of([o.keypoints for o in record.objects])
     kps, sacrum, g = [], [], []
     for obj in record.objects:
-        kps.append(res.to_model(obj.keypoints))
+        points = obj.keypoints[list(FLIP_HORIZONTAL)] if faces_right else obj.keypoints
+        kps.append(res.to_model(points))
         is_sacrum = obj.kind is ObjectKind.SACRUM
         sacrum.append(is_sacrum)
         gi = 1.0 if is_sacrum else genant_index(heights(obj.keypoints, record.spacing_mm))
@@ -126,6 +157,7 @@ def prepare_record(record: KeypointRecord, model_spacing_mm: float) -> PreparedR
     return PreparedRecord(
         res.image,
         torch.tensor(np.array(kps, dtype=np.float32).reshape(-1, 6, 2)),
+        faces_right,
         torch.tensor(sacrum, dtype=torch.bool),
         torch.tensor(g, dtype=torch.float32),
     )
@@ -140,7 +172,9 @@ class Sample:
     image : torch.Tensor
         ``(1, crop, crop)`` z-scored.
     keypoints : torch.Tensor
-        ``(G, 6, 2)`` targets in crop pixels.
+        ``(G, 6, 2)`` targets in crop pixels, image order.
+    faces_right : float
+        1 when the patient faces right in the crop, 0 facing left, NaN unknown.
     sacrum : torch.Tensor
         ``(G,)`` bool.
     genant : torch.Tensor
@@ -151,6 +185,7 @@ class Sample:
 
     image: torch.Tensor
     keypoints: torch.Tensor
+    faces_right: float
     sacrum: torch.Tensor
     genant: torch.Tensor
     ignore_boxes: torch.Tensor
@@ -218,6 +253,10 @@ def sample_crop(record: PreparedRecord, config: AugmentConfig, rng: np.random.Ge
 
     m_inv = torch.from_numpy(np.linalg.inv(m).astype(np.float32))
     kp = (record.keypoints - torch.from_numpy(centre.astype(np.float32))) @ m_inv.T + c
+    faces_right = math.nan if record.faces_right is None else float(record.faces_right)
+    if flip < 0:
+        kp = kp[:, list(FLIP_HORIZONTAL)]
+        faces_right = 1.0 - faces_right
     boxes = keypoint_boxes(kp)
     lo, hi = torch.tensor(0.0), torch.tensor(float(size))
     inside_w = (torch.minimum(boxes[:, 2], hi) - torch.maximum(boxes[:, 0], lo)).clamp(min=0)
@@ -229,6 +268,7 @@ def sample_crop(record: PreparedRecord, config: AugmentConfig, rng: np.random.Ge
     return Sample(
         crop.float(),
         kp[target],
+        faces_right,
         record.sacrum[target],
         record.genant[target],
         boxes[partial],

@@ -5,9 +5,12 @@ The loss is the paper's (``method.md`` §8)::
     L = BCE(objectness) + (1 / #positives) · Σ_positives MAE(e) / G
 
 with the BCE averaged over every anchor of the batch (anchors of objects only partly inside a
-crop left out), ``e`` the twelve encoded keypoint coordinates and ``G`` the Genant index of
-the matched object (at least 0.25; 1 for the sacrum). One addition for the two object kinds:
-a sacrum-vs-vertebra BCE on the positive anchors (``net.py`` channel 1), averaged over them.
+crop left out), ``e`` the twelve encoded keypoint coordinates (image order, ``net.py``) and
+``G`` the Genant index of the matched object (at least 0.25; 1 for the sacrum). Two additions,
+each a BCE: sacrum vs vertebra on the positive anchors (``net.py`` channel 1), averaged over
+them, for the two object kinds; and the per-image facing (``augment.py``), averaged over the
+crops whose facing is known — the paper's CT images all face one way, lateral radiographs
+do not.
 
 Recipes (`PisovRecipe`):
 
@@ -53,7 +56,7 @@ from spinexr.pipeline.vertebrae.detector import (
     save_checkpoint,
 )
 from spinexr.pipeline.vertebrae.genant import genant_index, heights
-from spinexr.pipeline.vertebrae.net import PisovNet
+from spinexr.pipeline.vertebrae.net import PisovNet, PisovOutput
 from spinexr.pipeline.vertebrae.objects import DetectedObject, ObjectKind
 from spinexr.training.progress import RateProgress
 from spinexr.training.vertebrae.augment import (
@@ -145,6 +148,8 @@ class BatchTargets:
         ``(P,)`` Genant index of each positive's object.
     sacrum : torch.Tensor
         ``(P,)`` float, 1 where the object is the sacrum.
+    faces_right : torch.Tensor
+        ``(N,)`` float, 1 facing right, 0 facing left, NaN unknown.
     """
 
     objectness: torch.Tensor
@@ -153,6 +158,7 @@ class BatchTargets:
     encoded: torch.Tensor
     genant: torch.Tensor
     sacrum: torch.Tensor
+    faces_right: torch.Tensor
 
 
 def build_targets(samples: Sequence[Sample], shapes: torch.Tensor) -> BatchTargets:
@@ -195,6 +201,7 @@ def build_targets(samples: Sequence[Sample], shapes: torch.Tensor) -> BatchTarge
         torch.cat(encoded),
         torch.cat(genant),
         torch.cat(sacrum),
+        torch.tensor([s.faces_right for s in samples], dtype=torch.float32, device=dev),
     )
 
 
@@ -206,7 +213,7 @@ class LossParts:
     ----------
     total : torch.Tensor
         Sum of the terms (scalar, with gradient).
-    objectness, keypoints, sacrum : float
+    objectness, keypoints, sacrum, facing : float
         Each term's value.
     positives : int
         Positive anchors in the batch.
@@ -216,16 +223,19 @@ class LossParts:
     objectness: float
     keypoints: float
     sacrum: float
+    facing: float
     positives: int
 
 
-def pisov_loss(output: torch.Tensor, targets: BatchTargets) -> LossParts:
+def pisov_loss(model: PisovNet, output: PisovOutput, targets: BatchTargets) -> LossParts:
     """Pisov et al.'s loss plus the sacrum term (module docstring).
 
     Parameters
     ----------
-    output : torch.Tensor
-        ``(N, A, OUTPUTS, H, W)`` network output.
+    model : PisovNet
+        The network (its keypoint map is evaluated at the positives).
+    output : PisovOutput
+        Its output.
     targets : BatchTargets
         From `build_targets`.
 
@@ -234,20 +244,35 @@ def pisov_loss(output: torch.Tensor, targets: BatchTargets) -> LossParts:
     LossParts
         Total loss and terms.
     """
+    scores = output.scores
     obj = F.binary_cross_entropy_with_logits(
-        output[:, :, 0], targets.objectness, weight=targets.weight, reduction="sum"
+        scores[:, :, 0], targets.objectness, weight=targets.weight, reduction="sum"
     ) / targets.weight.sum().clamp(min=1.0)
     n, a, y, x = targets.index
     positives = int(n.numel())
+    zero = scores.sum() * 0.0
     if positives:
-        pos = output[n, a, :, y, x]
-        mae = (pos[:, 2:] - targets.encoded).abs().mean(dim=1)
+        encoded = model.keypoints(output.features, n, a, y, x)
+        mae = (encoded - targets.encoded).abs().mean(dim=1)
         kp = (mae / targets.genant).sum() / positives
-        sac = F.binary_cross_entropy_with_logits(pos[:, 1], targets.sacrum)
+        sac = F.binary_cross_entropy_with_logits(scores[n, a, 1, y, x], targets.sacrum)
     else:
-        kp = sac = output.sum() * 0.0
-    total = obj + kp + sac
-    return LossParts(total, float(obj.detach()), float(kp.detach()), float(sac.detach()), positives)
+        kp = sac = zero
+    known = ~torch.isnan(targets.faces_right)
+    facing = (
+        F.binary_cross_entropy_with_logits(output.facing[known], targets.faces_right[known])
+        if bool(known.any())
+        else zero
+    )
+    total = obj + kp + sac + facing
+    return LossParts(
+        total,
+        float(obj.detach()),
+        float(kp.detach()),
+        float(sac.detach()),
+        float(facing.detach()),
+        positives,
+    )
 
 
 # ----------------------------------------------------------------------------- training
@@ -412,7 +437,7 @@ def _step(
     dev = shapes.device
     x = torch.stack([s.image for s in samples]).to(dev)
     targets = build_targets(samples, shapes)
-    parts = pisov_loss(model(x), targets)
+    parts = pisov_loss(model, model(x), targets)
     optimiser.zero_grad(set_to_none=True)
     parts.total.backward()
     optimiser.step()
@@ -536,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--iterations", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--threads", type=int, help="torch threads (default: the recipe's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("var/pisov"))
     args = p.parse_args(argv)
@@ -545,6 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         iterations=args.iterations or recipe.iterations,
         batch_size=args.batch_size or recipe.batch_size,
         lr=args.lr or recipe.lr,
+        threads=args.threads or recipe.threads,
     )
     t0 = time.monotonic()
     train = generate_keypoint_records(args.train, args.seed)

@@ -10,6 +10,7 @@ import torch
 from spinexr.pipeline.vertebrae.anchors import (
     ANCHOR_RATIOS,
     ANCHOR_SCALES_MM,
+    PAPER_SCALES_MM,
     anchor_ious,
     anchor_shapes,
     assign_targets,
@@ -22,7 +23,9 @@ from spinexr.pipeline.vertebrae.anchors import (
 
 def test_shapes_are_the_papers_scales_and_ratios_in_pixels() -> None:
     shapes = anchor_shapes(2.0)
-    assert shapes.shape == (16, 2)
+    assert ANCHOR_SCALES_MM[:4] == PAPER_SCALES_MM == (17.0, 23.0, 28.0, 35.0)
+    assert ANCHOR_RATIOS == (0.8, 1.1, 1.3, 2.0)
+    assert shapes.shape == (20, 2)
     for i, (s, r) in enumerate((s, r) for s in ANCHOR_SCALES_MM for r in ANCHOR_RATIOS):
         w, h = shapes[i].tolist()
         assert w / h == pytest.approx(r, rel=1e-5)  # ratio = width / height
@@ -104,3 +107,11 @@ def test_no_objects_no_positives_and_partial_objects_are_ignored() -> None:
 def test_pixel_centres_have_the_corner_origin() -> None:
     c = pixel_centres(torch.tensor([0, 3]), torch.tensor([2, 5]))
     assert c.tolist() == [[2.5, 0.5], [5.5, 3.5]]
+
+
+def test_the_sacrum_scale_gives_a_tilted_s1_box_positives() -> None:
+    s1 = torch.tensor([[10.0, 10.0, 43.0, 32.5]])  # 66 x 45 mm at 2 mm per pixel
+    paper = assign_targets(s1, anchor_shapes(2.0, PAPER_SCALES_MM), 50, 60)
+    assert int(paper.objectness.sum()) == 1  # only the forced best anchor
+    ours = assign_targets(s1, anchor_shapes(2.0), 50, 60)
+    assert int(ours.objectness.sum()) >= 20

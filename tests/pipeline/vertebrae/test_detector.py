@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812 (torch's own convention)
 from vertebrae_toy import toy_record
 
 from spinexr.pipeline.vertebrae.anchors import anchor_shapes, encode
@@ -24,7 +25,7 @@ from spinexr.pipeline.vertebrae.detector import (
     save_checkpoint,
 )
 from spinexr.pipeline.vertebrae.genant import genant_index, heights
-from spinexr.pipeline.vertebrae.net import OUTPUTS, PisovNet
+from spinexr.pipeline.vertebrae.net import KEYPOINT_OUTPUTS, SCORES, PisovNet
 from spinexr.pipeline.vertebrae.objects import DetectedObject, KeypointModel, ObjectKind
 from spinexr.training.vertebrae.augment import AugmentConfig
 from spinexr.training.vertebrae.records import KeypointRecord
@@ -106,45 +107,59 @@ def test_model_input_is_z_scored_and_padded_with_black() -> None:
 
 
 def test_network_output_layout_and_stride_check() -> None:
-    net = PisovNet((4, 8, 16), 16)
+    net = PisovNet((4, 8, 16), 16, head_channels=12)
     assert net.stride == 4
     out = net(torch.zeros((2, 1, 24, 32)))
-    assert out.shape == (2, 16, OUTPUTS, 24, 32)
+    assert out.scores.shape == (2, 16, SCORES, 24, 32)
+    assert out.features.shape == (2, 12, 24, 32)
+    assert out.facing.shape == (2,)
     with pytest.raises(ValueError):
         net(torch.zeros((1, 1, 25, 32)))
     # The objectness starts near the prior, not at one half.
-    assert float(torch.sigmoid(out[:, :, 0].detach()).mean()) < 0.01
+    assert float(torch.sigmoid(out.scores[:, :, 0].detach()).mean()) < 0.01
 
 
-def _output_with(
-    kp: np.ndarray, at: list[tuple[int, int, int, float]], shapes: torch.Tensor
-) -> torch.Tensor:
-    out = torch.zeros((16, OUTPUTS, 40, 40))
-    out[:, 0] = -10.0
+def test_sparse_keypoints_equal_the_dense_one_by_one_convolution() -> None:
+    torch.manual_seed(0)
+    net = PisovNet((4, 8), 16, head_channels=6)
+    out = net(torch.randn((2, 1, 8, 8)))
+    w = net.keypoint_layer.weight.detach()[:, :, None, None]
+    dense = F.conv2d(out.features.detach(), w, net.keypoint_layer.bias.detach())
+    dense = dense.view(2, 16, KEYPOINT_OUTPUTS, 8, 8)
+    n, a, y, x = (torch.tensor(v) for v in ([0, 1, 1], [3, 15, 0], [2, 7, 0], [5, 1, 4]))
+    sparse = net.keypoints(out.features, n, a, y, x).detach()
+    assert torch.allclose(sparse, dense[n, a, :, y, x], atol=1e-5)
+
+
+def _scores_with(at: list[tuple[int, int, int, float]]) -> torch.Tensor:
+    scores = torch.full((16, SCORES, 40, 40), -10.0)
     for a, y, x, logit in at:
-        out[a, 0, y, x] = logit
-        out[a, 1, y, x] = 3.0
-        centre = torch.tensor([[x + 0.5, y + 0.5]])
-        e = encode(torch.tensor(kp, dtype=torch.float32)[None], centre, shapes[a : a + 1])
-        out[a, 2:, y, x] = e.reshape(12)
-    return out
+        scores[a, 0, y, x] = logit
+        scores[a, 1, y, x] = 3.0
+    return scores
 
 
 def test_decoding_inverts_the_encoding_and_suppresses_duplicates() -> None:
     shapes = anchor_shapes(2.0)
     kp = np.array([[10, 12], [10, 22], [17, 11], [17, 21], [24, 12], [24, 22]], dtype=float)
-    out = _output_with(kp, [(5, 17, 17, 4.0), (6, 16, 17, 2.0), (7, 30, 30, 3.0)], shapes)
+    kp_t = torch.tensor(kp, dtype=torch.float32)
+
+    def encoded(a: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # Every anchor points at the same vertebra.
+        centres = torch.stack([x, y], dim=1).float() + 0.5
+        return encode(kp_t.expand(len(a), 6, 2), centres, shapes[a]).reshape(-1, 12)
+
     # The third anchor decodes the same keypoints from far away: suppressed too.
-    raw = decode_output(out, shapes, (40, 40), score_threshold=0.5, nms_iou=0.3)
+    scores = _scores_with([(5, 17, 17, 4.0), (6, 16, 17, 2.0), (7, 30, 30, 3.0)])
+    raw = decode_output(scores, encoded, shapes, (40, 40), score_threshold=0.5, nms_iou=0.3)
     assert raw.keypoints.shape == (1, 6, 2)
     assert raw.keypoints[0].numpy() == pytest.approx(kp, abs=1e-4)
     assert float(raw.scores[0]) == pytest.approx(float(torch.sigmoid(torch.tensor(4.0))))
     assert float(raw.sacrum[0]) > 0.9
     # Anchors centred in the padding are not decoded; nothing above threshold, nothing found.
-    assert (
-        decode_output(out, shapes, (20, 20), score_threshold=0.5, nms_iou=0.3).scores.numel() == 1
-    )
-    none = decode_output(out, shapes, (40, 40), score_threshold=0.999, nms_iou=0.3)
+    cut = decode_output(scores, encoded, shapes, (20, 20), score_threshold=0.5, nms_iou=0.3)
+    assert cut.scores.numel() == 1
+    none = decode_output(scores, encoded, shapes, (40, 40), score_threshold=0.999, nms_iou=0.3)
     assert none.scores.numel() == 0 and none.keypoints.shape == (0, 6, 2)
 
 
@@ -162,7 +177,7 @@ def test_checkpoint_round_trip_is_weights_only_and_self_contained(tmp_path: Path
     assert det.hyper == hyper and det.training["data_digest"] == "abc"
     x = torch.randn((1, 1, 16, 16))
     with torch.no_grad():
-        assert torch.equal(det.model(x), model.eval()(x))
+        assert torch.equal(det.model(x).scores, model.eval()(x).scores)
     assert det.name.startswith("pisov-keypoints")
     torch.save({"arch": "other"}, tmp_path / "x.pt")
     with pytest.raises(ValueError):
@@ -237,7 +252,7 @@ def test_without_spacing_the_scale_search_gives_the_same_genant_ratios(trained: 
             g_true = genant_index(heights(truth[j]))
             assert g_found == pytest.approx(g_true, abs=0.05)
     # The scale kept is within the training jitter of the truth.
-    assert search.spacing_mm[0] == pytest.approx(0.7, rel=0.2)
+    assert search.best.spacing_mm[0] == pytest.approx(0.7, rel=0.2)
 
 
 def test_hyper_round_trip() -> None:

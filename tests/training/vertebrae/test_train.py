@@ -12,7 +12,12 @@ from vertebrae_toy import toy_record
 
 from spinexr.pipeline.vertebrae.detector import PisovHyper, build_model, load_checkpoint
 from spinexr.pipeline.vertebrae.objects import ObjectKind
-from spinexr.training.vertebrae.augment import AugmentConfig, prepare_record, sample_crop
+from spinexr.training.vertebrae.augment import (
+    AugmentConfig,
+    facing_of,
+    prepare_record,
+    sample_crop,
+)
 from spinexr.training.vertebrae.records import KeypointRecord
 from spinexr.training.vertebrae.train import (
     CHECKPOINT_NAME,
@@ -67,14 +72,33 @@ def test_crop_keypoints_follow_the_image_under_zoom_rotation_and_flip() -> None:
             cy, cx = round(centre[1]), round(centre[0])
             if 0 <= cy < 96 and 0 <= cx < 96:
                 assert img[cy, cx] > 0.5
-            anterior_mid = (kp[0] + kp[1]) / 2
+            # Image order: the first height is on the left; the facing says which is anterior.
+            assert kp[0, 0] < kp[4, 0]
+            anterior = kp[4:6] if s.faces_right == 1.0 else kp[0:2]
+            anterior_mid = anterior.mean(axis=0)
             outside = anterior_mid + (anterior_mid - centre) * 0.6
             oy, ox = round(outside[1]), round(outside[0])
             if 0 <= oy < 96 and 0 <= ox < 96:
                 assert img[oy, ox] < img[cy, cx] - 1.0
-            # Flips keep anatomical labels: anterior stays anterior wherever it lands.
-            flipped_seen += int(kp[0, 0] > kp[4, 0])
-    assert flipped_seen > 0
+        flipped_seen += int(s.faces_right == 1.0)
+    assert 0 < flipped_seen < 12
+
+
+def test_facing_comes_from_the_keypoints_and_right_facing_images_are_put_in_image_order() -> None:
+    left = toy_record(6, face_left=True)
+    right = toy_record(6, face_left=False)
+    assert facing_of([o.keypoints for o in left.objects]) is False
+    assert facing_of([o.keypoints for o in right.objects]) is True
+    assert facing_of([]) is None
+    pl, pr = prepare_record(left, 2.0), prepare_record(right, 2.0)
+    assert pl.faces_right is False and pr.faces_right is True
+    for p in (pl, pr):
+        assert torch.all(p.keypoints[:, 0, 0] < p.keypoints[:, 4, 0])
+    # A right-facing image's first height is its posterior one.
+    wedge = [(15.0, 25.0, 25.0)] + [(25.0, 25.0, 25.0)] * 3
+    pw = prepare_record(toy_record(7, face_left=False, heights_mm=wedge), 2.0)
+    k = pw.keypoints[0]
+    assert float(k[5, 1] - k[4, 1]) == pytest.approx(15 / 2, abs=0.1)
 
 
 def test_objects_cut_by_the_crop_are_ignored_not_negatives() -> None:
@@ -120,15 +144,14 @@ def test_loss_has_the_papers_terms_and_decreases() -> None:
     targets = build_targets(fixed, HYPER.shapes())
     losses = []
     for _ in range(40):
-        parts = pisov_loss(model(x), targets)
+        parts = pisov_loss(model, model(x), targets)
         opt.zero_grad()
         parts.total.backward()
         opt.step()
         losses.append(float(parts.total.detach()))
         assert parts.positives > 0
-    assert parts.total.item() == pytest.approx(
-        parts.objectness + parts.keypoints + parts.sacrum, rel=1e-4
-    )
+    terms = parts.objectness + parts.keypoints + parts.sacrum + parts.facing
+    assert parts.total.item() == pytest.approx(terms, rel=1e-4)
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
 
 
