@@ -6,9 +6,11 @@ the anchors are fixed in model pixels) and for every anchor shape (``method.md``
 - **Shapes**: scales 17, 23, 28, 35 mm × aspect ratios 0.8, 1.1, 1.3, 2 (Pisov et al.),
   where the aspect ratio is **width / height** (a lateral vertebral body's box is wider than
   tall: lumbar about 1.3–1.8, fractured bodies more) and the scale is the square root of the
-  area: ``w = s·√r``, ``h = s/√r``; plus one scale of ours, 45 mm (`SACRUM_SCALE_MM`), for
-  the first sacral segment, whose tilted keypoint box on a lateral view (about 65 × 45 mm)
-  no anchor of the paper's (chest CT: no sacrum) overlaps by 0.5. Shapes are scale-major
+  area: ``w = s·√r``, ``h = s/√r``; plus two scales of ours, 45 and 55 mm
+  (`EXTRA_SCALES_MM`), for the first sacral segment, whose tilted keypoint box on a lateral
+  view (45–80 × 22–56 mm on the phantoms) no anchor of the paper's (chest CT: no sacrum)
+  overlaps by 0.5, and for large or magnified lumbar bodies (boxes up to about 54 mm). With
+  them every phantom object has an anchor of IoU ≥ 0.68. Shapes are scale-major
   (``shape = len(ratios)·scale + ratio``).
 - **Centres**: pixel centres. Coordinates have their origin at the top-left corner of the
   top-left pixel (DICOM's convention for graphic annotations, and the phantoms'): pixel
@@ -17,7 +19,10 @@ the anchors are fixed in model pixels) and for every anchor shape (``method.md``
 - **Targets**: the axis-aligned box of an object's six keypoints; an anchor is positive where
   its IoU with a box is above 0.5, and every box's best anchor is positive too (a box no anchor
   overlaps by 0.5, such as a severely crushed body, still gets one); an anchor matches the box
-  it overlaps most.
+  it overlaps most. Ours: an anchor whose best IoU is in ``(0.4, 0.5]`` (`NEGATIVE_IOU`) is
+  left out of the objectness loss rather than being a negative — at full resolution such an
+  anchor and a positive one a pixel away look alike, and calling one object and the other
+  background caps the scores of objects whose best IoU is not far above 0.5.
 
 Anchor tensors are laid out ``(shape, row, column)`` like the network's output.
 """
@@ -33,17 +38,20 @@ import torch
 PAPER_SCALES_MM: tuple[float, ...] = (17.0, 23.0, 28.0, 35.0)
 """Anchor scales (square root of the area) in mm, Pisov et al."""
 
-SACRUM_SCALE_MM = 45.0
-"""Our added anchor scale for the first sacral segment."""
+EXTRA_SCALES_MM: tuple[float, ...] = (45.0, 55.0)
+"""Our added anchor scales (the first sacral segment, large bodies)."""
 
-ANCHOR_SCALES_MM: tuple[float, ...] = (*PAPER_SCALES_MM, SACRUM_SCALE_MM)
-"""Anchor scales of the detector: the paper's and `SACRUM_SCALE_MM`."""
+ANCHOR_SCALES_MM: tuple[float, ...] = (*PAPER_SCALES_MM, *EXTRA_SCALES_MM)
+"""Anchor scales of the detector: the paper's and `EXTRA_SCALES_MM`."""
 
 ANCHOR_RATIOS: tuple[float, ...] = (0.8, 1.1, 1.3, 2.0)
 """Anchor aspect ratios, width / height, Pisov et al."""
 
 POSITIVE_IOU = 0.5
 """IoU above which an anchor is a positive (objectness 1)."""
+
+NEGATIVE_IOU = 0.4
+"""Best IoU at or below which an anchor is a negative (between the two: left out)."""
 
 IGNORE_IOU = 0.4
 """IoU above which an anchor overlapping an object only partly in view is left out of the loss."""
@@ -229,6 +237,7 @@ def assign_targets(
     *,
     ignore_boxes: torch.Tensor | None = None,
     positive_iou: float = POSITIVE_IOU,
+    negative_iou: float = NEGATIVE_IOU,
     ignore_iou: float = IGNORE_IOU,
 ) -> AnchorTargets:
     """Objectness and box matching of every anchor (see the module docstring).
@@ -246,6 +255,10 @@ def assign_targets(
         `ignore_iou` that are not positives are left out of the objectness loss.
     positive_iou : float
         IoU above which an anchor is positive.
+    negative_iou : float
+        Best IoU at or below which an anchor is negative; anchors between the two thresholds
+        (not positive) are left out of the objectness loss. Equal to `positive_iou`: every
+        anchor that is not positive is negative (the paper).
     ignore_iou : float
         IoU with an ignored box above which an anchor is left out.
 
@@ -279,7 +292,11 @@ def assign_targets(
     for a, r, c, g in forced:
         positive[a, r, c] = True
         matched[a, r, c] = g
-    weight = torch.ones((n_shapes, height, width), device=dev)
+    weight = torch.where(
+        (best > negative_iou) & ~positive,
+        torch.zeros((), device=dev),
+        torch.ones((), device=dev),
+    )
     if ignore_boxes is not None:
         for j in range(ignore_boxes.shape[0]):
             win = _window(ignore_boxes[j], shapes, height, width)

@@ -562,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--threads", type=int, help="torch threads (default: the recipe's)")
+    p.add_argument("--crop", type=int, help="crop side in model pixels (default: the recipe's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("var/pisov"))
     args = p.parse_args(argv)
@@ -572,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size or recipe.batch_size,
         lr=args.lr or recipe.lr,
         threads=args.threads or recipe.threads,
+        augment=replace(recipe.augment, crop=args.crop or recipe.augment.crop),
     )
     t0 = time.monotonic()
     train = generate_keypoint_records(args.train, args.seed)

@@ -25,7 +25,7 @@ def test_shapes_are_the_papers_scales_and_ratios_in_pixels() -> None:
     shapes = anchor_shapes(2.0)
     assert ANCHOR_SCALES_MM[:4] == PAPER_SCALES_MM == (17.0, 23.0, 28.0, 35.0)
     assert ANCHOR_RATIOS == (0.8, 1.1, 1.3, 2.0)
-    assert shapes.shape == (20, 2)
+    assert shapes.shape == (24, 2)
     for i, (s, r) in enumerate((s, r) for s in ANCHOR_SCALES_MM for r in ANCHOR_RATIOS):
         w, h = shapes[i].tolist()
         assert w / h == pytest.approx(r, rel=1e-5)  # ratio = width / height
@@ -57,10 +57,10 @@ def test_iou_of_an_anchor_with_its_own_box_is_one() -> None:
     shapes = anchor_shapes(2.0)
     w, h = shapes[5].tolist()
     box = torch.tensor([20.5 - w / 2, 15.5 - h / 2, 20.5 + w / 2, 15.5 + h / 2])
-    iou = anchor_ious(box, shapes, 40, 40)
+    iou = anchor_ious(box, shapes, 80, 80)
     assert iou[5, 15, 20] == pytest.approx(1.0, abs=1e-5)
     assert float(iou.max()) == pytest.approx(1.0, abs=1e-5)
-    assert float(iou[:, 0, 0].max()) == 0.0
+    assert float(iou[:, 79, 79].max()) == 0.0
 
 
 def test_assignment_matches_the_brute_force_iou() -> None:
@@ -77,7 +77,12 @@ def test_assignment_matches_the_brute_force_iou() -> None:
     assert torch.all(t.matched[~t.objectness.bool()] == -1)
     for g in range(len(boxes)):
         assert int((t.matched == g).sum()) >= 5  # plenty of positives per object
-    assert torch.all(t.weight == 1)
+    # Anchors between the thresholds are left out of the loss, the rest count.
+    band = (best > 0.4) & ~t.objectness.bool()
+    assert torch.equal(t.weight == 0, band)
+    assert int(band.sum()) > 0
+    paper = assign_targets(boxes, shapes, 60, 50, negative_iou=0.5)
+    assert torch.all(paper.weight == 1)
 
 
 def test_every_box_gets_its_best_anchor_even_below_the_threshold() -> None:
