@@ -478,8 +478,23 @@ def doctor(obj: Context, as_json: bool, timeout: float) -> None:
 @click.option("--calling", default="SPINEXR", show_default=True, help="Our AE title.")
 @click.option("--called", default="ANY-SCP", show_default=True, help="The peer's AE title.")
 @click.option("--max-pdu", type=int, default=131072, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds for the connection and each answer. Default: dicom.scu_timeout.",
+)
+@pass_ctx
 @edge
-def send(paths: tuple[Path, ...], to: str, calling: str, called: str, max_pdu: int) -> None:
+def send(
+    obj: Context,
+    paths: tuple[Path, ...],
+    to: str,
+    calling: str,
+    called: str,
+    max_pdu: int,
+    timeout: float | None,
+) -> None:
     """C-STORE DICOM files (or folders) to a peer, with progress and a status summary."""
     from collections import Counter
 
@@ -498,7 +513,14 @@ def send(paths: tuple[Path, ...], to: str, calling: str, called: str, max_pdu: i
             click.echo(line, err=True)
 
     results = send_files(
-        files, host, port, calling=calling, called=called, max_pdu=max_pdu, on_result=report
+        files,
+        host,
+        port,
+        calling=calling,
+        called=called,
+        max_pdu=max_pdu,
+        timeout=timeout or obj.settings().dicom.scu_timeout,
+        on_result=report,
     )
     counts = Counter(f"0x{r.status:04X}" if r.status is not None else "error" for r in results)
     click.echo("status summary: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
@@ -510,14 +532,22 @@ def send(paths: tuple[Path, ...], to: str, calling: str, called: str, max_pdu: i
 @click.argument("address")
 @click.option("--calling", default="SPINEXR", show_default=True)
 @click.option("--called", default="ANY-SCP", show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds for the connection and the answer. Default: dicom.scu_timeout.",
+)
+@pass_ctx
 @edge
-def echo(address: str, calling: str, called: str) -> None:
+def echo(obj: Context, address: str, calling: str, called: str, timeout: float | None) -> None:
     """C-ECHO a peer at HOST:PORT."""
     from spinexr.node.dimse.scu import echo as c_echo
     from spinexr.node.dimse.scu import parse_address
 
     host, port = parse_address(address)
-    status = c_echo(host, port, calling=calling, called=called)
+    timeout = timeout or obj.settings().dicom.scu_timeout
+    status = c_echo(host, port, calling=calling, called=called, timeout=timeout)
     click.echo(f"C-ECHO {called}@{host}:{port}: status 0x{status:04X}")
     if status != 0:
         sys.exit(1)

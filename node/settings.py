@@ -119,6 +119,15 @@ class DicomSection(_Section):
     acse_timeout: float = Field(default=30, gt=0)
     dimse_timeout: float = Field(default=60, gt=0)
     network_timeout: float = Field(default=60, gt=0)
+    scu_timeout: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds every outgoing association (echo, send, export, read-back, destination "
+            "test) waits for the TCP connection, the association and each answer."
+        ),
+    )
     max_dataset_bytes: int = Field(default=512 * 2**20, ge=2**16)
     max_decompressed_bytes: int = Field(default=1024 * 2**20, ge=2**16)
     max_sequence_depth: int = Field(default=16, ge=1, le=256)

@@ -23,9 +23,6 @@ from spinexr.node.settings import Destination, Settings
 
 logger = logging.getLogger(__name__)
 
-TEST_TIMEOUT = 5.0
-"""Seconds a connectivity test may take (admin API; ``doctor`` passes its ``--timeout``)."""
-
 
 def _auth(dest: Destination) -> str:
     if dest.token is not None and dest.token.get_secret_value():
@@ -122,24 +119,27 @@ class DestinationCheck:
 
 
 def check_destination(
-    settings: Settings, dest: Destination, timeout: float = TEST_TIMEOUT
+    settings: Settings, dest: Destination, timeout: float | None = None
 ) -> DestinationCheck:
     """C-ECHO a DIMSE destination, or QIDO-RS a DICOMweb one, and time it.
 
     Parameters
     ----------
     settings : Settings
-        ``dicom.ae_title`` is the calling AE.
+        ``dicom.ae_title`` is the calling AE; ``dicom.scu_timeout`` the default timeout.
     dest : Destination
         The destination.
-    timeout : float
-        Seconds for the connection and each network wait.
+    timeout : float, optional
+        Seconds for the connection and each network wait (``doctor`` and ``/readyz`` pass
+        their probe's); default ``dicom.scu_timeout``.
 
     Returns
     -------
     DestinationCheck
         The outcome (errors are reported in it, not raised).
     """
+    if timeout is None:
+        timeout = settings.dicom.scu_timeout
     start = time.perf_counter()
     status = http_status = None
     error: str | None = None

@@ -72,27 +72,62 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-CONNECT_TIMEOUT = 30.0
-"""Seconds an SCU waits for the TCP connection, for ACSE, DIMSE and network replies.
+def bounded_ae(calling: str, timeout: float) -> AE:
+    """Return an AE whose every wait, the TCP connection included, ends after ``timeout``.
 
-Without a connection timeout pynetdicom waits for the operating system's (minutes for a
-host that drops packets), so an admin page, ``doctor`` or an export round would hang.
-"""
+    Without a connection timeout pynetdicom waits for the operating system's (minutes for a
+    host that drops packets), so ``echo``, an admin page, ``doctor`` or an export round
+    would hang. Every SCU of the node makes its AE here, with ``dicom.scu_timeout``.
 
+    Parameters
+    ----------
+    calling : str
+        Our AE title.
+    timeout : float
+        Seconds for the TCP connection, ACSE, DIMSE and network waits.
 
-def _bounded_ae(calling: str, timeout: float) -> AE:
-    """Return an AE whose every wait, the TCP connection included, ends after ``timeout``."""
+    Returns
+    -------
+    AE
+        The application entity (no contexts requested yet).
+    """
     ae = AE(ae_title=calling)
     ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     return ae
 
 
-def _associate(ae: AE, host: str, port: int, called: str) -> Any:
+def associate(ae: AE, host: str, port: int, called: str, timeout: float) -> Any:
+    """Associate with a peer or say clearly why not.
+
+    Parameters
+    ----------
+    ae : AE
+        From :func:`bounded_ae`, with its requested contexts.
+    host, port : str, int
+        Peer address.
+    called : str
+        The peer's AE title.
+    timeout : float
+        The AE's timeout (named in the message when it ran out).
+
+    Returns
+    -------
+    Association
+        An established association.
+
+    Raises
+    ------
+    SpinexrError
+        Rejected, refused, or no answer within ``timeout``.
+    """
+    start = time.monotonic()
     assoc = ae.associate(host, port, ae_title=called)
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:
         why = "rejected (check both AE titles)"
+    elif time.monotonic() - start >= timeout * 0.9:
+        why = f"timed out: no answer within {timeout:g} s (dicom.scu_timeout)"
     else:
         why = "failed (not listening, unreachable, or it hung up)"
     raise SpinexrError(f"association with {called}@{host}:{port} {why}")
@@ -104,18 +139,32 @@ def echo(
     *,
     calling: str = "SPINEXR",
     called: str = "ANY-SCP",
-    timeout: float = CONNECT_TIMEOUT,
+    timeout: float,
 ) -> int:
     """Send a C-ECHO and return its status (0x0000 is success).
+
+    Parameters
+    ----------
+    host, port : str, int
+        Peer address.
+    calling, called : str
+        AE titles.
+    timeout : float
+        Connection, ACSE, DIMSE and network timeouts in seconds (``dicom.scu_timeout``).
+
+    Returns
+    -------
+    int
+        The C-ECHO status.
 
     Raises
     ------
     SpinexrError
         If no association could be made or no response came.
     """
-    ae = _bounded_ae(calling, timeout)
+    ae = bounded_ae(calling, timeout)
     ae.add_requested_context(Verification)
-    assoc = _associate(ae, host, port, called)
+    assoc = associate(ae, host, port, called, timeout)
     try:
         status = assoc.send_c_echo()
         if not status:
@@ -133,7 +182,7 @@ def send_files(
     calling: str = "SPINEXR",
     called: str = "ANY-SCP",
     max_pdu: int = 131072,
-    timeout: float = 60,
+    timeout: float,
     on_result: Callable[[SendResult], None] | None = None,
 ) -> list[SendResult]:
     """C-STORE files over one association, proposing each file's own transfer syntax.
@@ -149,7 +198,7 @@ def send_files(
     max_pdu : int
         Our maximum PDU size.
     timeout : float
-        Connection, ACSE, DIMSE and network timeouts in seconds.
+        Connection, ACSE, DIMSE and network timeouts in seconds (``dicom.scu_timeout``).
     on_result : callable, optional
         Called after each file (progress reporting).
 
@@ -174,14 +223,14 @@ def send_files(
             headers.append((path, ds, None))
         except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
             headers.append((path, None, f"not a sendable DICOM file: {type(exc).__name__}"))
-    ae = _bounded_ae(calling, timeout)
+    ae = bounded_ae(calling, timeout)
     ae.maximum_pdu_size = max_pdu
     for sop_class, syntaxes in contexts.items():
         # Each file's own syntax first, uncompressed as fallback; at most 128 contexts.
         wanted = sorted(syntaxes) + [s for s in TRANSFER_SYNTAXES[:2] if s not in syntaxes]
         ae.add_requested_context(sop_class, wanted)
     results: list[SendResult] = []
-    assoc = _associate(ae, host, port, called) if contexts else None
+    assoc = associate(ae, host, port, called, timeout) if contexts else None
     try:
         for path, header, error in headers:
             if header is None or assoc is None:

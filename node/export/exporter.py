@@ -87,7 +87,7 @@ class Exporter:
                 dest,
                 files,
                 self.settings.dicom.ae_title,
-                timeout=self.settings.dicom.network_timeout,
+                timeout=self.settings.dicom.scu_timeout,
             )
         return send_stow(dest, files)
 
@@ -99,7 +99,9 @@ class Exporter:
 
     def _verify(self, dest: Destination, study_uid: str) -> set[str]:
         if dest.kind == "dimse":
-            return verify_dimse(dest, study_uid, self.settings.dicom.ae_title)
+            return verify_dimse(
+                dest, study_uid, self.settings.dicom.ae_title, self.settings.dicom.scu_timeout
+            )
         return verify_qido(dest, study_uid)
 
     def export(self, job_id: int) -> ExportRound:

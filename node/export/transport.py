@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydicom
 
-from spinexr.node.dimse.scu import send_files
+from spinexr.node.dimse.scu import bounded_ae, send_files
 from spinexr.node.errors import SpinexrError
 from spinexr.node.settings import Destination
 
@@ -28,7 +28,7 @@ class InstanceOutcome:
 
 
 def send_dimse(
-    dest: Destination, files: Sequence[Path], calling_ae: str, timeout: float = 30
+    dest: Destination, files: Sequence[Path], calling_ae: str, timeout: float
 ) -> list[InstanceOutcome]:
     """C-STORE files to a DIMSE destination and check each response status.
 
@@ -41,7 +41,7 @@ def send_dimse(
     calling_ae : str
         Our AE title.
     timeout : float
-        Network timeouts.
+        Connection and network timeouts (``dicom.scu_timeout``).
 
     Returns
     -------
@@ -134,9 +134,7 @@ def send_stow(dest: Destination, files: Sequence[Path]) -> list[InstanceOutcome]
     ]
 
 
-def verify_dimse(
-    dest: Destination, study_uid: str, calling_ae: str, timeout: float = 30
-) -> set[str]:
+def verify_dimse(dest: Destination, study_uid: str, calling_ae: str, timeout: float) -> set[str]:
     """Return the SOP Instance UIDs of ``study_uid`` that a C-FIND at IMAGE level finds.
 
     Parameters
@@ -148,7 +146,7 @@ def verify_dimse(
     calling_ae : str
         Our AE title.
     timeout : float
-        Network timeouts.
+        Connection and network timeouts (``dicom.scu_timeout``).
 
     Returns
     -------
@@ -156,14 +154,12 @@ def verify_dimse(
         Found instances (empty when the peer does not answer C-FIND).
     """
     from pydicom.dataset import Dataset
-    from pynetdicom import AE
     from pynetdicom.sop_class import (  # type: ignore[attr-defined]
         StudyRootQueryRetrieveInformationModelFind,
     )
 
     assert dest.host is not None and dest.port is not None and dest.ae_title is not None
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae = bounded_ae(calling_ae, timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
