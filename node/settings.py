@@ -187,6 +187,17 @@ class HttpSection(_Section):
     auth_lockout_seconds: float = Field(
         default=300, gt=0, description="How long a locked-out address is answered 429."
     )
+    preview_cache_mb: int = Field(
+        default=256,
+        ge=1,
+        description=(
+            "Largest total size of the admin pages' cached preview PNGs; the least recently "
+            "used are removed past it."
+        ),
+    )
+    preview_cache_max_age_days: float = Field(
+        default=7, gt=0, description="Cached previews not used for this long are removed."
+    )
 
 
 class StorageSection(_Section):

@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote, urlencode
 
 import jinja2
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from spinexr.node.admin import actions, jobs, studies
@@ -410,12 +410,12 @@ def make_pages_router() -> APIRouter:
     def preview_png(_session: PageSession, ctx: Ctx, uid: str, sop_uid: str) -> Response:
         """Send the image rendered with its GSPS (or the result's boxes) as PNG."""
         try:
-            path = preview.preview_file(ctx.settings, ctx.sessions, uid, sop_uid)
+            png = preview.preview_bytes(ctx.settings, ctx.sessions, uid, sop_uid)
         except NotFoundError as exc:
             raise PageError(404, str(exc)) from exc
         except UnprocessableError as exc:
             raise PageError(422, str(exc)) from exc
-        response = FileResponse(path, media_type="image/png")
+        response = Response(png, media_type="image/png")
         response.headers["Cache-Control"] = "private, no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response

@@ -5,7 +5,9 @@ The image is rendered by `spinexr.node.outputs.render` with the GSPS the node bu
 Without a GSPS (a site profile without them) the boxes of the latest result are drawn in
 their class colours on the node's display rendering. PNGs are cached in
 ``<data_dir>/previews/``, named after the image version and the presentation state or
-result they show, so a new analysis gives a new file.
+result they show, so a new analysis gives a new file. The cache is bounded in size and age
+(``http.preview_cache_mb``, ``http.preview_cache_max_age_days``; see
+`spinexr.node.http.admin.previewcache`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from spinexr.node.admin.errors import NotFoundError, UnprocessableError
 from spinexr.node.db.models import Instance, Job, OutputObject, Result, Study
 from spinexr.node.db.states import OutputKind
+from spinexr.node.http.admin import previewcache
 from spinexr.node.outputs.boxes import CLASS_COLOURS
 from spinexr.node.outputs.render import DEFAULT_MAX_SIZE, preview_png, preview_scale
 from spinexr.node.settings import Settings
@@ -194,9 +197,52 @@ def preview_file(
     name = hashlib.sha256(plan.key.encode("utf-8")).hexdigest()[:40] + ".png"
     folder = preview_dir(settings)
     path = folder / name
+    max_bytes = settings.http.preview_cache_mb * 2**20
+    max_age = settings.http.preview_cache_max_age_days * 86400
     if path.is_file():
+        previewcache.touch(path)
+        previewcache.maybe_prune(folder, max_bytes=max_bytes, max_age_seconds=max_age, keep=path)
         return path
     png = _render(plan)
     write_atomically(path, png, durable=False)  # a cache: rebuilt when lost
     logger.info("preview of %s rendered (%d bytes)", sop_uid, len(png))
+    previewcache.prune(folder, max_bytes=max_bytes, max_age_seconds=max_age, keep=path)
     return path
+
+
+def preview_bytes(
+    settings: Settings, sessions: sessionmaker[Session], study_uid: str, sop_uid: str
+) -> bytes:
+    """Return an image's preview PNG (:func:`preview_file`), read while it is there.
+
+    The cache may drop a file between :func:`preview_file` and the read (another request's
+    prune): it is then rendered again.
+
+    Parameters
+    ----------
+    settings : Settings
+        Folders and cache bounds.
+    sessions : sessionmaker
+        Database sessions.
+    study_uid, sop_uid : str
+        The study and the image.
+
+    Returns
+    -------
+    bytes
+        The PNG.
+
+    Raises
+    ------
+    NotFoundError
+        If the study, the image or its file does not exist.
+    UnprocessableError
+        If the image cannot be decoded or rendered.
+    """
+    for _ in range(2):
+        path = preview_file(settings, sessions, study_uid, sop_uid)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            continue
+    return _render(_plan(settings, sessions, study_uid, sop_uid))

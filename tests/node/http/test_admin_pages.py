@@ -171,8 +171,8 @@ def test_study_page_shows_patient_findings_timeline_and_previews(world) -> None:
     assert box_pixels(png.content, CLASS_COLOURS[o.label], box) > 100
     cached = list(preview_dir(world.stack.settings).glob("*.png"))
     assert len(cached) == 1
-    mtime = cached[0].stat().st_mtime_ns
-    assert c.get(url).content == png.content and cached[0].stat().st_mtime_ns == mtime
+    inode = cached[0].stat().st_ino  # a render writes a new file (atomic rename)
+    assert c.get(url).content == png.content and cached[0].stat().st_ino == inode
 
     missing = c.get(f"/admin/studies/{world.analysed_uid}/instances/1.2.3/preview.png")
     assert missing.status_code == 404 and "no instance 1.2.3 in study" in missing.text
