@@ -1,11 +1,13 @@
 """Admin actions: retry and cancel a job, complete a study, each recorded with its actor.
 
 The one path of the CLI, the admin API and the admin pages: the state moves
-(`spinexr.node.admin.jobs.retry_job`, ``cancel_job``,
-`spinexr.node.ingest.assembler.StudyAssembler.force_complete`), then an ``admin`` event
-naming the actor (``cli``, ``admin-api``, ``admin-web``) in the study's timeline, then the
-job handed to the queue after the commit. A job whose message cannot be sent (broker
-down) is not lost: the reconciler re-sends queued and built jobs idle longer than a lease.
+(`spinexr.node.admin.jobs.retry_in`, ``cancel_in``,
+`spinexr.node.ingest.assembler.StudyAssembler.force_complete`) and an ``admin`` event
+naming the actor (``cli``, ``admin-api``, ``admin-web``) in the study's timeline are written
+in one transaction: both are committed, or neither (an action that fails leaves no trace
+and no unrecorded change). The job is handed to the queue after the commit. A job whose
+message cannot be sent (broker down) is not lost: the reconciler re-sends queued and built
+jobs idle longer than a lease.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from spinexr.node.admin.errors import ConflictError, NotFoundError
-from spinexr.node.admin.jobs import cancel_job, require_job, retry_job
+from spinexr.node.admin.jobs import cancel_in, retry_in
 from spinexr.node.db.models import Job, Study
 from spinexr.node.db.states import Priority
 from spinexr.node.db.timeline import record
@@ -109,14 +111,16 @@ class ActionOutcome:
     published: bool = False
 
 
-def _audit(sessions: sessionmaker[Session], job_id: int | None, uid: str, detail: str) -> None:
-    with sessions() as session:
-        study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
-        if study is None:
-            return
-        job = session.get(Job, job_id) if job_id is not None else None
-        record(session, study, "admin", job=job, detail=detail)
-        session.commit()
+def _audit(session: Session, study: Study, job: Job | None, detail: str) -> None:
+    """Add the ``admin`` event in the transaction of the change it records (no commit)."""
+    record(session, study, "admin", job=job, detail=detail)
+
+
+def _study_of(session: Session, job_id: int) -> tuple[Job, Study]:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id}")
+    return job, job.study
 
 
 def _state(sessions: sessionmaker[Session], job_id: int) -> str:
@@ -162,12 +166,16 @@ def retry(
     ConflictError
         If the job is queued or running.
     """
-    uid = require_job(sessions, job_id)
-    try:
-        what = retry_job(sessions, job_id)
-    except SpinexrError as exc:
-        raise ConflictError(str(exc)) from exc
-    _audit(sessions, job_id, uid, f"retry ({what}) requested by {actor}")
+    with sessions() as session:
+        try:
+            what = retry_in(session, job_id)
+        except NotFoundError:
+            raise
+        except SpinexrError as exc:
+            raise ConflictError(str(exc)) from exc
+        job, study = _study_of(session, job_id)
+        _audit(session, study, job, f"retry ({what}) requested by {actor}")
+        session.commit()
     if what == "export":
         published = _publish(dispatcher.export, job_id)
     else:
@@ -202,12 +210,16 @@ def cancel(sessions: sessionmaker[Session], job_id: int, actor: Actor) -> Action
     ConflictError
         If the state machine does not allow cancelling it (finished, dead, ...).
     """
-    uid = require_job(sessions, job_id)
-    try:
-        cancel_job(sessions, job_id)
-    except SpinexrError as exc:
-        raise ConflictError(str(exc)) from exc
-    _audit(sessions, job_id, uid, f"cancel requested by {actor}")
+    with sessions() as session:
+        try:
+            cancel_in(session, job_id)
+        except NotFoundError:
+            raise
+        except SpinexrError as exc:
+            raise ConflictError(str(exc)) from exc
+        job, study = _study_of(session, job_id)
+        _audit(session, study, job, f"cancel requested by {actor}")
+        session.commit()
     logger.info("job %s: cancelled by %s", job_id, actor)
     return ActionOutcome(job_id, _state(sessions, job_id), f"job {job_id} cancelled")
 
@@ -249,8 +261,12 @@ def complete_study(
     if exists is None:
         raise NotFoundError(f"no study {uid}")
     assembler = StudyAssembler(settings, sessions, model_identity(settings.models.bundle))
-    job_id = assembler.force_complete(uid)
-    _audit(sessions, job_id, uid, f"completion requested by {actor}")
+    job_id = assembler.force_complete(
+        uid,
+        audit=lambda session, study, job: _audit(
+            session, study, job, f"completion requested by {actor}"
+        ),
+    )
     if job_id is None:
         return ActionOutcome(None, None, "study complete; no new job (nothing new to analyse)")
     published = False

@@ -87,10 +87,9 @@ def show_job(sessions: sessionmaker[Session], job_id: int) -> dict[str, Any]:
 
 
 def retry_job(sessions: sessionmaker[Session], job_id: int) -> str:
-    """Send a failed, dead, cancelled or finished job round again.
+    """Send a failed, dead, cancelled or finished job round again (one transaction).
 
-    A job with outputs goes back to export; one without goes back to analysis (attempts
-    reset).
+    See :func:`retry_in`.
 
     Returns
     -------
@@ -98,39 +97,89 @@ def retry_job(sessions: sessionmaker[Session], job_id: int) -> str:
         ``"analysis"`` or ``"export"``: what the caller must publish.
     """
     with sessions() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise NotFoundError(f"no job {job_id}")
-        if job.state in (JobState.ANALYZING, JobState.EXPORTING, JobState.QUEUED):
-            raise SpinexrError(f"job {job_id} is {job.state.value}: nothing to retry")
-        if job.outputs and job.state in (
-            JobState.FAILED,
-            JobState.DEAD,
-            JobState.EXPORTED,
-            JobState.VERIFIED,
-            JobState.BUILT,
-        ):
-            if job.state is not JobState.BUILT:
-                transition(session, job, JobState.BUILT, detail="export again (admin retry)")
-            session.commit()
-            return "export"
-        if job.state is JobState.COMPLETE:
-            transition(session, job, JobState.QUEUED, detail="queued by admin")
-        else:
-            transition(session, job, JobState.QUEUED, detail="retry by admin")
-        job.attempts = 0
+        what = retry_in(session, job_id)
         session.commit()
-        return "analysis"
+        return what
+
+
+def retry_in(session: Session, job_id: int) -> str:
+    """Move a job for a retry in the caller's transaction (no commit).
+
+    A job with outputs goes back to export; one without goes back to analysis (attempts
+    reset).
+
+    Parameters
+    ----------
+    session : Session
+        Open session; the caller commits (with its audit event) or rolls back.
+    job_id : int
+        The job.
+
+    Returns
+    -------
+    str
+        ``"analysis"`` or ``"export"``: what the caller must publish after the commit.
+
+    Raises
+    ------
+    NotFoundError
+        If the job does not exist.
+    SpinexrError
+        If the job is queued or running.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id}")
+    if job.state in (JobState.ANALYZING, JobState.EXPORTING, JobState.QUEUED):
+        raise SpinexrError(f"job {job_id} is {job.state.value}: nothing to retry")
+    if job.outputs and job.state in (
+        JobState.FAILED,
+        JobState.DEAD,
+        JobState.EXPORTED,
+        JobState.VERIFIED,
+        JobState.BUILT,
+    ):
+        if job.state is not JobState.BUILT:
+            transition(session, job, JobState.BUILT, detail="export again (admin retry)")
+        return "export"
+    if job.state is JobState.COMPLETE:
+        transition(session, job, JobState.QUEUED, detail="queued by admin")
+    else:
+        transition(session, job, JobState.QUEUED, detail="retry by admin")
+    job.attempts = 0
+    return "analysis"
 
 
 def cancel_job(sessions: sessionmaker[Session], job_id: int) -> None:
-    """Cancel a job that is not finished (a running attempt finishes but is discarded)."""
+    """Cancel a job that is not finished (one transaction; see :func:`cancel_in`)."""
     with sessions() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise NotFoundError(f"no job {job_id}")
-        transition(session, job, JobState.CANCELLED, detail="cancelled by admin")
+        cancel_in(session, job_id)
         session.commit()
+
+
+def cancel_in(session: Session, job_id: int) -> None:
+    """Cancel a job in the caller's transaction (no commit).
+
+    A running attempt finishes but is discarded.
+
+    Parameters
+    ----------
+    session : Session
+        Open session; the caller commits (with its audit event) or rolls back.
+    job_id : int
+        The job.
+
+    Raises
+    ------
+    NotFoundError
+        If the job does not exist.
+    InvalidTransitionError
+        If the job's state cannot move to ``cancelled``.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id}")
+    transition(session, job, JobState.CANCELLED, detail="cancelled by admin")
 
 
 def status(sessions: sessionmaker[Session]) -> dict[str, Any]:
@@ -172,37 +221,6 @@ def status(sessions: sessionmaker[Session]) -> dict[str, Any]:
         "workers_seen_last_hour": workers,
         "failed_export_attempts": int(failed_exports),
     }
-
-
-def require_job(sessions: sessionmaker[Session], job_id: int) -> str:
-    """Return the Study Instance UID of a job.
-
-    Parameters
-    ----------
-    sessions : sessionmaker
-        Database sessions.
-    job_id : int
-        The job.
-
-    Returns
-    -------
-    str
-        Its study's UID.
-
-    Raises
-    ------
-    NotFoundError
-        If the job does not exist.
-    """
-    with sessions() as session:
-        uid = session.scalar(
-            select(Study.study_instance_uid)
-            .join(Job, Job.study_id == Study.id)
-            .where(Job.id == job_id)
-        )
-    if uid is None:
-        raise NotFoundError(f"no job {job_id}")
-    return uid
 
 
 def failures(sessions: sessionmaker[Session], limit: int = 100) -> dict[str, list[dict[str, Any]]]:

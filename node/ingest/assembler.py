@@ -29,6 +29,9 @@ from spinexr.node.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+Audit = Callable[[Session, Study, Job | None], None]
+"""Records an admin's request in the transaction of the change it asked for."""
+
 
 def model_identity(bundle: Path | None) -> str:
     """Return the model version that enters the idempotency key.
@@ -135,13 +138,17 @@ class StudyAssembler:
                 created.append(job_id)
         return created
 
-    def force_complete(self, study_uid: str) -> int | None:
+    def force_complete(self, study_uid: str, audit: Audit | None = None) -> int | None:
         """Complete a study now (admin action).
 
         Parameters
         ----------
         study_uid : str
             Study Instance UID.
+        audit : callable, optional
+            ``audit(session, study, job)`` records the admin's request in the transaction
+            that completes the study (``job``: the new job, or None when none was needed),
+            so that the change and its record are committed together or not at all.
 
         Returns
         -------
@@ -157,9 +164,16 @@ class StudyAssembler:
             study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == study_uid))
         if study_id is None:
             raise SpinexrError(f"no study {study_uid}")
-        return self._complete(study_id, None, forced=True)
+        return self._complete(study_id, None, forced=True, audit=audit)
 
-    def _complete(self, study_id: int, cutoff: dt.datetime | None, *, forced: bool) -> int | None:
+    def _complete(
+        self,
+        study_id: int,
+        cutoff: dt.datetime | None,
+        *,
+        forced: bool,
+        audit: Audit | None = None,
+    ) -> int | None:
         now = utcnow()
         with self.sessions() as session:
             stmt = update(Study).where(Study.id == study_id)
@@ -192,6 +206,8 @@ class StudyAssembler:
                     detail=f"{how}; {len(study.instances)} instance(s), "
                     f"none for analysis ({study.decision})",
                 )
+                if audit is not None:
+                    audit(session, study, None)
                 session.commit()
                 logger.info("study %s complete: nothing to analyse", study.study_instance_uid)
                 return None
@@ -205,6 +221,8 @@ class StudyAssembler:
                     job=existing,
                     detail=f"{how}; same instances and model as job {existing.id}: no new job",
                 )
+                if audit is not None:
+                    audit(session, study, None)
                 session.commit()
                 logger.info(
                     "study %s complete: already covered by job %s",
@@ -239,6 +257,8 @@ class StudyAssembler:
                 detail=detail,
             )
             cancel_superseded(session, job, self.settings.output.superseded)
+            if audit is not None:
+                audit(session, study, job)
             session.commit()
             job_id = job.id
             logger.info("study %s complete: job %s created", study.study_instance_uid, job_id)
