@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -29,6 +30,9 @@ from spinexr.node.tasking.dispatch import publish_analysis, publish_export, queu
 from spinexr.node.tasking.supervisor import WorkerSupervisor
 
 logger = logging.getLogger(__name__)
+
+HTTP_GRACE_SECONDS = 2
+"""Seconds the HTTP server lets requests in flight finish when ``serve`` stops."""
 
 
 def prepare_storage(settings: Settings) -> None:
@@ -95,6 +99,12 @@ class _HttpServer(uvicorn.Server):
 def run_server(settings: Settings, config_file: Path | None = None) -> None:
     """Run the node until interrupted (SIGINT/SIGTERM).
 
+    On SIGTERM it stops within about three seconds: the HTTP server lets requests in flight
+    finish (:data:`HTTP_GRACE_SECONDS`), the DICOM listener closes its port and each
+    association finishes the C-STORE being recorded and is aborted (A-ABORT), and the
+    embedded worker ends at once when idle (else it is given
+    `spinexr.node.tasking.supervisor.STOP_SECONDS` to finish its task).
+
     Parameters
     ----------
     settings : Settings
@@ -156,21 +166,32 @@ def run_server(settings: Settings, config_file: Path | None = None) -> None:
             port=settings.http.port,
             log_level="warning",
             access_log=False,
+            # A request in flight (a STOW-RS being recorded) may finish, within this.
+            timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
         )
         http = _HttpServer(config)
+
+        def begin_stop() -> None:
+            scp.begin_stop()
+            worker.begin_stop()
 
         def stop(signum: int, _frame: FrameType | None) -> None:
             logger.info("%s received, shutting down", signal.Signals(signum).name)
             http.should_exit = True
+            # The listener and the worker start stopping now, while HTTP winds down.
+            threading.Thread(target=begin_stop, name="stopping", daemon=True).start()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         logger.info("HTTP server on %s:%d", settings.http.host, settings.http.port)
         http.run()
     finally:
-        scp.stop()
+        # Every part is asked to stop first, then waited for: they stop side by side.
+        scp.begin_stop()
+        worker.begin_stop()
         assembler.stop()
         reconciler.stop()
+        scp.stop()
         worker.stop()
         engine.dispose()
         logger.info("spinexr-node stopped")

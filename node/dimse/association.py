@@ -12,7 +12,10 @@ accepts and calls :func:`serve_association` there. That process:
 * opens its own database connection and :class:`IngestService`;
 * hands the connection to pynetdicom through the listener's server
   (:meth:`socketserver.BaseServer.finish_request`, which starts the association thread) with
-  our handlers bound (:meth:`AssociationServer.bind`), and waits for it to end.
+  our handlers bound (:meth:`AssociationServer.bind`), and waits for it to end;
+* on SIGTERM (the listener stopping), lets the C-STORE being recorded finish its commit and
+  aborts the association with an A-ABORT PDU
+  (:meth:`~spinexr.node.dimse.handlers.AssociationHandlers.abort_when_idle`).
 
 Why ``pynetdicom._config`` although its name starts with an underscore: it is pynetdicom's
 documented configuration module ("Configuration Options (pynetdicom._config)" in the API
@@ -31,10 +34,12 @@ from __future__ import annotations
 import logging
 import os
 import select
+import signal
 import socket
 import ssl
 import struct
 import tempfile
+import threading
 from typing import Any
 
 from pynetdicom.transport import AssociationServer
@@ -49,8 +54,11 @@ from spinexr.node.settings import Settings
 logger = logging.getLogger(__name__)
 
 A_ASSOCIATE_RQ = 0x01
-JOIN_WAIT = 0.5
-"""Seconds between two looks at whether ``serve`` is still there while the association runs."""
+JOIN_WAIT = 0.1
+"""Seconds between two looks at whether ``serve`` is still there, or the process asked to
+stop, while the association runs."""
+RECORDING_WAIT = 1.5
+"""Seconds a stopping association waits for the C-STORE being recorded before its A-ABORT."""
 
 
 def first_pdu_fits(conn: socket.socket, limit: int, timeout: float) -> bool:
@@ -159,6 +167,8 @@ def serve_association(
     )
     watch.clear()  # left by an earlier process with this pid
     handlers = AssociationHandlers(settings, ingest, watch, over_limit=over_limit)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         for event, handler in handlers.bindings():
             server.bind(event, handler)
@@ -168,6 +178,9 @@ def serve_association(
                 assoc.join(JOIN_WAIT)
                 if serve_gone(alive_fd):
                     return 1  # as if this process had been killed with serve
+                if stop.is_set() and not assoc.is_aborted:
+                    logger.info("stopping: aborting the association with %s", address[0])
+                    handlers.abort_when_idle(assoc, RECORDING_WAIT)
     finally:
         watch.clear()
         engine.dispose()

@@ -3,12 +3,17 @@
 The C-STORE handler is thin: it takes the file pynetdicom wrote (``event.dataset_path``),
 hands it to :class:`IngestService` (checks, fsync, database commit) and answers with the
 status that maps the outcome. It never raises and never decodes pixels.
+
+When the node stops, :meth:`AssociationHandlers.abort_when_idle` lets the C-STORE being
+recorded finish its commit, then aborts the association (A-ABORT): nothing acknowledged is
+lost, and nothing is acknowledged after it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -61,6 +66,8 @@ class AssociationHandlers:
         self._networks = [
             ipaddress.ip_network(n, strict=False) for n in settings.dicom.allowed_networks
         ]
+        self._recording = threading.Lock()  # held while a C-STORE is being recorded
+        self._stopping = False
 
     def bindings(self) -> list[tuple[evt.EventType, Callable[[evt.Event], Any]]]:
         """Return ``(event, handler)`` pairs for ``evt_handlers`` / ``bind``."""
@@ -108,8 +115,36 @@ class AssociationHandlers:
         logger.info("C-ECHO from %s", event.assoc.requestor.ae_title.strip())
         return SUCCESS
 
+    def abort_when_idle(self, assoc: Any, timeout: float) -> None:
+        """Let the C-STORE being recorded finish (at most ``timeout`` s), then A-ABORT.
+
+        Parameters
+        ----------
+        assoc : Association
+            The association (pynetdicom's public ``abort``: an A-ABORT PDU, then the
+            connection closed).
+        timeout : float
+            Seconds to wait for the recording in flight.
+        """
+        finished = self._recording.acquire(timeout=timeout)
+        try:
+            self._stopping = True  # a C-STORE that arrives now is not recorded
+            if not finished:
+                logger.warning("stopping: a C-STORE still recording after %.1f s", timeout)
+            assoc.abort()
+        finally:
+            if finished:
+                self._recording.release()
+
     def on_store(self, event: evt.Event) -> int:
         """Ingest the received data set; return its DIMSE status."""
+        with self._recording:
+            if self._stopping:
+                self.watch.clear()
+                return status_for("out_of_resources")
+            return self._store(event)
+
+    def _store(self, event: evt.Event) -> int:
         calling = event.assoc.requestor.ae_title.strip()
         request = cast(C_STORE, event.request)
         sop_uid = str(getattr(request, "AffectedSOPInstanceUID", ""))

@@ -11,9 +11,11 @@ only its own association with it.
 The listener counts the association processes it has running: a connection beyond
 ``dicom.max_associations`` is still accepted, and its association rejected (transient, local
 limit exceeded) by its process. It stays single-threaded, so that forking it is safe. It
-stops (SIGTERM) by closing its socket and giving the associations :data:`GRACE_SECONDS` to
-end; when ``serve`` is gone (SIGKILL included), it kills them at once and exits, as if they
-had run inside ``serve``.
+stops (SIGTERM) by closing its socket and passing the SIGTERM on to the association
+processes, each of which lets its C-STORE being recorded finish its commit and aborts its
+association (A-ABORT); those not ended after :data:`GRACE_SECONDS` are killed. When
+``serve`` is gone (SIGKILL included), it kills them at once and exits, as if they had run
+inside ``serve``.
 
 Run as ``python -m spinexr.node.dimse.listener READY_FD ALIVE_FD`` with the pickled
 ``(settings, log level)`` on standard input; it writes ``ready`` (or ``error: ...``) and a
@@ -51,8 +53,9 @@ from spinexr.node.sopclasses import (
 
 logger = logging.getLogger(__name__)
 
-GRACE_SECONDS = 5.0
-"""How long a stopping listener lets running associations finish before it kills them."""
+GRACE_SECONDS = 2.0
+"""How long a stopping listener lets its associations finish their recording and abort
+before it kills them."""
 
 
 def make_server(settings: Settings) -> AssociationServer:
@@ -228,11 +231,14 @@ class Listener:
             self._reap_folder(pid)
 
     def _drain(self, grace: float) -> None:
-        """Let the running associations end for ``grace`` seconds, then kill them."""
+        """Ask the associations to stop (SIGTERM), wait ``grace`` seconds, kill the rest."""
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while self.children and time.monotonic() < deadline:
             self._reap()
-            time.sleep(0.05)
+            time.sleep(0.02)
         if self.children:
             logger.warning("stopping: killing %d unfinished association(s)", len(self.children))
         self._kill_all()

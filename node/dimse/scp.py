@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0
 """Seconds a listener may take to start listening."""
-STOP_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
 """Seconds a listener may take to stop (its associations' grace included) before a kill."""
 
 
@@ -117,11 +117,25 @@ class StoreSCP:
                 return
             delay = min(delay * 2, 30.0)
 
-    def stop(self) -> None:
-        """Stop the listener: no new associations, running ones get a grace period."""
-        self._stop.set()
+    def begin_stop(self) -> None:
+        """Ask the listener to stop (SIGTERM) without waiting: see :meth:`stop`.
+
+        No new associations; running ones finish the C-STORE being recorded and are
+        aborted (A-ABORT).
+        """
+        with self._lock:
+            if self._stop.is_set():
+                return  # asked already
+            self._stop.set()
         if self._watch is not None:
             self._watch.join(timeout=10)
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+
+    def stop(self) -> None:
+        """Stop the listener and wait for it (killed after :data:`STOP_TIMEOUT` seconds)."""
+        self.begin_stop()
         with self._lock:
             if self.proc is not None:
                 _end(self.proc, timeout=STOP_TIMEOUT)

@@ -152,11 +152,13 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int) -> None:
     concurrency : int
         Worker processes (``solo`` pool when 1).
     """
+    from spinexr.node.tasking import shutdown
     from spinexr.node.tasking.runtime import init_runtime
 
     configure(settings)
     init_runtime(settings, inference=INFERENCE_QUEUE in queues)
     watch_parent()
+    shutdown.install()
     pool = "solo" if concurrency == 1 else "prefork"
     app.worker_main(
         [

@@ -14,6 +14,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+STOP_SECONDS = 2.0
+"""How long ``serve`` lets its worker finish a task when it stops, before killing it."""
+
 
 class WorkerSupervisor:
     """Start ``spinexr-node worker`` as a child and keep it running.
@@ -31,6 +34,7 @@ class WorkerSupervisor:
         self.config_file = config_file
         self.proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -65,15 +69,38 @@ class WorkerSupervisor:
         self._thread = threading.Thread(target=watch, name="worker-supervisor", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Ask the child to finish its current task and exit (SIGTERM), then kill it."""
-        self._stop.set()
+    def begin_stop(self) -> None:
+        """Ask the child to stop (SIGTERM: warm shutdown) without waiting: see :meth:`stop`.
+
+        Only the first call signals the child (a second SIGTERM would interrupt the warm
+        shutdown of a Celery worker).
+        """
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
+
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Ask the child to stop (SIGTERM), wait ``timeout`` seconds, then kill it.
+
+        An idle worker exits at once; one in a task finishes it if it can within
+        ``timeout``. A task cut short by the kill is not lost: its message is acknowledged
+        only after it ran, and the job's lease expires into a retry (the database job table
+        is the source of truth).
+        """
+        self.begin_stop()
+        if self.proc is not None and self.proc.poll() is None:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                logger.warning(
+                    "worker (pid %d) still busy after %.0f s: killed (its job runs again later)",
+                    self.proc.pid,
+                    timeout,
+                )
                 self.proc.kill()
                 self.proc.wait()
