@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 import sys
 
+from spinexr.node.phi import LibraryRecordFilter
+
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Send log records to stderr with timestamps.
+    """Send log records to stderr with timestamps, without the values libraries quote.
+
+    Python warnings (pydicom raises its validation warnings, which quote values, as
+    warnings too) become log records, and every record passes
+    :class:`~spinexr.node.phi.LibraryRecordFilter`.
 
     Parameters
     ----------
@@ -18,6 +24,8 @@ def configure_logging(level: str = "INFO") -> None:
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(LibraryRecordFilter())
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

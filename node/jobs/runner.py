@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from spinexr.node import phi
 from spinexr.node.db.models import Instance, Job, Result, utcnow
 from spinexr.node.db.states import JobState
 from spinexr.node.db.timeline import record, transition
@@ -248,6 +249,7 @@ class JobRunner:
         RunOutcome
             The state reached and, for a retry, its delay.
         """
+        values: frozenset[str] = frozenset()  # the patient's, kept out of errors and logs
         try:
             with self.sessions() as session:
                 job = session.get(Job, job_id)
@@ -263,6 +265,7 @@ class JobRunner:
                         f"the worker was lost in each of {job.attempts - 1} attempts"
                     )
                 sources = self._sources(session, job)
+                values = phi.identifying_values(sources)
                 predecessor, revision = self._predecessor(session, job)
                 key = job.idempotency_key
                 study_uid = job.study.study_instance_uid
@@ -298,8 +301,8 @@ class JobRunner:
                 session.commit()
             return RunOutcome(job_id, JobState.BUILT)
         except Exception as exc:  # a failed analysis must never leave the job hanging
-            logger.exception("job %s: analysis failed", job_id)
-            return self.fail(job_id, f"{type(exc).__name__}: {exc}"[:500])
+            logger.error("job %s: analysis failed\n%s", job_id, phi.format_exception(exc, values))
+            return self.fail(job_id, phi.safe_error(exc, values)[:500])
 
     def _save(
         self, session: Session, job: Job, result: StudyResult, built: list[BuiltObject]
@@ -410,7 +413,12 @@ class JobRunner:
             )
             self._save(session, job, result, built)
         except Exception as exc:  # the job goes dead with both reasons
-            logger.exception("job %s: the analysis-failed report could not be built", job.id)
-            return False, f"no analysis-failed report: {type(exc).__name__}: {exc}"[:400]
+            values = phi.identifying_values(headers)
+            logger.error(
+                "job %s: the analysis-failed report could not be built\n%s",
+                job.id,
+                phi.format_exception(exc, values),
+            )
+            return False, f"no analysis-failed report: {phi.safe_error(exc, values)}"[:400]
         logger.warning("job %s: %s; sending the analysis-failed report", job.id, reason)
         return True, f"{reason}; analysis-failed report built ({len(built)} object(s))"
