@@ -28,6 +28,7 @@ from spinexr.node.db.models import Instance, Job, Result, utcnow
 from spinexr.node.db.states import JobState
 from spinexr.node.db.timeline import record, transition
 from spinexr.node.ingest.rules import ANALYSE
+from spinexr.node.jobs.conform import conform_header
 from spinexr.node.jobs.failure import failed_study_result, readable_headers
 from spinexr.node.jobs.supersede import lineage
 from spinexr.node.outputs.build import BuiltObject, build_outputs
@@ -266,6 +267,7 @@ class JobRunner:
                     )
                 sources = self._sources(session, job)
                 values = phi.identifying_values(sources)
+                _conform(job_id, sources)
                 predecessor, revision = self._predecessor(session, job)
                 key = job.idempotency_key
                 study_uid = job.study.study_instance_uid
@@ -391,6 +393,7 @@ class JobRunner:
         analysable = [spool / r.path for r in latest if r.decision == ANALYSE]
         others = [spool / r.path for r in latest if r.decision != ANALYSE]
         headers = readable_headers(analysable) or readable_headers(others)[:1]
+        _conform(job.id, headers)
         reason = f"analysis failed after {job.attempts} attempts ({error.split(':', 1)[0]})"
         try:
             if not headers:
@@ -422,3 +425,16 @@ class JobRunner:
             return False, f"no analysis-failed report: {phi.safe_error(exc, values)}"[:400]
         logger.warning("job %s: %s; sending the analysis-failed report", job.id, reason)
         return True, f"{reason}; analysis-failed report built ({len(built)} object(s))"
+
+
+def _conform(job_id: int, datasets: list[pydicom.Dataset]) -> None:
+    """Repair the header values the builders would refuse (`spinexr.node.jobs.conform`)."""
+    for ds in datasets:
+        repaired = conform_header(ds)
+        if repaired:
+            logger.info(
+                "job %s: %s: %s not valid DICOM, repaired for the outputs",
+                job_id,
+                ds.get("SOPInstanceUID", "?"),
+                ", ".join(repaired),
+            )

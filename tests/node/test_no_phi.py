@@ -82,7 +82,8 @@ MUELLER = Patient("Müller^Jürgen", "PIDQ7X3301", "19230405", "ACCQ7X3301", "IS
 # A birth date written as many systems do, which DICOM's DA does not allow (pydicom's
 # validation warnings quote such values), and an over-long accession number.
 YAMADA = Patient("山田^太郎", "PIDQ7X3302", "1931-09-17", "ACCQ7X3302LONGER", "ISO_IR 192")
-BROKEN = Patient("Quillfeather^Zebadiah", "PIDQ7X3303", "19450228", "ACCQ7X3303", "ISO_IR 100")
+# A name without carets: highdicom logs such a name in full ("potentially invalid").
+BROKEN = Patient("Quillfeather Zebadiah", "PIDQ7X3303", "19450228", "ACCQ7X3303", "ISO_IR 100")
 REFUSED = Patient("Øresund^Ægidius", "PIDQ7X3304", "19190811", "ACCQ7X3304", "ISO_IR 100")
 MALFORMED = Patient("Vandersloot^Ottoline", "PIDQ7X3305", "19270312", "ACCQ7X3305", "ISO_IR 100")
 VANISHED = Patient("Fairweather^Lucasta", "PIDQ7X3306", "19330726", "ACCQ7X3306", "ISO_IR 100")
@@ -311,6 +312,9 @@ def _drive(node: NodeProcess, tmp_path: Path) -> bytes:
 
     states = wait_for(settled, 300, "jobs to settle", node)
     assert states[broken_uid] == states[vanished_uid] == "dead", states
+    for uid in (mueller_uid, yamada_uid, broken_uid):  # outputs built (the failure report)
+        timeline = json.loads(node.cli("studies", "show", uid, "--json"))["timeline"]
+        assert "built" in [e["to_state"] for e in timeline], (uid, timeline)
     vanished_job = json.loads(node.cli("studies", "show", vanished_uid, "--json"))["jobs"][-1]
     shown = json.loads(node.cli("jobs", "show", str(vanished_job["id"]), "--json"))
     assert "missing from the spool" in (shown["last_error"] or ""), shown
