@@ -166,6 +166,9 @@ def run_server(settings: Settings, config_file: Path | None = None) -> None:
             port=settings.http.port,
             log_level="warning",
             access_log=False,
+            # Uvicorn's records (a request's traceback) go through the node's handler and
+            # its filter (spinexr.node.phi), not through a handler of uvicorn's own.
+            log_config=None,
             # A request in flight (a STOW-RS being recorded) may finish, within this.
             timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
         )
