@@ -123,7 +123,7 @@ def part10(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def stow(node: NodeProcess, parts: list[bytes]) -> httpx.Response:
+def stow(node: NodeProcess, parts: list[bytes], study: str | None = None) -> httpx.Response:
     boundary = "phi-boundary-7731"
     body = (
         b"".join(
@@ -133,7 +133,7 @@ def stow(node: NodeProcess, parts: list[bytes]) -> httpx.Response:
         + f"--{boundary}--\r\n".encode()
     )
     return httpx.post(
-        f"http://127.0.0.1:{node.http_port}/dicomweb/studies",
+        f"http://127.0.0.1:{node.http_port}/dicomweb/studies" + (f"/{study}" if study else ""),
         content=body,
         headers={
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
@@ -297,6 +297,15 @@ def _drive(node: NodeProcess, tmp_path: Path) -> bytes:
     assert answer.status_code in (200, 202, 409), answer.text
     failed = answer.json().get("00081198", {}).get("Value", [])
     assert len(failed) >= 2, answer.text
+    # STOW-RS to a study the instance is not part of: refused.
+    other = image(10, MALFORMED, generate_uid())
+    answer = stow(node, [part10(other)], study=malformed_uid)
+    assert answer.status_code in (202, 409), answer.text
+    # Stored, not analysed: another body part.
+    chest = image(11, REFUSED, refused_uid)
+    chest.BodyPartExamined = "CHEST"
+    chest.SeriesDescription = "CHEST PA"
+    assert c_store(node, [chest]) == [0]
 
     # Wait for the analysis: two studies built and exported (one destination refuses:
     # dead letter after one round), one analysis failed (dead).
@@ -306,6 +315,8 @@ def _drive(node: NodeProcess, tmp_path: Path) -> bytes:
             for r in json.loads(node.cli("studies", "list", "--json"))
         }
         wanted = [mueller_uid, yamada_uid, broken_uid, vanished_uid]
+        if rows.get(refused_uid) is not None:  # the chest image: no job
+            raise AssertionError(f"a job for a study with nothing to analyse: {rows}")
         if all(rows.get(uid) in ("dead", "verified", "exported") for uid in wanted):
             return rows
         return None
@@ -330,6 +341,8 @@ def _drive(node: NodeProcess, tmp_path: Path) -> bytes:
     )
     with api:
         assert api.get(f"/api/v1/studies/{mueller_uid}").status_code == 200
+        found = api.get("/api/v1/studies", params={"accession": MUELLER.accession})
+        assert found.status_code == 200 and mueller_uid in found.text
         assert api.post(f"/api/v1/studies/{yamada_uid}/complete").status_code == 200
         for job_id in dead[1:]:
             api.post(f"/api/v1/jobs/{job_id}/cancel")
