@@ -11,8 +11,11 @@
 3. Decoding: anchors whose objectness probability reaches `PisovHyper.score_threshold` are
    decoded (``g = e·a_wh + a_xy``), and non-maximum suppression
    (``torchvision.ops.nms``, `PisovHyper.nms_iou`) runs on the axis-aligned boxes of the
-   decoded keypoints, vertebrae and sacrum together. An object is the sacrum where its sacrum
-   probability is above one half.
+   decoded keypoints, vertebrae and sacrum together. Ours: each kept detection's keypoints
+   (and sacrum probability) are then the score-weighted mean over the anchors of that object
+   (`decode_output`'s voting); measured on held-out phantoms it removes a 2 mm
+   overestimate of the heights that the single best anchor carries and lowers the centre
+   error. An object is the sacrum where its sacrum probability is above one half.
 4. The network gives keypoints in image order (the height on the image's left first) and a
    per-image facing; where the patient faces right (probability above one half) the
    keypoints are permuted by `genant.FLIP_HORIZONTAL` into anatomical order.
@@ -25,12 +28,17 @@ pixel (pixel centres at ``i + 0.5``: DICOM's graphic annotations and the phantom
 resampling maps points by a plain scaling.
 
 Without a spacing (``spacing_mm=None``) the detector finds the scale itself (`search_scale`):
-it assumes square pixels and a field of view of each of `ASSUMED_FIELDS_MM` (250 to 500 mm,
-a geometric series of ratio 2^(1/6) ≈ 1.12 — within the ±15 % scale jitter of training) over
-the image's height, detects at each, and keeps the scale whose detections have the largest
-**sum of scores** (the expected number of true objects; ties go to the smaller field). The
-keypoints are in pixels either way, so heights in pixels and Genant ratios stay right; only
-heights in mm need the true spacing.
+it assumes square pixels and each field of view of `ASSUMED_FIELDS_MM` over the image's
+height (250 to 500 mm, a geometric series of ratio 2^(1/6) ≈ 1.12, within the ±15 % scale
+jitter of training), detects at each, and keeps the one whose detections have the largest
+**sum of scores** among the *plausible* ones: those whose vertebrae have a median size
+(`body_size_mm`, in the assumed mm) within a factor `SIZE_TOLERANCE` of the training data's
+(`PisovHyper.reference_size_mm`); when none is plausible, among all; ties go to the smaller
+field. The size check is needed because the anchors span 17–55 mm: a body shown 1.5 times
+too large still matches an anchor with full confidence, and at the largest fields parts of
+bodies come out as extra detections that raise the sum (measured on toy images: scores
+equal from 250 to 500 mm). The keypoints are in pixels either way, so heights in pixels and
+Genant ratios stay right; only heights in mm need the true spacing.
 
 Checkpoints are plain ``torch.save`` dictionaries (`save_checkpoint`) that
 ``torch.load(..., weights_only=True)`` reads: ``arch="pisov"``, ``version``, ``hyper``
@@ -49,7 +57,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F  # noqa: N812 (torch's own convention)
-from torchvision.ops import nms
+from torchvision.ops import box_iou, nms
 
 from spinexr.pipeline.atomic import write_atomically
 from spinexr.pipeline.devices import resolve_device
@@ -74,6 +82,12 @@ CHECKPOINT_VERSION = 1
 ASSUMED_FIELDS_MM: tuple[float, ...] = tuple(250.0 * 2.0 ** (k / 6) for k in range(7))
 """Fields of view over the image height tried when the image has no spacing."""
 
+SIZE_TOLERANCE = 1.25
+"""Factor within which a scale's median vertebra size must lie of the reference to be kept."""
+
+REFERENCE_SIZE_MM = 30.0
+"""Default typical vertebra size (`body_size_mm`) in mm."""
+
 MAX_CANDIDATES = 3000
 """Anchors above the score threshold kept (best first) before non-maximum suppression."""
 
@@ -96,6 +110,13 @@ class PisovHyper:
         Objectness probability a detection must reach.
     nms_iou : float
         IoU of keypoint boxes above which the lower-scored detection is suppressed.
+    vote_threshold, vote_iou : float
+        Keypoint voting: each kept detection's keypoints are the score-weighted mean of the
+        anchors scoring at least `vote_threshold` whose keypoint box overlaps its box by more
+        than `vote_iou` (`decode_output`).
+    reference_size_mm : float
+        Median vertebra size (`body_size_mm`) in the training data, for the scale search
+        without spacing.
     """
 
     channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -105,6 +126,9 @@ class PisovHyper:
     anchor_ratios: tuple[float, ...] = ANCHOR_RATIOS
     score_threshold: float = 0.5
     nms_iou: float = 0.3
+    vote_threshold: float = 0.05
+    vote_iou: float = 0.5
+    reference_size_mm: float = REFERENCE_SIZE_MM
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types for the checkpoint (lists instead of tuples)."""
@@ -121,11 +145,38 @@ class PisovHyper:
             anchor_ratios=tuple(float(r) for r in d["anchor_ratios"]),
             score_threshold=float(d["score_threshold"]),
             nms_iou=float(d["nms_iou"]),
+            vote_threshold=float(d["vote_threshold"]),
+            vote_iou=float(d["vote_iou"]),
+            reference_size_mm=float(d["reference_size_mm"]),
         )
 
     def shapes(self) -> torch.Tensor:
         """Anchor ``(w, h)`` in model pixels."""
         return anchor_shapes(self.model_spacing_mm, self.anchor_scales_mm, self.anchor_ratios)
+
+
+def body_size_mm(keypoints: npt.ArrayLike, spacing_mm: tuple[float, float]) -> float:
+    """Size of a vertebral body: square root of (mean of its three heights × its depth), mm.
+
+    The depth is the distance between the midpoints of the anterior and the posterior
+    heights. Unlike the keypoint box, it does not grow with the spread of noisy keypoints.
+
+    Parameters
+    ----------
+    keypoints : array-like
+        ``(6, 2)`` keypoints in pixels.
+    spacing_mm : tuple of float
+        ``(row_mm, column_mm)``.
+
+    Returns
+    -------
+    float
+        The size in mm.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64) * np.array([spacing_mm[1], spacing_mm[0]])
+    h = np.linalg.norm(kp[1::2] - kp[0::2], axis=1)
+    depth = np.linalg.norm((kp[4] + kp[5]) / 2 - (kp[0] + kp[1]) / 2)
+    return float(math.sqrt(max(0.0, float(h.mean()) * float(depth))))
 
 
 def build_model(hyper: PisovHyper) -> PisovNet:
@@ -260,6 +311,8 @@ def decode_output(
     *,
     score_threshold: float,
     nms_iou: float,
+    vote_threshold: float | None = None,
+    vote_iou: float = 0.5,
     max_candidates: int = MAX_CANDIDATES,
 ) -> RawDetections:
     """Turn one image's network output into detections.
@@ -280,8 +333,16 @@ def decode_output(
         Objectness probability to reach.
     nms_iou : float
         IoU threshold of the non-maximum suppression on keypoint boxes.
+    vote_threshold : float, optional
+        Keypoint voting (None: off): the keypoints of each detection kept by the suppression
+        become the score-weighted mean over the anchors scoring at least `vote_threshold`
+        whose keypoint box overlaps the detection's by more than `vote_iou`. The anchor that
+        scores best is biased towards its own shape (an under-trained regression leans on its
+        anchor); the mean over the object's anchors, large and small, is not.
+    vote_iou : float
+        Overlap for the voting.
     max_candidates : int
-        Best anchors kept before the suppression.
+        Best anchors kept (each, for the seeds and for the voting) before the suppression.
 
     Returns
     -------
@@ -291,15 +352,27 @@ def decode_output(
     rows, cols = valid
     logits = scores[:, :, :rows, :cols].float()
     objectness = torch.sigmoid(logits[:, 0])
-    a, y, x = torch.nonzero(objectness >= score_threshold, as_tuple=True)
-    s = objectness[a, y, x]
-    if s.numel() > max_candidates:
-        top = torch.topk(s, max_candidates).indices
-        a, y, x, s = a[top], y[top], x[top], s[top]
-    enc = encoded(a, y, x).float().reshape(-1, 6, 2)
-    kp = decode(enc, pixel_centres(y, x), shapes.to(logits.device)[a])
-    keep = nms(keypoint_boxes(kp), s, nms_iou)
-    return RawDetections(s[keep], torch.sigmoid(logits[a, 1, y, x])[keep], kp[keep])
+    shapes = shapes.to(logits.device)
+
+    def candidates(threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a, y, x = torch.nonzero(objectness >= threshold, as_tuple=True)
+        s = objectness[a, y, x]
+        if s.numel() > max_candidates:
+            top = torch.topk(s, max_candidates).indices
+            a, y, x, s = a[top], y[top], x[top], s[top]
+        kp = decode(encoded(a, y, x).float().reshape(-1, 6, 2), pixel_centres(y, x), shapes[a])
+        return s, kp, torch.sigmoid(logits[a, 1, y, x])
+
+    s, kp, sacrum = candidates(score_threshold)
+    boxes = keypoint_boxes(kp)
+    keep = nms(boxes, s, nms_iou)
+    if vote_threshold is None or keep.numel() == 0:
+        return RawDetections(s[keep], sacrum[keep], kp[keep])
+    vs, vkp, vsacrum = candidates(min(vote_threshold, score_threshold))
+    weight = (box_iou(boxes[keep], keypoint_boxes(vkp)) > vote_iou).float() * vs[None, :]
+    weight = weight / weight.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    voted = torch.einsum("kc,cpd->kpd", weight, vkp)
+    return RawDetections(s[keep], weight @ vsacrum, voted)
 
 
 @dataclass(frozen=True)
@@ -320,10 +393,36 @@ class ImageDetections:
     faces_right: float
     spacing_mm: tuple[float, float]
 
-    @property
-    def quality(self) -> float:
-        """Sum of the detection scores (the scale search's criterion)."""
-        return float(sum(d.score for d in self.objects))
+    def vertebra_size_mm(self) -> float | None:
+        """Median `body_size_mm` of the vertebrae found, if any."""
+        sizes = [
+            body_size_mm(o.keypoints, self.spacing_mm)
+            for o in self.objects
+            if o.kind is ObjectKind.VERTEBRA
+        ]
+        return float(np.median(sizes)) if sizes else None
+
+
+@dataclass(frozen=True)
+class ScaleTrial:
+    """One assumed spacing of `PisovDetector.search_scale`.
+
+    Attributes
+    ----------
+    row_mm : float
+        The assumed (square) pixel size.
+    vertebrae : int
+        Vertebrae found.
+    size_mm : float or None
+        Their median `body_size_mm` in assumed mm (None without any).
+    quality : float
+        Sum of the detection scores.
+    """
+
+    row_mm: float
+    vertebrae: int
+    size_mm: float | None
+    quality: float
 
 
 @dataclass(frozen=True)
@@ -334,12 +433,12 @@ class ScaleSearch:
     ----------
     best : ImageDetections
         The detections at the spacing kept.
-    qualities : dict
-        Sum of detection scores per assumed field of view (mm).
+    tried : list of ScaleTrial
+        Every assumed spacing, smallest first.
     """
 
     best: ImageDetections
-    qualities: dict[float, float] = field(default_factory=dict)
+    tried: list[ScaleTrial] = field(default_factory=list)
 
 
 class PisovDetector:
@@ -455,6 +554,8 @@ class PisovDetector:
                 (res.image.shape[0], res.image.shape[1]),
                 score_threshold=self.hyper.score_threshold,
                 nms_iou=self.hyper.nms_iou,
+                vote_threshold=self.hyper.vote_threshold,
+                vote_iou=self.hyper.vote_iou,
             )
         faces_right = float(torch.sigmoid(out.facing[0]))
         keypoints = res.to_original(raw.keypoints.cpu().numpy())
@@ -478,7 +579,7 @@ class PisovDetector:
     def search_scale(
         self, image: npt.NDArray[np.uint8], fields_mm: Sequence[float] = ASSUMED_FIELDS_MM
     ) -> ScaleSearch:
-        """Detect at several assumed spacings and keep the best (module docstring).
+        """Detect at every assumed field of view and keep the best plausible one (module doc).
 
         Parameters
         ----------
@@ -490,20 +591,30 @@ class PisovDetector:
         Returns
         -------
         ScaleSearch
-            The detections at the spacing kept and every candidate's quality.
+            The detections kept and every run's spacing, vertebra count, median size and
+            sum of scores.
         """
         if not fields_mm:
             raise ValueError("no field of view to try")
         rows = np.asarray(image).shape[0]
-        best: ImageDetections | None = None
-        qualities: dict[float, float] = {}
+        runs: list[ImageDetections] = []
+        tried: list[ScaleTrial] = []
         for fov in sorted(fields_mm):
             found = self.detect(image, (fov / rows, fov / rows))
-            qualities[float(fov)] = found.quality
-            if best is None or found.quality > best.quality:
-                best = found
-        assert best is not None
-        return ScaleSearch(best, qualities)
+            size = found.vertebra_size_mm()
+            quality = float(sum(o.score for o in found.objects))
+            n = sum(o.kind is ObjectKind.VERTEBRA for o in found.objects)
+            runs.append(found)
+            tried.append(ScaleTrial(found.spacing_mm[0], n, size, quality))
+        ref = self.hyper.reference_size_mm
+        plausible = [
+            k
+            for k, t in enumerate(tried)
+            if t.size_mm is not None and abs(math.log(t.size_mm / ref)) <= math.log(SIZE_TOLERANCE)
+        ]
+        pool = plausible or list(range(len(tried)))
+        best = max(pool, key=lambda k: (tried[k].quality, -k))
+        return ScaleSearch(runs[best], tried)
 
 
 def save_checkpoint(

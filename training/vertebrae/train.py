@@ -50,8 +50,10 @@ from spinexr.pipeline.vertebrae.anchors import (
     pixel_centres,
 )
 from spinexr.pipeline.vertebrae.detector import (
+    REFERENCE_SIZE_MM,
     PisovDetector,
     PisovHyper,
+    body_size_mm,
     build_model,
     save_checkpoint,
 )
@@ -111,19 +113,19 @@ PAPER_RECIPE = PisovRecipe(
     iterations=4000,
     batch_size=30,
     lr=1e-4,
-    hyper=PisovHyper(channels=(16, 32, 64, 128)),
+    hyper=PisovHyper(channels=(16, 32, 64, 128, 256)),
     augment=AugmentConfig(crop=256),
 )
 """Pisov et al.'s schedule (GPU, real data)."""
 
 DEMO_RECIPE = PisovRecipe(
     name="demo",
-    iterations=600,
+    iterations=900,
     batch_size=8,
     lr=2e-3,
     lr_halvings=(0.5, 0.7, 0.85),
-    hyper=PisovHyper(channels=(8, 16, 32, 64)),
-    augment=AugmentConfig(crop=160),
+    hyper=PisovHyper(channels=(8, 16, 32, 64, 128)),
+    augment=AugmentConfig(crop=128),
     threads=2,
 )
 """CPU recipe of the demo bundle (two cores, about five minutes)."""
@@ -301,6 +303,27 @@ def data_digest(records: Sequence[KeypointRecord]) -> str:
     return h.hexdigest()
 
 
+def reference_size_mm(records: Sequence[KeypointRecord]) -> float:
+    """Median vertebra size in mm (`detector.body_size_mm`), for `PisovDetector.search_scale`.
+
+    Parameters
+    ----------
+    records : sequence of KeypointRecord
+        Records with a spacing.
+
+    Returns
+    -------
+    float
+        The median; `REFERENCE_SIZE_MM` without any vertebra.
+    """
+    sizes = []
+    for r in records:
+        if r.spacing_mm is None:
+            continue
+        sizes.extend(body_size_mm(o.keypoints, r.spacing_mm) for o in r.vertebrae)
+    return float(np.median(sizes)) if sizes else REFERENCE_SIZE_MM
+
+
 @contextmanager
 def _reproducible(threads: int | None) -> Iterator[None]:
     """Fix the thread count and ask for deterministic algorithms; restore both afterwards."""
@@ -375,7 +398,7 @@ def train_pisov(
         raise ValueError("no training record has a pixel spacing")
     if len(usable) < len(records):
         logger.info("skipping %d records without spacing", len(records) - len(usable))
-    hyper = recipe.hyper
+    hyper = replace(recipe.hyper, reference_size_mm=reference_size_mm(usable))
     torch_device = resolve_device(device)
     with _reproducible(recipe.threads):
         prepared = [prepare_record(r, hyper.model_spacing_mm) for r in usable]
@@ -563,6 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float)
     p.add_argument("--threads", type=int, help="torch threads (default: the recipe's)")
     p.add_argument("--crop", type=int, help="crop side in model pixels (default: the recipe's)")
+    p.add_argument("--channels", help="U-Net channels, e.g. 8,16,32,64 (default: the recipe's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("var/pisov"))
     args = p.parse_args(argv)
@@ -575,6 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads or recipe.threads,
         augment=replace(recipe.augment, crop=args.crop or recipe.augment.crop),
     )
+    if args.channels:
+        channels = tuple(int(c) for c in args.channels.split(","))
+        recipe = replace(recipe, hyper=replace(recipe.hyper, channels=channels))
     t0 = time.monotonic()
     train = generate_keypoint_records(args.train, args.seed)
     test = generate_keypoint_records(args.test, args.seed + 1000)

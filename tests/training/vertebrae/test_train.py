@@ -25,6 +25,7 @@ from spinexr.training.vertebrae.train import (
     build_targets,
     data_digest,
     pisov_loss,
+    reference_size_mm,
     train_pisov,
 )
 
@@ -170,6 +171,9 @@ def test_same_seed_same_weights_and_checkpoint_contents(tmp_path: Path) -> None:
     assert meta["seed"] == 3 and meta["iterations"] == 4 and meta["records"] == 3
     assert meta["data_digest"] == data_digest(recs) != data_digest(recs[:2])
     assert ca["hyper"]["channels"] == [8, 16, 32]
+    # The typical body size for the scale search comes from the data (toys: sqrt(25 x 36)).
+    assert ca["hyper"]["reference_size_mm"] == pytest.approx(reference_size_mm(recs))
+    assert reference_size_mm(recs) == pytest.approx(30.0, abs=1.5)
     assert torch.get_num_threads() >= 1
 
 
