@@ -40,6 +40,7 @@ from spinexr.training.phantoms.others import (
     render_other,
     strip_anatomy_tags,
 )
+from spinexr.training.vertebrae.bundle import add_vertebrae_to_bundle
 
 # ----------------------------------------------------------------------------- phantoms
 
@@ -130,13 +131,18 @@ def test_add_anatomy_to_a_bundle(tmp_path: Path) -> None:
     assert checker.predict([np.zeros((64, 64), np.uint8)]).shape == (1, 3)
 
 
-def test_a_cached_demo_without_its_image_check_is_rebuilt(tmp_path: Path) -> None:
+def test_a_cached_demo_without_its_image_check_or_keypoint_model_is_rebuilt(tmp_path: Path) -> None:
     directory = placeholder_bundle(tmp_path)
     assert verify_bundle(directory).demo
     assert cached_demo(directory) is None
     weights = tmp_path / "anatomy.pt"
     torch.save(build_anatomy_model().state_dict(), weights)
     add_anatomy_to_bundle(directory, weights, 0.5, {})
+    # Still incomplete: the keypoint model (step 6) is the last thing the demo adds.
+    assert cached_demo(directory) is None
+    checkpoint = tmp_path / "keypoints.pt"
+    checkpoint.write_bytes(b"a checkpoint")
+    add_vertebrae_to_bundle(directory, checkpoint, "pisov", {})
     assert cached_demo(directory) is not None
 
 
