@@ -361,7 +361,7 @@ def train_pisov(
     lr: float,
     device: str = "cpu",
     progress: bool = True,
-    recipe: PisovRecipe = DEMO_RECIPE,
+    recipe: PisovRecipe = PAPER_RECIPE,
 ) -> Path:
     """Train the detector and write its checkpoint.
 
