@@ -68,7 +68,8 @@ def phantoms(out_dir: Path, images: int, seed: int, size: str, test_fraction: fl
     type=click.Choice(["demo", "paper"]),
     default="paper",
     show_default=True,
-    help="pisov only: the paper's schedule (GPU) or the CPU demo recipe.",
+    help="paper: Pisov's schedule / torchvision's ResNet-50 FPN (GPU); demo: the CPU recipe "
+    "(pisov) or the light CPU configuration, ResNet-18 with a 128-channel FPN (keypointrcnn).",
 )
 @click.option("--iterations", type=click.IntRange(min=1), default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
@@ -115,6 +116,7 @@ def train(
             recipe=chosen,
         )
     else:
+        from spinexr.pipeline.vertebrae.krcnn import KRCNNConfig
         from spinexr.training.vertebrae.krcnn_train import train_keypointrcnn
 
         extra = {
@@ -122,7 +124,15 @@ def train(
             for k, v in {"iterations": iterations, "batch_size": batch_size, "lr": lr}.items()
             if v is not None
         }
-        path = train_keypointrcnn(records, out_dir, seed=seed, device=device, **extra)  # type: ignore[arg-type]
+        config = KRCNNConfig.cpu() if recipe == "demo" else KRCNNConfig()
+        path = train_keypointrcnn(
+            records,
+            out_dir,
+            seed=seed,
+            device=device,
+            config=config,
+            **extra,  # type: ignore[arg-type]
+        )
     click.echo(str(path))
 
 
