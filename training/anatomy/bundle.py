@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from spinexr.pipeline.anatomy import ANATOMY_ARCH, ANATOMY_CLASSES, ANATOMY_SIZE
-from spinexr.pipeline.bundle import Bundle, verify_bundle, write_bundle
+from spinexr.pipeline.bundle import Bundle
+from spinexr.training.bundles.build import set_manifest_entry
 
 ANATOMY_WEIGHTS: Final = "anatomy/anatomy.pt"
 """Where the weights go in the bundle folder."""
@@ -37,11 +38,7 @@ def add_anatomy_to_bundle(
     Bundle
         The re-verified bundle (its device UID changes: a weight file was added).
     """
-    bundle = verify_bundle(bundle_dir)
-    data = bundle.manifest.model_dump()
-    files = {rel: bundle.directory / rel for rel in data.pop("files")}
-    files[ANATOMY_WEIGHTS] = Path(weights)
-    data["anatomy"] = {
+    entry = {
         "model": ANATOMY_ARCH,
         "weights": ANATOMY_WEIGHTS,
         "classes": list(ANATOMY_CLASSES),
@@ -49,4 +46,4 @@ def add_anatomy_to_bundle(
         "other_threshold": other_threshold,
         "metrics": dict(metrics),
     }
-    return write_bundle(bundle.directory, data, files)
+    return set_manifest_entry(bundle_dir, "anatomy", entry, {ANATOMY_WEIGHTS: Path(weights)})

@@ -224,6 +224,36 @@ def build_bundle(
     return bundle
 
 
+def set_manifest_entry(
+    bundle_dir: Path, key: str, entry: Mapping[str, Any], files: Mapping[str, Path]
+) -> Bundle:
+    """Add (or replace) one manifest entry and its files; the other files stay as they are.
+
+    Parameters
+    ----------
+    bundle_dir : pathlib.Path
+        A bundle that verifies.
+    key : str
+        The manifest field (e.g. ``"anatomy"``, ``"vertebrae"``).
+    entry : mapping
+        Its value.
+    files : mapping of str to pathlib.Path
+        Relative path in the bundle → source file, for the files the entry references.
+
+    Returns
+    -------
+    Bundle
+        The re-verified bundle (its device UID changes when a weight file changed).
+    """
+    from spinexr.pipeline.bundle import verify_bundle
+
+    bundle = verify_bundle(bundle_dir)
+    data = bundle.manifest.model_dump()
+    current = {rel: bundle.directory / rel for rel in data.pop("files")}
+    data[key] = dict(entry)
+    return write_bundle(bundle.directory, data, {**current, **files})
+
+
 def update_metrics(bundle_dir: Path, metrics: Mapping[str, Any]) -> Bundle:
     """Add entries to a bundle's ``metrics`` (e.g. test figures); files and hashes unchanged.
 

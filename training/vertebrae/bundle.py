@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from spinexr.pipeline.bundle import Bundle, verify_bundle, write_bundle
+from spinexr.pipeline.bundle import Bundle
+from spinexr.training.bundles.build import set_manifest_entry
 
 VERTEBRAE_CHECKPOINT: Final = "vertebrae/keypoints.pt"
 """Where the checkpoint goes in the bundle folder."""
@@ -41,15 +42,13 @@ def add_vertebrae_to_bundle(
     Bundle
         The re-verified bundle (its device UID changes: a weight file was added).
     """
-    bundle = verify_bundle(bundle_dir)
-    data = bundle.manifest.model_dump()
-    files = {rel: bundle.directory / rel for rel in data.pop("files")}
-    files[VERTEBRAE_CHECKPOINT] = Path(checkpoint)
-    data["vertebrae"] = {
+    entry = {
         "model": arch,
         "checkpoint": VERTEBRAE_CHECKPOINT,
         "score_threshold": score_threshold,
         "sacrum_threshold": sacrum_threshold,
         "metrics": dict(metrics),
     }
-    return write_bundle(bundle.directory, data, files)
+    return set_manifest_entry(
+        bundle_dir, "vertebrae", entry, {VERTEBRAE_CHECKPOINT: Path(checkpoint)}
+    )
