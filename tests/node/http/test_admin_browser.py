@@ -88,16 +88,8 @@ def colour_pixels(png: bytes, colour: tuple[int, int, int], tolerance: int = 60)
 
 
 def wait_until(predicate, what: str, timeout: float = 15) -> None:
-    """Poll ``predicate``; an element replaced by a page load while it was read is "not yet"."""
-    from selenium.common.exceptions import StaleElementReferenceException
-
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except StaleElementReferenceException:
-            pass
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached in {timeout} s")
         time.sleep(0.1)
