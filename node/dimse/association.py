@@ -13,8 +13,8 @@ accepts and calls :func:`serve_association` there. That process:
 * hands the connection to pynetdicom through the listener's server
   (:meth:`socketserver.BaseServer.finish_request`, which starts the association thread) with
   our handlers bound (:meth:`AssociationServer.bind`), and waits for it to end;
-* on SIGTERM (the listener stopping), lets the C-STORE being recorded finish its commit and
-  aborts the association with an A-ABORT PDU
+* on SIGTERM (the listener stopping), aborts the association with an A-ABORT PDU at a moment
+  the peer waits for the node, after the C-STORE being recorded has finished its commit
   (:meth:`~spinexr.node.dimse.handlers.AssociationHandlers.abort_when_idle`).
 
 Why ``pynetdicom._config`` although its name starts with an underscore: it is pynetdicom's
@@ -58,7 +58,8 @@ JOIN_WAIT = 0.1
 """Seconds between two looks at whether ``serve`` is still there, or the process asked to
 stop, while the association runs."""
 RECORDING_WAIT = 1.5
-"""Seconds a stopping association waits for the C-STORE being recorded before its A-ABORT."""
+"""Seconds a stopping association waits for the C-STORE arriving or being recorded to reach
+its answer (the A-ABORT goes in its place) before it aborts all the same."""
 
 
 def first_pdu_fits(conn: socket.socket, limit: int, timeout: float) -> bool:

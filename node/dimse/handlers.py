@@ -4,9 +4,26 @@ The C-STORE handler is thin: it takes the file pynetdicom wrote (``event.dataset
 hands it to :class:`IngestService` (checks, fsync, database commit) and answers with the
 status that maps the outcome. It never raises and never decodes pixels.
 
-When the node stops, :meth:`AssociationHandlers.abort_when_idle` lets the C-STORE being
-recorded finish its commit, then aborts the association (A-ABORT): nothing acknowledged is
-lost, and nothing is acknowledged after it.
+When the node stops, :meth:`AssociationHandlers.abort_when_idle` aborts the association
+(A-ABORT) from the association's own thread, at a moment the peer waits for the node: nothing
+acknowledged is lost, and nothing is acknowledged after it. Why the thread and the moment
+matter (pynetdicom 3.0):
+
+* aborted from another thread, the acceptor's thread may close the connection before its
+  DUL has sent the A-ABORT (the peer then sees a bare closed connection);
+* once the A-ABORT is sent, pynetdicom closes the connection as soon as nothing more is
+  there to read, and a peer still sending gets a TCP reset; pynetdicom's own requestor reads
+  only after it has sent all it has queued, so it never sees the A-ABORT (measured: 7 stops
+  in 12 ended that way when the node aborted while a data set was arriving).
+
+So the A-ABORT goes
+
+* in place of the answer to the C-STORE whose data set has arrived (not recorded) or is
+  being recorded (its commit finishes first): the peer has no acknowledgement for it and
+  sends it again later (a second copy of a stored instance is a duplicate, stored once);
+* from pynetdicom's reactor when the peer has sent nothing for :data:`QUIET` seconds: the
+  association's public ``network_timeout`` is cut to it, and pynetdicom aborts an
+  association whose peer is silent that long.
 """
 
 from __future__ import annotations
@@ -14,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -34,6 +52,15 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE no
 REJECT_NO_REASON = (0x01, 0x01, 0x01)  # permanent, service-user, no reason given
 REJECT_CONGESTION = (0x02, 0x03, 0x01)  # transient, service-provider, temporary congestion
 REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, service-provider, local limit exceeded
+QUIET = 0.2
+"""Seconds without a PDU from the peer for a stopping association to abort."""
+STOP_POLL = 0.01
+"""Seconds between two looks at a stopping association."""
+
+
+def _not_network_timeout(record: logging.LogRecord) -> bool:
+    """Drop pynetdicom's "Network timeout reached" error: a stopping node's way to abort."""
+    return record.getMessage() != "Network timeout reached"
 
 
 def max_pdu_read(settings: Settings) -> int:
@@ -116,33 +143,59 @@ class AssociationHandlers:
         return SUCCESS
 
     def abort_when_idle(self, assoc: Any, timeout: float) -> None:
-        """Let the C-STORE being recorded finish (at most ``timeout`` s), then A-ABORT.
+        """Abort the association (A-ABORT) once the peer waits for the node.
 
         Parameters
         ----------
         assoc : Association
-            The association (pynetdicom's public ``abort``: an A-ABORT PDU, then the
-            connection closed).
+            The association.
         timeout : float
-            Seconds to wait for the recording in flight.
+            Seconds to wait for its own thread to abort it (see the module's notes); past
+            them it is aborted from here all the same (pynetdicom's public ``abort``), and a
+            warning logged.
         """
+        self._stopping = True  # the next C-STORE answer is an A-ABORT
+        logging.getLogger("pynetdicom.association").addFilter(_not_network_timeout)
+        assoc.network_timeout = QUIET  # pynetdicom aborts once the peer is silent that long
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if assoc.is_aborted or not assoc.is_alive():
+                return
+            time.sleep(STOP_POLL)
         finished = self._recording.acquire(timeout=timeout)
         try:
-            self._stopping = True  # a C-STORE that arrives now is not recorded
-            if not finished:
-                logger.warning("stopping: a C-STORE still recording after %.1f s", timeout)
-            assoc.abort()
+            if not assoc.is_aborted:
+                logger.warning("stopping: the association still busy after %.1f s", timeout)
+                assoc.abort()
         finally:
             if finished:
                 self._recording.release()
 
     def on_store(self, event: evt.Event) -> int:
-        """Ingest the received data set; return its DIMSE status."""
+        """Ingest the received data set; return its DIMSE status.
+
+        While the node stops, the association is aborted in place of the answer (see the
+        module's notes); the status returned then is not sent.
+        """
         with self._recording:
             if self._stopping:
                 self.watch.clear()
-                return status_for("out_of_resources")
-            return self._store(event)
+                return self._abort_instead(event, recorded=False)
+            status = self._store(event)
+            if self._stopping:
+                return self._abort_instead(event, recorded=status == SUCCESS)
+            return status
+
+    def _abort_instead(self, event: evt.Event, *, recorded: bool) -> int:
+        if not event.assoc.is_aborted:
+            request = cast(C_STORE, event.request)
+            logger.info(
+                "stopping: A-ABORT in place of the answer to C-STORE %s (%s)",
+                getattr(request, "AffectedSOPInstanceUID", ""),
+                "recorded, not acknowledged" if recorded else "not recorded",
+            )
+            event.assoc.abort()  # in a handler: queues the A-ABORT; no answer is sent
+        return status_for("out_of_resources")
 
     def _store(self, event: evt.Event) -> int:
         calling = event.assoc.requestor.ae_title.strip()
