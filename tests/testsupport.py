@@ -37,6 +37,47 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# --------------------------------------------------------------------------- dcmtk peers
+
+
+def start_storescp(folder: Path, *, aet: str = "PACS") -> tuple[subprocess.Popen[bytes], int]:
+    """Start a dcmtk ``storescp`` PACS stand-in on a free loopback port, storing into ``folder``.
+
+    Returns the process (the caller terminates it) and its port.
+    """
+    storescp = require_tool("storescp")
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [storescp, "-aet", aet, "-od", str(folder), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return process, port
+
+
+def storescu(port: int, files: list[Path] | list[str], *options: str, timeout: float = 60) -> None:
+    """Send ``files`` with dcmtk's ``storescu`` to the node's AE ``SPINEXR`` and require success.
+
+    ``options`` go before the address (e.g. ``"-R", "-xv", "-aet", "MODALITY"``).
+    """
+    sent = subprocess.run(
+        [
+            require_tool("storescu"),
+            *options,
+            "-aec",
+            "SPINEXR",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+
+
 # --------------------------------------------------------------------------- a live node
 
 EXE = Path(sys.executable).parent / "spinexr-node"

@@ -14,7 +14,7 @@ import pytest
 from ingest_support import write_study
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from testsupport import EXE, NodeProcess, make_node, require_tool, wait_for
+from testsupport import EXE, NodeProcess, make_node, require_tool, start_storescp, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -79,17 +79,8 @@ def test_phantom_study_over_storescu_completes_into_exactly_one_job(tmp_path: Pa
 
 
 def test_send_and_echo_commands_against_dcmtk_storescp(tmp_path: Path) -> None:
-    storescp = require_tool("storescp")
-    from testsupport import free_port
-
-    port = free_port()
     out = tmp_path / "received"
-    out.mkdir()
-    peer = subprocess.Popen(
-        [storescp, "-aet", "PACS", "-od", str(out), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    peer, port = start_storescp(out)
     try:
         time.sleep(0.5)
         files = write_study(tmp_path / "study")

@@ -10,7 +10,16 @@ import pydicom
 import pytest
 from ingest_support import write_study
 from pipelinesupport import build_tiny_bundle
-from testsupport import EXE, free_port, make_node, make_orthanc, require_tool, wait_for
+from testsupport import (
+    EXE,
+    free_port,
+    make_node,
+    make_orthanc,
+    require_tool,
+    start_storescp,
+    storescu,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,15 +36,9 @@ HAPPY = [
 
 
 def test_study_flows_from_storescu_to_the_pacs_with_a_complete_timeline(tmp_path: Path) -> None:
-    storescu, storescp = require_tool("storescu"), require_tool("storescp")
     bundle = build_tiny_bundle(tmp_path / "bundle", threshold=0.0)
-    pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
-    pacs_dir.mkdir()
-    pacs = subprocess.Popen(
-        [storescp, "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    pacs_dir = tmp_path / "pacs"
+    pacs, pacs_port = start_storescp(pacs_dir)
     orthanc = make_orthanc(tmp_path).start()
     destinations = [
         {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port},
@@ -57,24 +60,7 @@ def test_study_flows_from_storescu_to_the_pacs_with_a_complete_timeline(tmp_path
     node.start()
     try:
         files = write_study(tmp_path / "study")
-        sent = subprocess.run(
-            [
-                storescu,
-                "-R",
-                "-xv",
-                "-aet",
-                "MODALITY",
-                "-aec",
-                "SPINEXR",
-                "127.0.0.1",
-                str(node.dicom_port),
-                *map(str, files),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert sent.returncode == 0, sent.stdout + sent.stderr
+        storescu(node.dicom_port, files, "-R", "-xv", "-aet", "MODALITY")
         uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
 
         def finished():
@@ -99,7 +85,6 @@ def test_study_flows_from_storescu_to_the_pacs_with_a_complete_timeline(tmp_path
 def test_scaled_out_with_redis_postgresql_and_a_separate_worker(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    storescu, storescp = require_tool("storescu"), require_tool("storescp")
     redis = require_tool("redis-server")
     from sqlalchemy import create_engine, text
 
@@ -129,13 +114,8 @@ def test_scaled_out_with_redis_postgresql_and_a_separate_worker(
         stderr=subprocess.DEVNULL,
     )
     bundle = build_tiny_bundle(tmp_path / "bundle", threshold=0.0)
-    pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
-    pacs_dir.mkdir()
-    pacs = subprocess.Popen(
-        [storescp, "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    pacs_dir = tmp_path / "pacs"
+    pacs, pacs_port = start_storescp(pacs_dir)
     node = make_node(
         tmp_path,
         SPINEXR_STUDY__COMPLETION_SECONDS="1",
@@ -160,22 +140,7 @@ def test_scaled_out_with_redis_postgresql_and_a_separate_worker(
             stderr=subprocess.STDOUT,
         )
         files = write_study(tmp_path / "study")
-        sent = subprocess.run(
-            [
-                storescu,
-                "-R",
-                "-xv",
-                "-aec",
-                "SPINEXR",
-                "127.0.0.1",
-                str(node.dicom_port),
-                *map(str, files),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert sent.returncode == 0, sent.stdout + sent.stderr
+        storescu(node.dicom_port, files, "-R", "-xv")
         uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
 
         def exported():
@@ -207,7 +172,6 @@ def test_job_survives_a_killed_worker(tmp_path: Path) -> None:
 
     from spinexr.training.phantoms import make_phantom_image, write
 
-    storescu = require_tool("storescu")
     bundle = build_tiny_bundle(tmp_path / "bundle", threshold=0.0)
     node = make_node(
         tmp_path,
@@ -227,21 +191,7 @@ def test_job_survives_a_killed_worker(tmp_path: Path) -> None:
                 40 + i, view="AP" if i % 2 else "LAT", size="full", study_uid=uid
             )
             write(ds, folder / f"{i}.dcm")
-        assert (
-            subprocess.run(
-                [
-                    storescu,
-                    "-aec",
-                    "SPINEXR",
-                    "127.0.0.1",
-                    str(node.dicom_port),
-                    *map(str, sorted(folder.iterdir())),
-                ],
-                capture_output=True,
-                timeout=120,
-            ).returncode
-            == 0
-        )
+        storescu(node.dicom_port, sorted(folder.iterdir()), timeout=120)
 
         def analysing_pid():
             data = json.loads(node.cli("studies", "show", uid, "--json"))

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pydicom
 import pytest
 from pipelinesupport import build_tiny_bundle
 from pydicom.uid import generate_uid
-from testsupport import free_port, make_node, require_tool, wait_for
+from testsupport import make_node, start_storescp, storescu, wait_for
 
 from spinexr.node.outputs.readback import read_vertebrae, read_vertebral_analyses
 from spinexr.pipeline.vertebrae.findings import VertebralStatus
@@ -109,16 +108,10 @@ def fractured_lateral(study_uid: str) -> tuple[pydicom.Dataset, dict[str, Genant
 def test_fracture_grades_and_levels_reach_the_pacs(
     tmp_path: Path, keypoint_checkpoint: Path
 ) -> None:
-    storescu, storescp = require_tool("storescu"), require_tool("storescp")
     bundle = build_tiny_bundle(tmp_path / "bundle")
     add_vertebrae_to_bundle(bundle.directory, keypoint_checkpoint, "pisov", {})
-    pacs_port, pacs_dir = free_port(), tmp_path / "pacs"
-    pacs_dir.mkdir()
-    pacs = subprocess.Popen(
-        [storescp, "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    pacs_dir = tmp_path / "pacs"
+    pacs, pacs_port = start_storescp(pacs_dir)
     node = make_node(
         tmp_path,
         SPINEXR_STUDY__COMPLETION_SECONDS="1",
@@ -139,13 +132,7 @@ def test_fracture_grades_and_levels_reach_the_pacs(
             path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
             write(ds, path)
             files.append(str(path))
-        sent = subprocess.run(
-            [storescu, "-aec", "SPINEXR", "127.0.0.1", str(node.dicom_port), *files],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert sent.returncode == 0, sent.stdout + sent.stderr
+        storescu(node.dicom_port, files)
 
         def delivered() -> list[pydicom.Dataset] | None:
             received = [pydicom.dcmread(p) for p in pacs_dir.iterdir()]
