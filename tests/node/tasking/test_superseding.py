@@ -103,6 +103,17 @@ def queue(stack: Stack, job_id: int) -> None:
         s.commit()
 
 
+def queued_study(stack: Stack) -> tuple[list[Dataset], str, StudyAssembler, int]:
+    """Ingest the test study, complete it and queue its job: sources, UID, assembler, job id."""
+    sources = make_study(SEED, Variant())
+    uid = ingest(stack, sources)
+    assembler = StudyAssembler(stack.settings, stack.sessions, "m@1")
+    first = assembler.force_complete(uid)
+    assert first is not None
+    queue(stack, first)
+    return sources, uid, assembler, first
+
+
 def job(stack: Stack, job_id: int) -> Job:
     with stack.sessions() as s:
         found = s.get(Job, job_id)
@@ -122,12 +133,7 @@ def cancellations(stack: Stack) -> list[tuple[int | None, str | None]]:
 def test_a_late_image_cancels_the_failing_job_instead_of_retrying_it_to_dead(
     stack: Stack,
 ) -> None:
-    sources = make_study(SEED, Variant())
-    uid = ingest(stack, sources)
-    assembler = StudyAssembler(stack.settings, stack.sessions, "m@1")
-    first = assembler.force_complete(uid)
-    assert first is not None
-    queue(stack, first)
+    _, uid, assembler, first = queued_study(stack)
     broken = runner(stack, Pipeline(fail=True))
     assert broken.claim(first) == first
     outcome = broken.run(first)
@@ -156,12 +162,7 @@ def test_a_late_image_cancels_the_failing_job_instead_of_retrying_it_to_dead(
 
 
 def test_a_job_superseded_while_analysed_records_and_exports_nothing(stack: Stack) -> None:
-    sources = make_study(SEED, Variant())
-    uid = ingest(stack, sources)
-    assembler = StudyAssembler(stack.settings, stack.sessions, "m@1")
-    first = assembler.force_complete(uid)
-    assert first is not None
-    queue(stack, first)
+    sources, uid, assembler, first = queued_study(stack)
     created: list[int | None] = []
 
     def corrected_image_arrives() -> None:
@@ -191,12 +192,7 @@ def test_a_job_superseded_while_analysed_records_and_exports_nothing(stack: Stac
 
 
 def test_a_superseded_job_whose_analysis_then_fails_is_not_retried(stack: Stack) -> None:
-    sources = make_study(SEED, Variant())
-    uid = ingest(stack, sources)
-    assembler = StudyAssembler(stack.settings, stack.sessions, "m@1")
-    first = assembler.force_complete(uid)
-    assert first is not None
-    queue(stack, first)
+    _, uid, assembler, first = queued_study(stack)
 
     def late_image_arrives() -> None:
         ingest(stack, [late_image()])
@@ -211,12 +207,7 @@ def test_a_superseded_job_whose_analysis_then_fails_is_not_retried(stack: Stack)
 
 
 def test_a_job_cancelled_between_claim_and_run_is_not_analysed(stack: Stack) -> None:
-    sources = make_study(SEED, Variant())
-    uid = ingest(stack, sources)
-    assembler = StudyAssembler(stack.settings, stack.sessions, "m@1")
-    first = assembler.force_complete(uid)
-    assert first is not None
-    queue(stack, first)
+    _, uid, assembler, first = queued_study(stack)
     worker = runner(stack, Pipeline(fail=True))
     assert worker.claim(first) == first
     ingest(stack, [late_image()])
