@@ -88,8 +88,16 @@ def colour_pixels(png: bytes, colour: tuple[int, int, int], tolerance: int = 60)
 
 
 def wait_until(predicate, what: str, timeout: float = 15) -> None:
+    """Poll ``predicate``; an element replaced by a page load while it was read is "not yet"."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        try:
+            if predicate():
+                return
+        except StaleElementReferenceException:
+            pass
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached in {timeout} s")
         time.sleep(0.1)
