@@ -1,9 +1,10 @@
 """The vertebral fracture stage of the pipeline: one lateral image → `VertebralAnalysis`.
 
 For each image the lesion analysis kept, the stage decides the view (`view`), runs the
-bundle's keypoint model on lateral views, names the levels (`levels`), measures heights in
-the patient plane (`spinexr.pipeline.spacing.measurement_spacing`) and grades each vertebra
-(`genant`). Every other case ends in a stated status with its reason, never a grade.
+bundle's keypoint model on lateral views (on the mirrored image where Patient Orientation
+says the patient faces the image's right, `facing`), names the levels (`levels`), measures
+heights in the patient plane (`spinexr.pipeline.spacing.measurement_spacing`) and grades
+each vertebra (`genant`). Every other case ends in a stated status with its reason, never a grade.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from spinexr.pipeline.spacing import SpacingBasis, measurement_spacing
 from spinexr.pipeline.vertebrae import genant
+from spinexr.pipeline.vertebrae.facing import Facing, facing_from_header, mirror_objects
 from spinexr.pipeline.vertebrae.findings import (
     LevelRule,
     VertebraFinding,
@@ -136,8 +138,13 @@ class VertebralStage:
             )
         spacing = measurement_spacing(ds)
         pair = spacing.pair
+        facing = facing_from_header(ds)
         try:
-            objects = self.model.predict(display, pair)
+            if facing is Facing.RIGHT:
+                mirrored = np.ascontiguousarray(display[:, ::-1])
+                objects = mirror_objects(self.model.predict(mirrored, pair), columns)
+            else:
+                objects = self.model.predict(display, pair)
         except (RuntimeError, ValueError) as exc:
             logger.warning("vertebral analysis failed: %s", type(exc).__name__)
             return VertebralAnalysis(

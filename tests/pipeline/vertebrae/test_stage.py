@@ -186,3 +186,51 @@ def test_result_round_trips_through_json() -> None:
     result = run(lateral(PixelSpacing=[0.5, 0.5]), Fixed(SPINE))
     again = VertebralAnalysis.model_validate_json(result.model_dump_json())
     assert again == result
+
+
+class ImageLeftIsAnterior(Fixed):
+    """A model that, like the Keypoint R-CNN baseline, names the image's left side anterior.
+
+    It finds one wedge body whose short side is the darker one: the test image's dark
+    column band is where the collapsed front of the body is.
+    """
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.images: list[np.ndarray] = []
+
+    def predict(
+        self, image: np.ndarray, spacing_mm: tuple[float, float] | None
+    ) -> list[DetectedObject]:
+        self.images.append(image)
+        short_left = image[:, :150].mean() < image[:, 150:].mean()
+        h_left, h_right = (20.0, 30.0) if short_left else (30.0, 20.0)
+        return [body(60, h_left, 28, h_right)]  # x 100 (image left) to 145
+
+
+@pytest.mark.parametrize(
+    ("orientation", "mirrored"),
+    [(["P", "F"], False), (["A", "F"], True), (None, False), (["L", "F"], False)],
+)
+def test_a_right_facing_patient_is_mirrored_for_the_model(
+    orientation: list[str] | None, mirrored: bool
+) -> None:
+    # The collapsed anterior side is dark: on the image's left for a left-facing patient,
+    # on its right for a right-facing one (Patient Orientation row direction A).
+    image = np.full((400, 300), 200, np.uint8)
+    if mirrored:
+        image[:, 150:] = 50
+    else:
+        image[:, :150] = 50
+    tags = {"PixelSpacing": [0.5, 0.5]}
+    if orientation is not None:
+        tags["PatientOrientation"] = orientation
+    model = ImageLeftIsAnterior()
+    result = run(lateral(**tags), model, image=image)
+    assert np.array_equal(model.images[0], image[:, ::-1] if mirrored else image)
+    (vertebra,) = result.vertebrae
+    assert vertebra.deformity is Deformity.WEDGE  # anterior stays anterior
+    anterior_x, posterior_x = vertebra.keypoints[0][0], vertebra.keypoints[4][0]
+    assert (anterior_x > posterior_x) is mirrored
+    if mirrored:  # mapped back: x -> columns - 1 - x
+        assert anterior_x == pytest.approx(299 - 100)
