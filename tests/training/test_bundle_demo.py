@@ -48,7 +48,8 @@ def test_demo_bundle_is_a_labelled_verified_bundle(demo_dir: Path) -> None:
     for name in ("roc.png", "pr_detector.png", "pr_fusion.png", "predictions.csv"):
         assert (work / "evaluation" / name).stat().st_size > 0
     # Step 6: the vertebra keypoint model, evaluated on held-out keypoint phantoms.
-    assert bundle.vertebrae is not None and bundle.vertebrae.model == "pisov"
+    assert bundle.vertebrae is not None
+    assert bundle.vertebrae.model == QUICK_RECIPE.keypoint_arch == "keypointrcnn"
     held_out = bundle.vertebrae.metrics["test_phantoms"]
     assert held_out["images"] == QUICK_RECIPE.keypoint_test_images
     assert (work / "vertebrae-evaluation" / "keypoints-report.json").is_file()

@@ -4,9 +4,11 @@ Nothing can be downloaded, so the demo trains from scratch: it generates a phant
 (VinDr-SpineXR layout), trains one DenseNet-121 at 224 and a light RetinaNet at the phantoms'
 native scale, fits c* on the validation split, evaluates on the held-out phantom test split,
 trains the image check (`spinexr.training.anatomy`: spine AP / spine lateral / other, on
-spine, chest and extremity phantoms), trains Pisov et al.'s vertebra keypoint detector on
-lateral keypoint phantoms with fractures of known Genant index and evaluates it on held-out
-ones (`spinexr.training.vertebrae`), and writes a bundle named and flagged as a
+spine, chest and extremity phantoms), trains the vertebra keypoint model on lateral keypoint
+phantoms with fractures of known Genant index and evaluates it on held-out ones
+(`spinexr.training.vertebrae`: the Keypoint R-CNN light CPU configuration, the better of the
+two detectors on this CPU; Pisov et al.'s detector with ``keypoint_arch="pisov"``), and
+writes a bundle named and flagged as a
 synthetic-phantom demo (its SR, GSPS and admin pages say "not for clinical use").
 
 The result is cached: the bundle folder's name carries a digest of the recipe, and a folder
@@ -77,13 +79,17 @@ class DemoRecipe:
         Image check: training and held-out phantoms per class, epochs.
     anatomy_other_threshold : float
         Image check: ``other`` probability at or above which an image is not analysed.
+    keypoint_arch : {"keypointrcnn", "pisov"}
+        Keypoint model. Keypoint R-CNN (`spinexr.training.vertebrae.krcnn_train.DEMO_RECIPE`,
+        the light CPU configuration) grades fractures after 600 steps; Pisov et al.'s
+        detector (`spinexr.training.vertebrae.train.DEMO_RECIPE`) finds the vertebrae in a
+        CPU budget but does not yet separate fractures (``training/README.md``).
     keypoint_images, keypoint_test_images : int
         Lateral keypoint phantoms for training and for the held-out evaluation.
     keypoint_iterations, keypoint_batch : int
-        Pisov detector training length (`spinexr.training.vertebrae.train.DEMO_RECIPE`'s
-        900 × 8 crops; the rest of that recipe as it is).
+        Its training length (the rest of its demo recipe as it is).
     keypoint_lr : float
-        Its initial learning rate (Adam).
+        Its peak learning rate.
     """
 
     studies: int = 400
@@ -108,11 +114,12 @@ class DemoRecipe:
     anatomy_val_per_class: int = 50
     anatomy_epochs: int = 8
     anatomy_other_threshold: float = 0.5
-    keypoint_images: int = 300
+    keypoint_arch: str = "keypointrcnn"
+    keypoint_images: int = 400
     keypoint_test_images: int = 80
-    keypoint_iterations: int = 900
-    keypoint_batch: int = 8
-    keypoint_lr: float = 2e-3
+    keypoint_iterations: int = 600
+    keypoint_batch: int = 2
+    keypoint_lr: float = 4e-4
 
     def digest(self) -> str:
         """Short digest of the recipe (the cache key)."""
@@ -291,7 +298,7 @@ def demo(
 
     step(
         6,
-        f"vertebral keypoints (Pisov et al.): {recipe.keypoint_images} lateral phantoms, "
+        f"vertebral keypoints ({recipe.keypoint_arch}): {recipe.keypoint_images} lateral phantoms, "
         f"{recipe.keypoint_iterations} iterations, then {recipe.keypoint_test_images} held out",
     )
     bundle = _add_vertebrae(out, work, recipe, device, speak)
@@ -391,13 +398,11 @@ def _add_anatomy(
 def _add_vertebrae(
     out: Path, work: Path, recipe: DemoRecipe, device: str, speak: Callable[[str], None]
 ) -> Bundle:
-    """Train the keypoint detector on lateral phantoms, evaluate it, write it into the bundle."""
-    from spinexr.pipeline.vertebrae.detector import PisovDetector
+    """Train the keypoint model on lateral phantoms, evaluate it, write it into the bundle."""
+    from spinexr.pipeline.vertebrae.loader import load_keypoint_model
     from spinexr.training.vertebrae.bundle import add_vertebrae_to_bundle
     from spinexr.training.vertebrae.evaluate import evaluate_keypoints
     from spinexr.training.vertebrae.phantoms import generate_keypoint_records
-    from spinexr.training.vertebrae.train import DEMO_RECIPE as PISOV_DEMO
-    from spinexr.training.vertebrae.train import train_pisov
 
     t = time.monotonic()
     train = generate_keypoint_records(recipe.keypoint_images, recipe.seed, test_fraction=0.0)
@@ -406,32 +411,67 @@ def _add_vertebrae(
         recipe.keypoint_test_images, recipe.seed + 1000, test_fraction=0.0
     )
     speak(f"[demo] {len(train) + len(test)} keypoint phantoms in {time.monotonic() - t:.0f} s")
-    checkpoint = train_pisov(
-        train,
-        work / "vertebrae",
-        seed=recipe.seed,
-        iterations=recipe.keypoint_iterations,
-        batch_size=recipe.keypoint_batch,
-        lr=recipe.keypoint_lr,
-        device=device,
-        recipe=PISOV_DEMO,
-    )
-    model = PisovDetector.from_checkpoint(checkpoint, device="cpu" if device == "auto" else device)
+    arch = recipe.keypoint_arch
+    checkpoint = _train_keypoints(train, work / "vertebrae", recipe, device)
+    model = load_keypoint_model(arch, checkpoint, "cpu" if device == "auto" else device)
     report = evaluate_keypoints(
-        {"pisov": model},
+        {arch: model},
         test,
         work / "vertebrae-evaluation",
         seed=recipe.seed,
         n_bootstrap=min(recipe.bootstrap, 1000),
     )
-    return add_vertebrae_to_bundle(
-        out, checkpoint, "pisov", {"test_phantoms": _keypoint_summary(report, len(test))}
+    summary = _keypoint_summary(report["models"][arch], len(test))
+    shown = ", ".join(
+        f"{name} {summary[key]:.3f}" if isinstance(summary[key], int | float) else f"{name} n/a"
+        for name, key in (
+            ("recall", "recall"),
+            ("precision", "precision"),
+            ("centre error mm", "centre_error_mm"),
+            ("height MAE mm", "height_mae_mm"),
+            ("AUC >= moderate per patient", "auroc_patient_moderate"),
+        )
     )
+    speak(f"[demo] keypoints ({arch}) on {len(test)} held-out phantoms: {shown}")
+    return add_vertebrae_to_bundle(out, checkpoint, arch, {"test_phantoms": summary})
 
 
-def _keypoint_summary(report: dict[str, Any], images: int) -> dict[str, Any]:
+def _train_keypoints(records: list[Any], run: Path, recipe: DemoRecipe, device: str) -> Path:
+    """Train the recipe's keypoint model; return its checkpoint."""
+    if recipe.keypoint_arch == "pisov":
+        from spinexr.training.vertebrae.train import DEMO_RECIPE as PISOV_DEMO
+        from spinexr.training.vertebrae.train import train_pisov
+
+        return train_pisov(
+            records,
+            run,
+            seed=recipe.seed,
+            iterations=recipe.keypoint_iterations,
+            batch_size=recipe.keypoint_batch,
+            lr=recipe.keypoint_lr,
+            device=device,
+            recipe=PISOV_DEMO,
+        )
+    if recipe.keypoint_arch == "keypointrcnn":
+        from spinexr.training.vertebrae.krcnn_train import DEMO_RECIPE as KRCNN_DEMO
+        from spinexr.training.vertebrae.krcnn_train import train_keypointrcnn
+
+        return train_keypointrcnn(
+            records,
+            run,
+            seed=recipe.seed,
+            iterations=recipe.keypoint_iterations,
+            batch_size=recipe.keypoint_batch,
+            lr=recipe.keypoint_lr,
+            device=device,
+            config=KRCNN_DEMO.config,
+            threads=KRCNN_DEMO.threads,
+        )
+    raise ValueError(f"unknown keypoint model {recipe.keypoint_arch!r}")
+
+
+def _keypoint_summary(m: dict[str, Any], images: int) -> dict[str, Any]:
     """Return the held-out figures for the manifest (the full report is in the work folder)."""
-    m = report["models"]["pisov"]
 
     def value(*path: str) -> Any:
         node: Any = m

@@ -116,22 +116,25 @@ def train(
             recipe=chosen,
         )
     else:
-        from spinexr.pipeline.vertebrae.krcnn import KRCNNConfig
+        from spinexr.training.vertebrae.krcnn_train import (
+            DEMO_RECIPE as KRCNN_DEMO,
+        )
+        from spinexr.training.vertebrae.krcnn_train import (
+            FULL_RECIPE as KRCNN_FULL,
+        )
         from spinexr.training.vertebrae.krcnn_train import train_keypointrcnn
 
-        extra = {
-            k: v
-            for k, v in {"iterations": iterations, "batch_size": batch_size, "lr": lr}.items()
-            if v is not None
-        }
-        config = KRCNNConfig.cpu() if recipe == "demo" else KRCNNConfig()
+        plan = KRCNN_DEMO if recipe == "demo" else KRCNN_FULL
         path = train_keypointrcnn(
             records,
             out_dir,
             seed=seed,
+            iterations=iterations or plan.iterations,
+            batch_size=batch_size or plan.batch_size,
+            lr=lr or plan.lr,
             device=device,
-            config=config,
-            **extra,  # type: ignore[arg-type]
+            config=plan.config,
+            threads=plan.threads,
         )
     click.echo(str(path))
 

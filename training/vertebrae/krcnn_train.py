@@ -31,7 +31,7 @@ import math
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,42 @@ CHECKPOINT_NAME = "keypointrcnn.pt"
 
 _EMA_BETA = 0.95
 _CLIP_NORM = 10.0
+
+
+@dataclass(frozen=True)
+class KRCNNRecipe:
+    """A Keypoint R-CNN training recipe: architecture, input scale and schedule.
+
+    Attributes
+    ----------
+    name : str
+        Its name (``spinexr-node vertebrae train --recipe``).
+    iterations, batch_size : int
+        Training length.
+    lr : float
+        Peak learning rate (AdamW).
+    config : KRCNNConfig
+        Architecture and input scale.
+    threads : int or None
+        ``torch.set_num_threads`` during training (None: leave it).
+    """
+
+    name: str
+    iterations: int
+    batch_size: int
+    lr: float
+    config: KRCNNConfig = field(default_factory=KRCNNConfig)
+    threads: int | None = 1
+
+
+FULL_RECIPE = KRCNNRecipe(name="full", iterations=2000, batch_size=2, lr=2e-4)
+"""The issue's ResNet-50 FPN at 0.8 mm (a GPU, or patience)."""
+
+DEMO_RECIPE = KRCNNRecipe(
+    name="demo", iterations=600, batch_size=2, lr=4e-4, config=KRCNNConfig.cpu()
+)
+"""The light CPU configuration (`KRCNNConfig.cpu`), 600 steps of two images: the demo bundle's
+keypoint model (held-out figures in ``training/README.md``)."""
 
 
 @dataclass(frozen=True)
