@@ -3,13 +3,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.spinexr-install-stamp
 PYTEST_ARGS ?=
+FUZZ_ARGS ?= --inputs 100000 --seed 1 --out var/fuzz
 
-.PHONY: serve test install system-deps lint format bench clean help
+.PHONY: serve test install system-deps lint format bench fuzz clean help
 
 help:
 	@echo "make serve   install (if needed) and run the node on the embedded default"
 	@echo "make test    install (if needed) and run the whole test suite"
 	@echo "make lint    ruff + mypy"
+	@echo "make fuzz    fuzz campaign against a live node (FUZZ_ARGS=\"--inputs 100000 --seed 1\")"
 
 install: $(STAMP)
 
@@ -33,6 +35,9 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+fuzz: install
+	nice -n 10 $(PY) -m spinexr.fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

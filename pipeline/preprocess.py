@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -167,6 +168,30 @@ def prepare_image(
         With reason ``multi_frame``, ``not_monochrome``, ``no_pixel_data``, ``too_small``,
         ``undecodable`` or ``invalid_header``.
     """
+    try:
+        return _prepare(ds, min_size, detector_scale)
+    except HEADER_VALUE_ERRORS as exc:
+        raise UnsupportedImageError(
+            ImageRefusal.INVALID_HEADER,
+            f"a header value cannot be read: {_one_line(exc)}",
+            sop_instance_uid=_sop_uid_or_none(ds),
+        ) from exc
+
+
+HEADER_VALUE_ERRORS: Final = (NotImplementedError, BytesLengthException)
+"""What pydicom raises when it converts a malformed value on first use (an unknown VR, a
+length that does not fit the VR): ingest reads only the values it needs, so the others are
+first converted here."""
+
+
+def _sop_uid_or_none(ds: Dataset) -> str | None:
+    try:
+        return str(ds.get("SOPInstanceUID", "")) or None
+    except HEADER_VALUE_ERRORS:
+        return None
+
+
+def _prepare(ds: Dataset, min_size: int, detector_scale: tuple[int, int]) -> PreparedImage:
     check_supported(ds, min_size=min_size)
     stored = decode_pixels(ds)
     display, voi = display_image(ds, stored)
@@ -270,6 +295,16 @@ def decode_pixels(ds: Dataset) -> npt.NDArray[Any]:
         raise UnsupportedImageError(
             ImageRefusal.UNDECODABLE,
             f"cannot decode the pixel data ({ts.name}): {_one_line(exc)}",
+            sop_instance_uid=str(ds.SOPInstanceUID),
+        ) from exc
+    except BaseException as exc:
+        # A decoder written in Rust (pylibjpeg-rle) panics on some broken streams: pyo3's
+        # PanicException derives from BaseException, not Exception.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise UnsupportedImageError(
+            ImageRefusal.UNDECODABLE,
+            f"cannot decode the pixel data ({ts.name}): the decoder panicked",
             sop_instance_uid=str(ds.SOPInstanceUID),
         ) from exc
     if arr.ndim != 2:

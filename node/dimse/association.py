@@ -103,6 +103,36 @@ def first_pdu_fits(conn: socket.socket, limit: int, timeout: float) -> bool:
     return True
 
 
+A_ABORT_PROVIDER = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0))
+"""A-ABORT PDU, source: service provider, reason: not specified (PS3.8 9.3.8)."""
+
+
+def abort_on_thread_failure(conn: socket.socket | ssl.SSLSocket, args: Any) -> None:
+    """Answer an exception in pynetdicom's association thread with an A-ABORT.
+
+    pynetdicom 3.0 lets some malformed PDUs raise in its association (reactor) thread:
+    a P-DATA-TF whose command set lacks Command Field, a presentation context id it never
+    negotiated, an item shorter than its declared length. The thread ends; without this the
+    peer would see a bare closed connection and the log a traceback. The exception's type
+    is logged (never its message: it may quote received values).
+
+    Parameters
+    ----------
+    conn : socket.socket
+        The association's connection.
+    args : threading.ExceptHookArgs
+        The failed thread's exception.
+    """
+    logger.warning(
+        "association thread failed on a malformed PDU (%s): aborting", args.exc_type.__name__
+    )
+    try:
+        conn.sendall(A_ABORT_PROVIDER)
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def serve_gone(alive_fd: int) -> bool:
     """Whether the ``serve`` process is gone (its end of the pipe closed)."""
     ready, _, _ = select.select([alive_fd], [], [], 0)
@@ -170,6 +200,7 @@ def serve_association(
     handlers = AssociationHandlers(settings, ingest, watch, over_limit=over_limit)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threading.excepthook = lambda args: abort_on_thread_failure(conn, args)
     try:
         for event, handler in handlers.bindings():
             server.bind(event, handler)

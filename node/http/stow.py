@@ -20,9 +20,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydicom.dataset import Dataset
 from pydicom.uid import ComputedRadiographyImageStorage
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from spinexr.node.errors import IngestError
 from spinexr.node.ingest.service import IngestService, Outcome
@@ -100,10 +102,15 @@ async def _parse_parts(request: Request, limit: int) -> list[_Part]:
         "on_header_value": on_header_value,
         "on_header_end": on_header_end,
     }
-    parser = MultipartParser(boundary, callbacks)
-    async for chunk in request.stream():
-        parser.write(chunk)
-    parser.finalize()
+    try:
+        parser = MultipartParser(boundary, callbacks)
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:  # its message names sizes and offsets, never body bytes
+        raise HTTPException(400, f"malformed multipart body: {exc}") from exc
+    except ClientDisconnect as exc:  # nothing to answer: the client has gone
+        raise HTTPException(400, "the client closed the connection before the body ended") from exc
     return parts
 
 

@@ -7,6 +7,7 @@ import os
 import re
 import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, BinaryIO
 import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.tag import BaseTag
 
 from spinexr.node.errors import IngestError
@@ -60,9 +61,60 @@ DEFER_SIZE = 2**20
 header: their positions and lengths are checked, their bytes are not read."""
 
 
-def _may_be_sequence(ds: Dataset, tag: BaseTag) -> bool:
-    """Whether an element can be a sequence, decided without converting it when possible."""
+PARSE_ERRORS = (
+    InvalidDicomError,
+    ValueError,
+    TypeError,
+    KeyError,
+    struct.error,
+    NotImplementedError,  # an unknown VR, found when an element is converted
+    BytesLengthException,  # a value whose length does not fit its VR
+    zlib.error,  # a deflated data set that does not inflate
+    OverflowError,
+)
+"""What pydicom raises on a malformed data set, while reading it or converting its values
+(``OSError`` is caught only around the read itself: later, it is the disk's)."""
+
+
+class SizedReader(io.BufferedReader):
+    """A buffered reader whose reads never ask for more than the file has left.
+
+    pydicom reads a value with ``read(length)`` for the length the element declares, and a
+    buffered reader allocates that many bytes before it reads: a 1 KiB file declaring a
+    4 GiB value would reserve 4 GiB. Capped at what is left, memory stays bounded by the
+    file's size (itself bounded by ``dicom.max_dataset_bytes``).
+
+    Parameters
+    ----------
+    raw : io.RawIOBase
+        The file.
+    size : int
+        Its size in bytes.
+    """
+
+    def __init__(self, raw: io.RawIOBase, size: int) -> None:
+        super().__init__(raw, buffer_size=2**16)
+        self.size = size
+
+    def read(self, n: int | None = -1, /) -> bytes:
+        """Read up to ``n`` bytes, never asking for more than the file has left."""
+        if n is not None and n > 0:
+            n = min(n, max(0, self.size - self.tell()))
+        return super().read(n)
+
+
+def _may_be_sequence(ds: Dataset, tag: BaseTag, size: int) -> bool:
+    """Whether an element can be a sequence, decided without converting it when possible.
+
+    A deferred value declared past the file's ``size`` is a truncated file: it is refused
+    before pydicom reads it (its read would reserve the declared length first).
+    """
     elem = ds.get_item(tag, keep_deferred=True)  # a deferred value stays unread
+    value_tell = getattr(elem, "value_tell", None)
+    length = getattr(elem, "length", 0)
+    deferred = elem.value is None and length != _UNDEFINED_LENGTH
+    if deferred and value_tell is not None and value_tell + length > size:
+        raise EOFError(f"a value of {length} bytes goes past the end of the file")
     vr = elem.VR
     if vr == "SQ":
         return True
@@ -78,17 +130,17 @@ def _may_be_sequence(ds: Dataset, tag: BaseTag) -> bool:
         return True  # private or unknown: let pydicom convert it
 
 
-def _depth(ds: Dataset, limit: int, level: int = 1) -> int:
+def _depth(ds: Dataset, limit: int, size: int, level: int = 1) -> int:
     deepest = level - 1
     for tag in list(ds.keys()):
-        if not _may_be_sequence(ds, tag):
+        if not _may_be_sequence(ds, tag, size):
             continue
         elem = ds[tag]
         if elem.VR == "SQ":
             if level > limit:
                 return level
             for item in elem.value:
-                deepest = max(deepest, _depth(item, limit, level + 1))
+                deepest = max(deepest, _depth(item, limit, size, level + 1))
                 if deepest > limit:
                     return deepest
     return max(deepest, level - 1)
@@ -170,7 +222,7 @@ class HeadThenFile(io.RawIOBase):
         super().close()
 
 
-def _read_dataset(fileobj: BinaryIO, max_sequence_depth: int) -> Dataset:
+def _read_dataset(fileobj: BinaryIO, max_sequence_depth: int, size: int) -> Dataset:
     """Read the whole structure to the end of the file (values over DEFER_SIZE skipped)."""
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -181,10 +233,10 @@ def _read_dataset(fileobj: BinaryIO, max_sequence_depth: int) -> Dataset:
         if broken:
             message = str(broken[0].message)
             raise EOFError(message) if "End of file" in message else ValueError(message)
-        depth = _depth(ds, max_sequence_depth)
+        depth = _depth(ds, max_sequence_depth, size)
     except EOFError as exc:
         raise IngestError("truncated", "the data set ends before its last element does") from exc
-    except (InvalidDicomError, ValueError, TypeError, KeyError, OSError, struct.error) as exc:
+    except (*PARSE_ERRORS, OSError) as exc:
         raise IngestError("unparseable", f"dataset cannot be parsed: {type(exc).__name__}") from exc
     except RecursionError as exc:
         raise IngestError("too_deep", "sequence nesting exceeds the parser's limit") from exc
@@ -259,10 +311,19 @@ def read_header(
     if not head:
         size = path.stat().st_size
     raw = HeadThenFile(head, path, size, before_file)
-    with io.BufferedReader(raw, buffer_size=2**16) as fileobj:
+    try:
+        return _checked_header(raw, size, max_sequence_depth, max_decompressed_bytes)
+    except PARSE_ERRORS as exc:  # a value pydicom converts only when it is used
+        raise IngestError("unparseable", f"dataset cannot be parsed: {type(exc).__name__}") from exc
+
+
+def _checked_header(
+    raw: HeadThenFile, size: int, max_sequence_depth: int, max_decompressed_bytes: int
+) -> InstanceHeader:
+    with SizedReader(raw, size) as fileobj:
         read_file_meta(fileobj)  # a broken preamble or meta group is "unparseable"
         fileobj.seek(0)
-        ds = _read_dataset(fileobj, max_sequence_depth)
+        ds = _read_dataset(fileobj, max_sequence_depth, size)
         expected = decoded_pixel_bytes(ds)
         if expected > max_decompressed_bytes:
             raise IngestError(
