@@ -15,6 +15,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from spinexr.node.errors import SpinexrError
+from spinexr.node.resolve import require_resolvable
 from spinexr.node.sopclasses import TRANSFER_SYNTAXES
 
 logger = logging.getLogger(__name__)
@@ -118,8 +119,9 @@ def associate(ae: AE, host: str, port: int, called: str, timeout: float) -> Any:
     Raises
     ------
     SpinexrError
-        Rejected, refused, or no answer within ``timeout``.
+        The host name does not resolve; rejected, refused, or no answer within ``timeout``.
     """
+    require_resolvable(host, port)
     start = time.monotonic()
     assoc = ae.associate(host, port, ae_title=called)
     if assoc.is_established:
@@ -232,18 +234,27 @@ def send_files(
     results: list[SendResult] = []
     assoc = associate(ae, host, port, called, timeout) if contexts else None
     try:
+        ended: str | None = None  # why the association ended before the last file
         for path, header, error in headers:
-            if header is None or assoc is None:
+            if header is None:
                 result = SendResult(path, "", None, error)
+            elif assoc is None:
+                reason = ended or "no association"
+                result = SendResult(path, str(header.SOPInstanceUID), None, f"not sent: {reason}")
             else:
                 uid = str(header.SOPInstanceUID)
+                began = time.monotonic()
+                why = None
                 try:
                     status = assoc.send_c_store(_sendable(path, header, assoc))
                     code = int(status.Status) if status else None
-                    result = SendResult(path, uid, code, None if status else "no response")
+                    if not status:
+                        why = _no_answer(assoc, time.monotonic() - began, timeout)
+                    result = SendResult(path, uid, code, why)
                 except (ValueError, RuntimeError, OSError) as exc:
                     result = SendResult(path, uid, None, f"{type(exc).__name__}: {exc}")
                 if not assoc.is_established:
+                    ended = f"the association ended at an earlier file ({why or 'closed'})"
                     assoc = None
             results.append(result)
             if on_result is not None:
@@ -252,6 +263,17 @@ def send_files(
         if assoc is not None and assoc.is_established:
             assoc.release()
     return results
+
+
+def _no_answer(assoc: Any, waited: float, timeout: float) -> str:
+    """Why a C-STORE got no response: silence until the timeout, an A-ABORT, a closed link."""
+    if waited >= timeout * 0.9:
+        return f"timed out: no answer within {timeout:g} s (dicom.scu_timeout)"
+    # The DIMSE wait can end before the association's thread has read the A-ABORT: let it.
+    assoc.join(timeout=1.0)
+    if assoc.is_aborted:
+        return "the peer aborted the association (A-ABORT) before answering"
+    return "the connection closed before an answer"
 
 
 def _sendable(path: Path, header: pydicom.Dataset, assoc: Any) -> Path | pydicom.Dataset:

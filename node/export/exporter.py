@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 900.0
+RETRY_AFTER_CAP_SECONDS = 3600.0
+"""The longest ``Retry-After`` honoured: a destination asking for more is retried after an hour."""
 
 
 @dataclass
@@ -89,7 +91,7 @@ class Exporter:
                 self.settings.dicom.ae_title,
                 timeout=self.settings.dicom.scu_timeout,
             )
-        return send_stow(dest, files)
+        return send_stow(dest, files, timeout=self.settings.dicom.scu_timeout)
 
     def _cancelled(self, job_id: int) -> bool:
         """Whether the job was cancelled since the round began (checked before each send)."""
@@ -102,7 +104,7 @@ class Exporter:
             return verify_dimse(
                 dest, study_uid, self.settings.dicom.ae_title, self.settings.dicom.scu_timeout
             )
-        return verify_qido(dest, study_uid)
+        return verify_qido(dest, study_uid, timeout=self.settings.dicom.scu_timeout)
 
     def export(self, job_id: int) -> ExportRound:
         """Run one export round for ``job_id`` (state ``built`` or ``failed``).
@@ -156,6 +158,7 @@ class Exporter:
         failures: list[str] = []
         records: list[ExportAttempt] = []
         verify_detail: list[str] = []
+        asked: float | None = None  # the longest Retry-After a failing destination sent
         stopped = False
         for dest in self.settings.destinations:
             todo = [
@@ -169,6 +172,9 @@ class Exporter:
             started = utcnow()
             outcomes = self._send(dest, [output_dir / o.path for o in todo])
             by_uid = {o.sop_instance_uid: o for o in outcomes}
+            for o in outcomes:
+                if not o.ok and o.retry_after is not None:
+                    asked = max(asked or 0.0, o.retry_after)
             landed: set[str] | None = None
             if dest.verify and all(o.ok for o in outcomes):
                 landed = self._verify(dest, study_uid)
@@ -205,7 +211,7 @@ class Exporter:
                 verify_detail.append(dest.name)
         if stopped:
             return self._stop(job_id, attempt, records)
-        return self._finish(job_id, attempt, records, failures, verify_detail)
+        return self._finish(job_id, attempt, records, failures, verify_detail, asked)
 
     def _stop(self, job_id: int, attempt: int, records: list[ExportAttempt]) -> ExportRound:
         """Record what a round sent before its job was cancelled, and leave it cancelled."""
@@ -233,6 +239,7 @@ class Exporter:
         records: list[ExportAttempt],
         failures: list[str],
         verified: list[str],
+        asked: float | None = None,
     ) -> ExportRound:
         max_attempts = self.settings.queue.max_attempts
         with self.sessions() as session:
@@ -279,6 +286,8 @@ class Exporter:
                 logger.error("job %s: export dead after %d rounds", job_id, attempt)
                 return ExportRound(attempt, JobState.DEAD, failures)
             retry_in = self.backoff(attempt)
+            if asked is not None:  # the destination's Retry-After, when longer, is honoured
+                retry_in = max(retry_in, min(asked, RETRY_AFTER_CAP_SECONDS))
             for rec in records:
                 if rec.status is ExportStatus.FAILED:
                     rec.next_try_at = utcnow() + dt.timedelta(seconds=retry_in)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pydicom
 
 from spinexr.node.dimse.scu import bounded_ae, send_files
 from spinexr.node.errors import SpinexrError
+from spinexr.node.resolve import require_resolvable
 from spinexr.node.settings import Destination
 
 logger = logging.getLogger(__name__)
@@ -25,6 +29,39 @@ class InstanceOutcome:
     dimse_status: int | None = None
     http_status: int | None = None
     error: str | None = None
+    retry_after: float | None = None
+    """Seconds the destination asked us to wait (HTTP ``Retry-After``), if it did."""
+
+
+def retry_after_seconds(
+    headers: Mapping[str, str], now: dt.datetime | None = None
+) -> float | None:
+    """Read an HTTP ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110 10.2.3).
+
+    Parameters
+    ----------
+    headers : mapping
+        Response headers (case-insensitive, as requests gives them).
+    now : datetime, optional
+        The current time (UTC) for an HTTP-date; the clock by default.
+
+    Returns
+    -------
+    float or None
+        Seconds to wait (0 for a date in the past); None when absent or unreadable.
+    """
+    value = (headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - (now or dt.datetime.now(dt.UTC))).total_seconds())
 
 
 def send_dimse(
@@ -69,7 +106,7 @@ def send_dimse(
     return outcomes
 
 
-def _stow_client(dest: Destination) -> object:
+def _stow_client(dest: Destination, timeout: float = 20.0) -> object:
     from dicomweb_client.api import DICOMwebClient
     from dicomweb_client.session_utils import create_session_from_auth
     from requests.auth import HTTPBasicAuth
@@ -83,10 +120,10 @@ def _stow_client(dest: Destination) -> object:
             HTTPBasicAuth(dest.username, dest.password.get_secret_value())
         )
     assert dest.url is not None
-    return DICOMwebClient(url=dest.url, headers=headers, session=session)
+    return DICOMwebClient(url=dest.url, headers=headers, session=session, timeout=timeout)
 
 
-def send_stow(dest: Destination, files: Sequence[Path]) -> list[InstanceOutcome]:
+def send_stow(dest: Destination, files: Sequence[Path], timeout: float) -> list[InstanceOutcome]:
     """STOW-RS files to a DICOMweb destination and read per-instance results.
 
     Parameters
@@ -95,26 +132,45 @@ def send_stow(dest: Destination, files: Sequence[Path]) -> list[InstanceOutcome]
         ``kind == "stowrs"``.
     files : sequence of Path
         Part-10 files.
+    timeout : float
+        Seconds to connect and, then, between two reads of the answer
+        (``dicom.scu_timeout``): a destination that never answers fails the round.
 
     Returns
     -------
     list of InstanceOutcome
-        One per file.
+        One per file; a refused request (4xx/5xx) or no answer marks every file failed with
+        the reason, and the destination's ``Retry-After`` when it sent one.
     """
     import requests
 
     datasets = [pydicom.dcmread(f) for f in files]
     uids = [str(ds.SOPInstanceUID) for ds in datasets]
-    client = _stow_client(dest)
+
+    def every(error: str, **kw: object) -> list[InstanceOutcome]:
+        return [InstanceOutcome(u, False, error=error, **kw) for u in uids]  # type: ignore[arg-type]
+
+    assert dest.url is not None
+    try:
+        require_resolvable(urlsplit(dest.url).hostname or "")
+    except SpinexrError as exc:
+        return every(str(exc))
+    client = _stow_client(dest, timeout)
     # dicomweb-client retries some statuses itself; keep our own retry policy in charge.
     client.set_http_retry_params(retry=False)  # type: ignore[attr-defined]
     try:
         response = client.store_instances(datasets)  # type: ignore[attr-defined]
     except requests.HTTPError as exc:
         code = exc.response.status_code if exc.response is not None else None
-        return [InstanceOutcome(u, False, http_status=code, error=f"HTTP {code}") for u in uids]
+        wait = retry_after_seconds(exc.response.headers) if exc.response is not None else None
+        said = f" (Retry-After {wait:g} s)" if wait is not None else ""
+        return every(f"HTTP {code}{said}", http_status=code, retry_after=wait)
+    except requests.Timeout:
+        return every(f"timed out: no answer within {timeout:g} s (dicom.scu_timeout)")
+    except requests.ConnectionError:
+        return every("connection failed (not listening, unreachable, or it hung up)")
     except requests.RequestException as exc:
-        return [InstanceOutcome(u, False, error=type(exc).__name__) for u in uids]
+        return every(type(exc).__name__)
     stored = {str(i.ReferencedSOPInstanceUID) for i in response.get("ReferencedSOPSequence", [])}
     failed = {
         str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0xC000))
@@ -181,7 +237,7 @@ def verify_dimse(dest: Destination, study_uid: str, calling_ae: str, timeout: fl
     return found
 
 
-def verify_qido(dest: Destination, study_uid: str) -> set[str]:
+def verify_qido(dest: Destination, study_uid: str, timeout: float) -> set[str]:
     """Return the SOP Instance UIDs of ``study_uid`` that QIDO-RS lists at the destination.
 
     Parameters
@@ -190,15 +246,17 @@ def verify_qido(dest: Destination, study_uid: str) -> set[str]:
         The destination (``url`` is its DICOMweb root).
     study_uid : str
         Study Instance UID.
+    timeout : float
+        Seconds to connect and between two reads (``dicom.scu_timeout``).
 
     Returns
     -------
     set of str
-        Found instances.
+        Found instances (empty when the destination does not answer).
     """
     import requests
 
-    client = _stow_client(dest)
+    client = _stow_client(dest, timeout)
     try:
         found = client.search_for_instances(study_instance_uid=study_uid)  # type: ignore[attr-defined]
     except requests.RequestException:
