@@ -33,9 +33,7 @@ class InstanceOutcome:
     """Seconds the destination asked us to wait (HTTP ``Retry-After``), if it did."""
 
 
-def retry_after_seconds(
-    headers: Mapping[str, str], now: dt.datetime | None = None
-) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:
     """Read an HTTP ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110 10.2.3).
 
     Parameters
