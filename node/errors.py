@@ -6,6 +6,8 @@ retry-or-fail, and the CLI to an exit code with one clear line.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from collections.abc import Iterable
 
 
@@ -44,3 +46,37 @@ class IngestError(SpinexrError):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
         super().__init__(message)
+
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DISK_FULL_SQLSTATE = "53100"  # PostgreSQL disk_full
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says that the disk or a quota is full.
+
+    An ``OSError`` with ``ENOSPC`` or ``EDQUOT``; SQLite's ``SQLITE_FULL`` ("database or disk
+    is full"); PostgreSQL's SQLSTATE 53100. SQLAlchemy's errors are read through ``orig``.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The exception.
+
+    Returns
+    -------
+    bool
+        True when the cause is a full disk: the answer is "out of resources", retry later.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _DISK_FULL_ERRNOS:
+            return True
+        if isinstance(cause, sqlite3.Error) and cause.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            return True
+        if getattr(cause, "sqlstate", None) == _DISK_FULL_SQLSTATE:
+            return True
+        cause = getattr(cause, "orig", None) or cause.__cause__
+    return False

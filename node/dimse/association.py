@@ -47,6 +47,7 @@ from pynetdicom.transport import AssociationServer
 from spinexr.node.db.engine import make_engine, make_session_factory
 from spinexr.node.dimse.handlers import AssociationHandlers, max_pdu_read
 from spinexr.node.dimse.stream import DataSetWatch
+from spinexr.node.errors import is_disk_full
 from spinexr.node.ingest.service import IngestService
 from spinexr.node.ingest.spool import Spool
 from spinexr.node.settings import Settings
@@ -123,9 +124,12 @@ def abort_on_thread_failure(conn: socket.socket | ssl.SSLSocket, args: Any) -> N
     args : threading.ExceptHookArgs
         The failed thread's exception.
     """
-    logger.warning(
-        "association thread failed on a malformed PDU (%s): aborting", args.exc_type.__name__
-    )
+    if args.exc_value is not None and is_disk_full(args.exc_value):
+        logger.error("the disk filled up while a data set was written: aborting the association")
+    else:
+        logger.warning(
+            "association thread failed on a malformed PDU (%s): aborting", args.exc_type.__name__
+        )
     try:
         conn.sendall(A_ABORT_PROVIDER)
         conn.shutdown(socket.SHUT_RDWR)

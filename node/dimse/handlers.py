@@ -40,7 +40,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from sqlalchemy.exc import SQLAlchemyError
 
 from spinexr.node.dimse.stream import DataSetWatch
-from spinexr.node.errors import IngestError
+from spinexr.node.errors import IngestError, is_disk_full
 from spinexr.node.ingest.service import IngestService
 from spinexr.node.ingest.statuses import SUCCESS, status_for
 from spinexr.node.settings import Settings
@@ -209,6 +209,9 @@ class AssociationHandlers:
             logger.warning("C-STORE %s from %s refused 0x%04X: %s", sop_uid, calling, status, exc)
             return status
         except (OSError, SQLAlchemyError) as exc:
+            if is_disk_full(exc):
+                logger.error("C-STORE %s from %s refused 0xA700: disk full", sop_uid, calling)
+                return status_for("out_of_resources")
             logger.error(
                 "C-STORE %s from %s: storage failure (%s)", sop_uid, calling, type(exc).__name__
             )

@@ -9,8 +9,9 @@ in the thread that then writes its fragments. It reads the PDU's framing (PS3.8 
 * the last command fragment of a C-STORE request with a data set starts a data set: the
   association's temporary folder is created (pynetdicom creates the file there while
   decoding this same PDU), and the disk's free space is checked;
-* data fragments are counted; past ``dicom.max_dataset_bytes``, or when the disk goes below
-  the watermark (checked every :data:`SPACE_CHECK_BYTES`), the data set is refused and the
+* data fragments are counted; past ``dicom.max_dataset_bytes``, or when the next PDU would
+  take the disk below the watermark (checked every :data:`SPACE_CHECK_BYTES` while there is
+  room, before every PDU once less than twice that is left), the data set is refused and the
   file cut to nothing before each further PDU is written, so a refused data set never
   holds more than one PDU on disk (pynetdicom writes on at its offset into a sparse file);
   the handler answers with the refusal once the message is complete;
@@ -183,11 +184,12 @@ class DataSetWatch:
     max_pdu : int
         Longest PDU accepted (bytes after the 6-byte header).
     check_space : callable
-        Raises :class:`IngestError` (``out_of_resources``) below the free-space watermark.
+        ``check_space(need)`` returns the room above the free-space watermark, or raises
+        :class:`IngestError` (``out_of_resources``) when ``need`` more bytes do not fit.
     """
 
     def __init__(
-        self, folder: Path, *, limit: int, max_pdu: int, check_space: Callable[[], None]
+        self, folder: Path, *, limit: int, max_pdu: int, check_space: Callable[[int], int]
     ) -> None:
         self.folder = folder
         self.limit = limit
@@ -228,6 +230,8 @@ class DataSetWatch:
         """
         if self.receiving and self.refusal is None:
             self._file.before_pdu(self.size)
+            if self.size + len(pdu) >= self._next_space_check:
+                self._space(len(pdu))
         view = memoryview(pdu)
         off, end = 6, len(pdu)
         while off + 6 <= end:
@@ -247,7 +251,7 @@ class DataSetWatch:
         self.receiving = is_store_with_data(command)
         self.size = 0
         self.refusal = None
-        self._next_space_check = SPACE_CHECK_BYTES
+        self._next_space_check = 0
         self._file.close()
         self._file = FileFollower(self.folder)
         if self.receiving:
@@ -260,17 +264,18 @@ class DataSetWatch:
             self._file.fragment(fragment)
             if self.size > self.limit:
                 self.refuse(IngestError("too_large", f"dataset larger than the limit {self.limit}"))
-            elif self.size >= self._next_space_check:
-                self._next_space_check += SPACE_CHECK_BYTES
-                self._space()
         if self.refusal is not None:
             self._empty_file()
 
-    def _space(self) -> None:
+    def _space(self, need: int = 0) -> None:
+        """Refuse the data set unless ``need`` more bytes fit; plan the next check."""
         try:
-            self._check_space()
+            room = self._check_space(need)
         except IngestError as exc:
             self.refuse(exc)
+            return
+        # Half the room left, at most SPACE_CHECK_BYTES: near the floor, before every PDU.
+        self._next_space_check = self.size + min(SPACE_CHECK_BYTES, (room - need) // 2)
 
     def refuse(self, refusal: IngestError) -> None:
         """Refuse the data set being received (its bytes are dropped from now on)."""

@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from spinexr.node.errors import IngestError
+from spinexr.node.errors import IngestError, is_disk_full
 from spinexr.node.ingest.service import IngestService, Outcome
 from spinexr.node.ingest.statuses import status_for
 
@@ -148,6 +148,7 @@ def make_router(ingest: IngestService) -> APIRouter:
         parts = await _parse_parts(request, limit)
         stored: list[Dataset] = []
         failed: list[Dataset] = []
+        full = False  # a part met a full disk
         for index, part in enumerate(parts):
             if part.content_type and part.content_type != "application/dicom":
                 failed.append(_item("", "", status_for("unparseable")))
@@ -169,6 +170,11 @@ def make_router(ingest: IngestService) -> APIRouter:
                 failed.append(_item("", "", status_for(exc.reason)))
                 continue
             except (OSError, SQLAlchemyError) as exc:
+                if is_disk_full(exc):
+                    logger.error("STOW-RS part %d refused: the disk is full", index)
+                    full = True
+                    failed.append(_item("", "", status_for("out_of_resources")))
+                    continue
                 logger.error("STOW-RS part %d: storage failure (%s)", index, type(exc).__name__)
                 failed.append(_item("", "", status_for("storage_failure")))
                 continue
@@ -182,6 +188,8 @@ def make_router(ingest: IngestService) -> APIRouter:
             response.FailedSOPSequence = failed
         if not parts:
             raise HTTPException(400, "no parts in the request body")
+        if full and not stored:  # as below the watermark: come back later
+            raise HTTPException(503, "the disk is full", headers={"Retry-After": "60"})
         code = 200 if not failed else (202 if stored else 409)
         return JSONResponse(response.to_json_dict(), status_code=code, media_type=DICOM_JSON)
 

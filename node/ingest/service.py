@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["SUPPORTED_SOP_CLASSES", "IngestResult", "IngestService", "Outcome"]
 
 
+RESERVE_BYTES = 4 * 2**20
+"""Free space the node never takes, whatever ``storage.min_free_mb`` says (room for the
+database's journal and for the one PDU written after a data set is refused)."""
+
+
 class IngestService:
     """Durable intake of received instances.
 
@@ -52,15 +57,32 @@ class IngestService:
         self.spool = spool
         self._recorder = Recorder(settings, sessions, spool)
 
-    def check_space(self) -> None:
-        """Raise ``out_of_resources`` when the spool is below the free-space watermark."""
+    def check_space(self, need: int = 0) -> int:
+        """Raise ``out_of_resources`` unless ``need`` more bytes fit above the floor.
+
+        The floor is the watermark ``storage.min_free_mb``, and never less than
+        :data:`RESERVE_BYTES`: the database must still be able to commit, and the node
+        refuses a data set before the disk is full rather than when a write fails.
+
+        Parameters
+        ----------
+        need : int
+            Bytes about to be written (0: only check the watermark).
+
+        Returns
+        -------
+        int
+            The room left above the floor, in bytes, before the ``need`` bytes.
+        """
+        floor = max(self.settings.storage.min_free_mb * 2**20, RESERVE_BYTES)
         free = self.spool.free_bytes()
-        if free < self.settings.storage.min_free_mb * 2**20:
+        if free - floor < max(need, 0) or free < floor:
             raise IngestError(
                 "out_of_resources",
                 f"spool free space {free // 2**20} MiB is below the watermark "
-                f"{self.settings.storage.min_free_mb} MiB",
+                f"{-(-floor // 2**20)} MiB",
             )
+        return free - floor
 
     def ingest(
         self,
