@@ -80,3 +80,25 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         cause = getattr(cause, "orig", None) or cause.__cause__
     return False
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached or used right now.
+
+    SQLAlchemy's ``OperationalError`` (connection refused or lost, server shutting down,
+    SQLite busy) and ``DisconnectionError``: errors that a later try can clear, as opposed
+    to a constraint or a programming error.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The exception.
+
+    Returns
+    -------
+    bool
+        True when the answer is "unavailable, retry later".
+    """
+    from sqlalchemy.exc import DisconnectionError, OperationalError
+
+    return isinstance(exc, OperationalError | DisconnectionError)

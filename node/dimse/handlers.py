@@ -40,7 +40,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from sqlalchemy.exc import SQLAlchemyError
 
 from spinexr.node.dimse.stream import DataSetWatch
-from spinexr.node.errors import IngestError, is_disk_full
+from spinexr.node.errors import IngestError, is_database_unavailable, is_disk_full
 from spinexr.node.ingest.service import IngestService
 from spinexr.node.ingest.statuses import SUCCESS, status_for
 from spinexr.node.settings import Settings
@@ -212,9 +212,12 @@ class AssociationHandlers:
             if is_disk_full(exc):
                 logger.error("C-STORE %s from %s refused 0xA700: disk full", sop_uid, calling)
                 return status_for("out_of_resources")
-            logger.error(
-                "C-STORE %s from %s: storage failure (%s)", sop_uid, calling, type(exc).__name__
+            why = (
+                "the database is unavailable"
+                if is_database_unavailable(exc)
+                else f"storage failure ({type(exc).__name__})"
             )
+            logger.error("C-STORE %s from %s refused 0xA702: %s", sop_uid, calling, why)
             return status_for("storage_failure")
         except Exception:  # never let a handler raise into pynetdicom
             logger.exception("C-STORE %s from %s: internal error", sop_uid, calling)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from spinexr.node.admin import destinations
 from spinexr.node.db.engine import normalise_url
@@ -88,10 +89,14 @@ def check_database(engine: Engine, head: str) -> Verdict:
     Verdict
         OK at head; FAIL with the fix (``spinexr-node db upgrade``) otherwise.
     """
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-        current = MigrationContext.configure(conn).get_current_revision()
     backend = engine.url.get_backend_name()
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            current = MigrationContext.configure(conn).get_current_revision()
+    except OperationalError as exc:  # down, unreachable, refusing: say so in one line
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        return Status.FAIL, f"{backend} unreachable: {reason}"
     if current is None:
         return Status.FAIL, f"{backend} reachable but has no schema: {UPGRADE_HINT}"
     if current != head:

@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from spinexr.node.errors import IngestError, is_disk_full
+from spinexr.node.errors import IngestError, is_database_unavailable, is_disk_full
 from spinexr.node.ingest.service import IngestService, Outcome
 from spinexr.node.ingest.statuses import status_for
 
@@ -148,7 +148,7 @@ def make_router(ingest: IngestService) -> APIRouter:
         parts = await _parse_parts(request, limit)
         stored: list[Dataset] = []
         failed: list[Dataset] = []
-        full = False  # a part met a full disk
+        full = unavailable = False  # a part met a full disk, or no database
         for index, part in enumerate(parts):
             if part.content_type and part.content_type != "application/dicom":
                 failed.append(_item("", "", status_for("unparseable")))
@@ -175,7 +175,11 @@ def make_router(ingest: IngestService) -> APIRouter:
                     full = True
                     failed.append(_item("", "", status_for("out_of_resources")))
                     continue
-                logger.error("STOW-RS part %d: storage failure (%s)", index, type(exc).__name__)
+                if is_database_unavailable(exc):
+                    logger.error("STOW-RS part %d not stored: the database is unavailable", index)
+                    unavailable = True
+                else:
+                    logger.error("STOW-RS part %d: storage failure (%s)", index, type(exc).__name__)
                 failed.append(_item("", "", status_for("storage_failure")))
                 continue
             if result.outcome is not Outcome.DROPPED_OWN:
@@ -188,8 +192,9 @@ def make_router(ingest: IngestService) -> APIRouter:
             response.FailedSOPSequence = failed
         if not parts:
             raise HTTPException(400, "no parts in the request body")
-        if full and not stored:  # as below the watermark: come back later
-            raise HTTPException(503, "the disk is full", headers={"Retry-After": "60"})
+        if (full or unavailable) and not stored:  # as below the watermark: come back later
+            why = "the disk is full" if full else "the database is unavailable"
+            raise HTTPException(503, why, headers={"Retry-After": "60"})
         code = 200 if not failed else (202 if stored else 409)
         return JSONResponse(response.to_json_dict(), status_code=code, media_type=DICOM_JSON)
 

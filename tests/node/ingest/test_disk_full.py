@@ -7,28 +7,19 @@ production: the DICOM listener and its association processes, and the HTTP serve
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
-import requests
-import uvicorn
 from ingest_support import Stack, build_stack, phantom_bytes
+from live_node import LiveNode
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import ComputedRadiographyImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
-from testsupport import free_port
 
 from spinexr.node.db.models import Instance
-from spinexr.node.dimse.scp import StoreSCP
-from spinexr.node.http.app import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -55,80 +46,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-class Node:
-    """The listener (in its own processes) and the HTTP server of one stack."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.scp = StoreSCP(stack.settings)
-        self.http_port = free_port()
-        self.http = uvicorn.Server(
-            uvicorn.Config(
-                create_app(stack.settings, stack.ingest),
-                host="127.0.0.1",
-                port=self.http_port,
-                log_level="warning",
-            )
-        )
-
-    def __enter__(self) -> Node:
-        self.scp.start()
-        self.thread = threading.Thread(target=self.http.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.http.started:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.http.should_exit = True
-        self.thread.join(timeout=10)
-        self.scp.stop()
-
-    def associate(self, ds: pydicom.Dataset):
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(
-            ComputedRadiographyImageStorage, str(ds.file_meta.TransferSyntaxUID)
-        )
-        return ae.associate("127.0.0.1", self.stack.port, ae_title="SPINEXR")
-
-    def c_store(self, ds: pydicom.Dataset) -> int | None:
-        """C-STORE one data set on a new association; None when it is not accepted."""
-        assoc = self.associate(ds)
-        if not assoc.is_established:
-            return None
-        try:
-            status = assoc.send_c_store(ds)
-            return int(status.Status) if status else None
-        finally:
-            if assoc.is_established:
-                assoc.release()
-
-    def stow(self, data: bytes) -> requests.Response:
-        body = b"--B\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n--B--\r\n"
-        return requests.post(
-            f"http://127.0.0.1:{self.http_port}/dicomweb/studies",
-            data=body,
-            timeout=30,
-            headers={
-                "Authorization": f"Bearer {TOKEN}",
-                "Content-Type": 'multipart/related; type="application/dicom"; boundary=B',
-            },
-        )
-
-    def stored(self) -> dict[str, str]:
-        """SOP Instance UID → SHA-256 of the file the database points at."""
-        with self.stack.sessions() as s:
-            rows = list(s.scalars(select(Instance)))
-        return {
-            r.sop_instance_uid: hashlib.sha256(
-                (self.stack.settings.storage.spool_dir / r.path).read_bytes()
-            ).hexdigest()
-            for r in rows
-        }
-
-
 def image(seed: int, size: tuple[int, int] = (256, 192)) -> tuple[bytes, pydicom.Dataset]:
     return phantom_bytes(seed, sop_class="CR", size=size, study_uid=generate_uid())
 
@@ -151,7 +68,7 @@ def test_below_the_watermark_c_store_is_a700_stow_503_and_both_serve_again(
         storage={"data_dir": str(small_disk / "var"), "min_free_mb": WATERMARK_MB},
         http={"api_token": TOKEN},
     )
-    with Node(stack) as node:
+    with LiveNode(stack, TOKEN) as node:
         before = [image(s) for s in (1, 2)]
         assert node.c_store(before[0][1]) == 0x0000
         assert node.stow(before[1][0]).status_code == 200
@@ -190,7 +107,7 @@ def test_a_data_set_bigger_than_the_room_left_is_refused_before_the_disk_is_full
         http={"api_token": TOKEN},
         dicom={"max_dataset_bytes": 64 * 2**20},
     )
-    with Node(stack) as node:
+    with LiveNode(stack, TOKEN) as node:
         assert node.c_store(image(5)[1]) == 0x0000
         kept = node.stored()
         big = image(6, size=(3200, 3200))  # 20 MiB of pixels
