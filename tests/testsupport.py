@@ -56,6 +56,32 @@ def start_storescp(folder: Path, *, aet: str = "PACS") -> tuple[subprocess.Popen
     return process, port
 
 
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    """Start ``redis-server`` on ``127.0.0.1:port`` with no persistence (a restart loses all).
+
+    Returns the process (the caller terminates it) once it answers ``PING``.
+    """
+    redis = require_tool("redis-server")
+    process = subprocess.Popen(
+        [redis, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return process
+        except OSError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError(f"redis-server did not start on port {port}")
+        time.sleep(0.1)
+
+
 def storescu(port: int, files: list[Path] | list[str], *options: str, timeout: float = 60) -> None:
     """Send ``files`` with dcmtk's ``storescu`` to the node's AE ``SPINEXR`` and require success.
 

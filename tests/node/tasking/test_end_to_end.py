@@ -15,7 +15,7 @@ from testsupport import (
     free_port,
     make_node,
     make_orthanc,
-    require_tool,
+    start_redis,
     start_storescp,
     storescu,
     wait_for,
@@ -85,7 +85,6 @@ def test_study_flows_from_storescu_to_the_pacs_with_a_complete_timeline(tmp_path
 def test_scaled_out_with_redis_postgresql_and_a_separate_worker(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    redis = require_tool("redis-server")
     from sqlalchemy import create_engine, text
 
     # A fresh database on the test server.
@@ -98,21 +97,7 @@ def test_scaled_out_with_redis_postgresql_and_a_separate_worker(
     admin.dispose()
     db_url = postgres_url.rsplit("/", 1)[0] + "/spinexr_e2e"
     redis_port = free_port()
-    redis_proc = subprocess.Popen(
-        [
-            redis,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(redis_port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    redis_proc = start_redis(redis_port)
     bundle = build_tiny_bundle(tmp_path / "bundle", threshold=0.0)
     pacs_dir = tmp_path / "pacs"
     pacs, pacs_port = start_storescp(pacs_dir)
