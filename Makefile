@@ -4,14 +4,16 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.spinexr-install-stamp
 PYTEST_ARGS ?=
 FUZZ_ARGS ?= --inputs 100000 --seed 1 --out var/fuzz
+SOAK_ARGS ?= --studies 100 --per-study 20 --seed 1
 
-.PHONY: serve test install system-deps lint format bench fuzz clean help
+.PHONY: serve test install system-deps lint format bench fuzz soak clean help
 
 help:
 	@echo "make serve   install (if needed) and run the node on the embedded default"
 	@echo "make test    install (if needed) and run the whole test suite"
 	@echo "make lint    ruff + mypy"
 	@echo "make fuzz    fuzz campaign against a live node (FUZZ_ARGS=\"--inputs 100000 --seed 1\")"
+	@echo "make soak    kill soak, embedded then scaled out (SOAK_ARGS=\"--studies 100 --per-study 20\")"
 
 install: $(STAMP)
 
@@ -38,6 +40,10 @@ format: install
 
 fuzz: install
 	nice -n 10 $(PY) -m spinexr.fuzz $(FUZZ_ARGS)
+
+soak: install system-deps
+	$(PY) benchmarks/soak.py --mode embedded $(SOAK_ARGS)
+	$(PY) benchmarks/soak.py --mode scaled $(SOAK_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

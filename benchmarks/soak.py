@@ -1,0 +1,570 @@
+"""Kill soak (issue 19, part 2): send thousands of instances while processes are SIGKILLed.
+
+Four C-STORE senders (one association each) and one STOW-RS sender push ``--studies``
+studies of ``--per-study`` instances into a live ``spinexr-node serve`` while a chaos loop
+SIGKILLs, at random moments (seeded), ``serve`` itself, its embedded worker, and in scaled-out
+mode (``--mode scaled``: Redis + PostgreSQL + a separate worker) the worker and
+``redis-server``. Each killed process is started again the way an operator's supervisor
+would (``serve`` and the separate worker by this script, the embedded worker by ``serve``).
+A sender that loses its association or its HTTP request re-sends what was not acknowledged.
+
+At the end the node is stopped cleanly and checked:
+
+* every acknowledged instance (C-STORE 0x0000 / STOW-RS ReferencedSOPSequence) is in the
+  database and on disk with the content hash the database recorded (``lost``);
+* every result object of every exported job reached the PACS stand-in (dcmtk's
+  ``storescp`` with unique file names, so a second copy is a second file) exactly once
+  (``duplicates``, ``missing results``);
+* no temporary or orphan file is left in the spool or the output folder;
+* every job's audit timeline is a chain of legal transitions of the job state machine.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/soak.py --mode embedded --studies 100 --per-study 20 --seed 1
+    .venv/bin/python benchmarks/soak.py --mode scaled ...
+
+Needs dcmtk's ``storescp``, and for ``scaled`` ``redis-server`` and PostgreSQL's server
+binaries (``scripts/system-deps.sh`` installs them). The model bundle is random-initialised
+(``tests/pipelinesupport.build_tiny_bundle``): the soak is about durability, not findings.
+Prints progress every 10 s and a table at the end; writes ``OUT/report.json``. Exit status 1
+when anything was lost, duplicated, left behind or illegal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the node/peer helpers and the tiny bundle
+
+import pydicom  # noqa: E402
+import requests  # noqa: E402
+from blake3 import blake3  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+from pynetdicom import AE  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+from spinexr.node.db.engine import make_engine, make_session_factory  # noqa: E402
+from spinexr.node.db.models import AuditEvent, Instance, Job, OutputObject  # noqa: E402
+from spinexr.node.db.states import JobState, can_transition  # noqa: E402
+from spinexr.training.phantoms import make_phantom_image, write  # noqa: E402
+
+TOKEN = "soak-token"
+FINAL = {JobState.EXPORTED, JobState.VERIFIED, JobState.DEAD, JobState.CANCELLED}
+IGNORABLE = {JobState.IGNORED}
+
+
+@dataclass
+class Source:
+    """One instance as sent."""
+
+    path: Path
+    sop_uid: str
+    study_uid: str
+    sop_class: str
+    syntax: str
+
+
+@dataclass
+class Tally:
+    """What happened, shared by the threads."""
+
+    acknowledged: dict[str, Path] = field(default_factory=dict)
+    refusals: Counter[str] = field(default_factory=Counter)
+    kills: Counter[str] = field(default_factory=Counter)
+    resends: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+# ------------------------------------------------------------------------------ studies
+def make_studies(folder: Path, studies: int, per_study: int, seed: int) -> list[list[Source]]:
+    """Write the studies: four rendered phantoms, each re-used with new UIDs (fast)."""
+    renders = []
+    for i, view in enumerate(("AP", "LAT", "AP", "LAT")):
+        ds, _ = make_phantom_image(seed + i, view=view, sop_class="DX", size=(384, 288))
+        renders.append(ds)
+    out = []
+    for s in range(studies):
+        study_uid = generate_uid()
+        folder_s = folder / f"study{s:04d}"
+        folder_s.mkdir(parents=True, exist_ok=True)
+        series = [generate_uid(), generate_uid()]  # one per view
+        items = []
+        for i in range(per_study):
+            ds = renders[i % len(renders)].copy()
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = series[i % 2]
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.InstanceNumber = i + 1
+            path = folder_s / f"{i:03d}.dcm"
+            write(ds, path)
+            items.append(
+                Source(
+                    path,
+                    str(ds.SOPInstanceUID),
+                    study_uid,
+                    str(ds.SOPClassUID),
+                    str(ds.file_meta.TransferSyntaxUID),
+                )
+            )
+        out.append(items)
+    return out
+
+
+# ------------------------------------------------------------------------------ senders
+def send_dimse(port: int, study: list[Source], tally: Tally, stop: threading.Event) -> None:
+    """C-STORE a study on one association at a time until every instance is acknowledged."""
+    pending = list(study)
+    while pending and not stop.is_set():
+        ae = AE(ae_title="MODALITY")
+        ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        for sop_class in {s.sop_class for s in pending}:
+            ae.add_requested_context(sop_class, [s.syntax for s in pending][:1])
+        assoc = ae.associate("127.0.0.1", port, ae_title="SPINEXR")
+        if not assoc.is_established:
+            time.sleep(random.uniform(0.5, 2.0))
+            with tally.lock:
+                tally.resends += 1
+            continue
+        left = []
+        for item in pending:
+            if not assoc.is_established:
+                left.append(item)
+                continue
+            try:
+                status = assoc.send_c_store(item.path)
+            except (OSError, RuntimeError, ValueError):
+                status = None
+            code = int(status.Status) if status else None
+            if code is not None and (code == 0 or 0xB000 <= code <= 0xBFFF):
+                with tally.lock:
+                    tally.acknowledged[item.sop_uid] = item.path
+            else:
+                left.append(item)
+                with tally.lock:
+                    tally.refusals["no answer" if code is None else f"0x{code:04X}"] += 1
+        if assoc.is_established:
+            assoc.release()
+        if left:
+            with tally.lock:
+                tally.resends += 1
+            time.sleep(random.uniform(0.5, 2.0))
+        pending = left
+
+
+def send_stow(url: str, study: list[Source], tally: Tally, stop: threading.Event) -> None:
+    """STOW-RS a study in one request until every instance is acknowledged."""
+    pending = list(study)
+    while pending and not stop.is_set():
+        body = io.BytesIO()
+        for item in pending:
+            body.write(b"--SOAK\r\nContent-Type: application/dicom\r\n\r\n")
+            body.write(item.path.read_bytes())
+            body.write(b"\r\n")
+        body.write(b"--SOAK--\r\n")
+        stored: set[str] = set()
+        try:
+            r = requests.post(
+                f"{url}/studies",
+                data=body.getvalue(),
+                timeout=60,
+                headers={
+                    "Authorization": f"Bearer {TOKEN}",
+                    "Content-Type": 'multipart/related; type="application/dicom"; boundary=SOAK',
+                    "Accept": "application/dicom+json",
+                },
+            )
+            if r.status_code in (200, 202):
+                refs = r.json().get("00081199", {}).get("Value", [])
+                stored = {ref["00081155"]["Value"][0] for ref in refs}
+            else:
+                with tally.lock:
+                    tally.refusals[f"HTTP {r.status_code}"] += 1
+        except (requests.RequestException, ValueError):
+            with tally.lock:
+                tally.refusals["no HTTP answer"] += 1
+        with tally.lock:
+            for item in pending:
+                if item.sop_uid in stored:
+                    tally.acknowledged[item.sop_uid] = item.path
+        pending = [p for p in pending if p.sop_uid not in stored]
+        if pending:
+            with tally.lock:
+                tally.resends += 1
+            time.sleep(random.uniform(0.5, 2.0))
+
+
+# ------------------------------------------------------------------------------ processes
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+class Cluster:
+    """``serve`` and, scaled out, Redis, PostgreSQL and a separate worker; all restartable."""
+
+    def __init__(self, out: Path, mode: str, bundle: Path, pacs_port: int) -> None:
+        from testsupport import make_node
+
+        self.out, self.mode = out, mode
+        self.redis = self.pg = self.worker = None
+        extra = {
+            "SPINEXR_STUDY__COMPLETION_SECONDS": "3",
+            "SPINEXR_QUEUE__LEASE_SECONDS": "10",
+            "SPINEXR_HTTP__API_TOKEN": TOKEN,
+            "SPINEXR_MODELS__DEVICE": "cpu",
+            "SPINEXR_DESTINATIONS": json.dumps(
+                [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
+            ),
+        }
+        if mode == "scaled":
+            from postgres_support import PostgresServer
+            from testsupport import free_port, start_redis
+
+            self.pg = PostgresServer().start()
+            self.redis_port = free_port()
+            self.redis = start_redis(self.redis_port)
+            extra["SPINEXR_QUEUE__BROKER_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
+            extra["SPINEXR_DATABASE__URL"] = self.pg.url
+        else:
+            extra["SPINEXR_MODELS__BUNDLE"] = str(bundle)
+        self.node = make_node(out, **extra)
+        self.worker_env = dict(self.node.env, SPINEXR_MODELS__BUNDLE=str(bundle))
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self.start_serve()
+        if self.mode == "scaled":
+            self.start_worker()
+
+    def start_serve(self) -> None:
+        for attempt in range(10):
+            try:
+                self.node.start(timeout=120)
+                return
+            except AssertionError:
+                self.node.kill()
+                time.sleep(1 + attempt)
+        raise RuntimeError("serve did not come back after 10 tries")
+
+    def start_worker(self) -> None:
+        from testsupport import EXE
+
+        log = open(self.out / "worker.log", "ab")  # noqa: SIM115 - closed with the process
+        self.worker = subprocess.Popen(
+            [str(EXE), "worker", "--queues", "inference,export"],
+            env=self.worker_env,
+            cwd=self.out,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def victims(self) -> list[str]:
+        names = ["serve", "embedded worker"] if self.mode == "embedded" else ["serve"]
+        if self.mode == "scaled":
+            names += ["worker", "redis-server"]
+        return names
+
+    def kill(self, victim: str) -> bool:
+        """SIGKILL ``victim`` and start it again; False when it was not running."""
+        with self.lock:
+            if victim == "serve":
+                self.node.kill()
+                time.sleep(random.uniform(0.2, 2.0))
+                self.start_serve()
+            elif victim == "embedded worker":
+                serve = self.node.proc.pid if self.node.proc else None
+                pids = [p for p in children(serve) if " worker" in cmdline(p)] if serve else []
+                if not pids:
+                    return False
+                os.kill(pids[0], signal.SIGKILL)  # serve's supervisor starts another
+            elif victim == "worker":
+                assert self.worker is not None
+                self.worker.kill()
+                self.worker.wait()
+                time.sleep(random.uniform(0.2, 2.0))
+                self.start_worker()
+            elif victim == "redis-server":
+                from testsupport import start_redis
+
+                assert self.redis is not None
+                self.redis.kill()
+                self.redis.wait()
+                time.sleep(random.uniform(0.2, 2.0))
+                self.redis = start_redis(self.redis_port)
+            return True
+
+    def stop(self) -> int | None:
+        code = self.node.stop()
+        if self.worker is not None:
+            self.worker.terminate()
+            self.worker.wait(timeout=60)
+        if self.redis is not None:
+            self.redis.terminate()
+        return code
+
+    def remove(self) -> None:
+        if self.pg is not None:
+            self.pg.remove()
+
+
+def chaos(cluster: Cluster, tally: Tally, stop: threading.Event, lo: float, hi: float) -> None:
+    """SIGKILL a random victim every ``lo``-``hi`` seconds until ``stop``."""
+    while not stop.wait(random.uniform(lo, hi)):
+        victim = random.choice(cluster.victims())
+        try:
+            if cluster.kill(victim):
+                with tally.lock:
+                    tally.kills[victim] += 1
+        except Exception as exc:
+            print(f"chaos: restarting {victim} failed: {exc}", flush=True)
+
+
+# ------------------------------------------------------------------------------ checks
+def job_states(sessions) -> Counter[str]:
+    with sessions() as s:
+        return Counter(j.state.value for j in s.scalars(select(Job)))
+
+
+def check(cluster: Cluster, tally: Tally, pacs_dir: Path, studies: list[list[Source]]) -> dict:
+    """Everything the soak promises, counted."""
+    settings_env = cluster.node.env
+    db_url = settings_env.get("SPINEXR_DATABASE__URL") or (
+        f"sqlite:///{(cluster.node.data_dir / 'spinexr.db').resolve()}"
+    )
+    sessions = make_session_factory(make_engine(db_url))
+    spool = cluster.node.data_dir / "spool"
+    outputs = cluster.node.data_dir / "outputs"
+    with sessions() as s:
+        instances = {i.sop_instance_uid: i for i in s.scalars(select(Instance))}
+        jobs = list(s.scalars(select(Job)))
+        outs = list(s.scalars(select(OutputObject)))
+        events = list(s.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+        job_state = {j.id: j.state for j in jobs}
+    lost = []
+    for uid in tally.acknowledged:
+        row = instances.get(uid)
+        if row is None or not (spool / row.path).is_file():
+            lost.append(uid)
+            continue
+        digest = "blake3:" + blake3((spool / row.path).read_bytes()).hexdigest()
+        if digest != row.content_hash:
+            lost.append(uid)
+    received = Counter(
+        str(
+            pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).get(
+                "SOPInstanceUID", ""
+            )
+        )
+        for p in pacs_dir.iterdir()
+        if p.is_file()
+    )
+    duplicates = sum(n - 1 for n in received.values() if n > 1)
+    exported = {j for j, st in job_state.items() if st in (JobState.EXPORTED, JobState.VERIFIED)}
+    missing_results = [
+        o.sop_instance_uid
+        for o in outs
+        if o.job_id in exported and not received[o.sop_instance_uid]
+    ]
+    named = {spool / r.path for r in instances.values()}
+    orphans = [p for p in spool.rglob("*") if p.is_file() and p not in named]
+    out_named = {outputs / o.path for o in outs}
+    orphans += [p for p in outputs.rglob("*") if p.is_file() and p not in out_named]
+    illegal = []
+    last: dict[int, str] = {}
+    for e in events:
+        if e.job_id is None or e.to_state is None:
+            continue
+        before = last.get(e.job_id)
+        if e.from_state is not None and before is not None and e.from_state != before:
+            illegal.append(f"job {e.job_id}: {before} then {e.from_state}->{e.to_state}")
+        elif e.from_state is not None and not can_transition(
+            JobState(e.from_state), JobState(e.to_state)
+        ):
+            illegal.append(f"job {e.job_id}: {e.from_state}->{e.to_state}")
+        last[e.job_id] = e.to_state
+    study_uids = {s[0].study_uid for s in studies}
+    with sessions() as s:
+        from spinexr.node.db.models import Study
+
+        latest = {}
+        for j in jobs:
+            latest[j.study_id] = j  # ids grow: the last one wins
+        rows = {st.id: st.study_instance_uid for st in s.scalars(select(Study))}
+    ends = Counter(latest[sid].state.value for sid in latest if rows.get(sid) in study_uids)
+    return {
+        "instances sent": sum(len(s) for s in studies),
+        "instances acknowledged": len(tally.acknowledged),
+        "studies": len(studies),
+        "studies with a job": sum(ends.values()),
+        "latest job per study": dict(ends),
+        "result objects at the PACS": len(received),
+        "kills": dict(tally.kills),
+        "kills survived": sum(tally.kills.values()),
+        "sender retries": tally.resends,
+        "refusals seen by senders": dict(tally.refusals),
+        "lost": len(lost),
+        "duplicates": duplicates,
+        "missing results": len(missing_results),
+        "orphan files": [str(p) for p in orphans][:20],
+        "illegal transitions": illegal[:20],
+    }
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("embedded", "scaled"), default="embedded")
+    parser.add_argument("--studies", type=int, default=100)
+    parser.add_argument("--per-study", type=int, default=20)
+    parser.add_argument("--associations", type=int, default=4)
+    parser.add_argument("--stow-every", type=int, default=5, help="every Nth study by STOW-RS")
+    parser.add_argument("--kill-every", type=float, nargs=2, default=(8.0, 20.0))
+    parser.add_argument("--tail", type=float, default=60.0, help="chaos seconds after sending")
+    parser.add_argument("--settle", type=float, default=1800.0, help="seconds to finish the jobs")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "var" / "soak")
+    args = parser.parse_args(argv)
+    random.seed(args.seed)
+    out = args.out.resolve() / args.mode
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    from pipelinesupport import build_tiny_bundle
+    from testsupport import require_tool
+
+    t0 = time.monotonic()
+    print(f"soak {args.mode}: writing {args.studies} x {args.per_study} instances", flush=True)
+    studies = make_studies(out / "src", args.studies, args.per_study, args.seed)
+    bundle = build_tiny_bundle(out / "bundle", threshold=0.0).directory
+    pacs_dir = out / "pacs"
+    pacs_dir.mkdir()
+    from testsupport import free_port
+
+    pacs_port = free_port()
+    pacs = subprocess.Popen(
+        [require_tool("storescp"), "-aet", "PACS", "-uf", "-od", str(pacs_dir), str(pacs_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cluster = Cluster(out, args.mode, bundle, pacs_port)
+    tally = Tally()
+    code = 1
+    try:
+        cluster.start()
+        by_dimse: queue.Queue[list[Source]] = queue.Queue()
+        by_stow: queue.Queue[list[Source]] = queue.Queue()
+        for i, study in enumerate(studies):
+            stow = i % args.stow_every == args.stow_every - 1
+            (by_stow if stow else by_dimse).put(study)
+        stop_senders, stop_chaos = threading.Event(), threading.Event()
+
+        def sender(stow: bool) -> None:
+            work = by_stow if stow else by_dimse
+            while not stop_senders.is_set():
+                try:
+                    study = work.get_nowait()
+                except queue.Empty:
+                    return
+                if stow:
+                    url = f"http://127.0.0.1:{cluster.node.http_port}/dicomweb"
+                    send_stow(url, study, tally, stop_senders)
+                else:
+                    send_dimse(cluster.node.dicom_port, study, tally, stop_senders)
+
+        threads = [threading.Thread(target=sender, args=(False,)) for _ in range(args.associations)]
+        threads.append(threading.Thread(target=sender, args=(True,)))
+        chaos_thread = threading.Thread(
+            target=chaos, args=(cluster, tally, stop_chaos, *args.kill_every), daemon=True
+        )
+        for t in threads:
+            t.start()
+        chaos_thread.start()
+        total = sum(len(s) for s in studies)
+        began = time.monotonic()
+        while any(t.is_alive() for t in threads):
+            time.sleep(10)
+            done = len(tally.acknowledged)
+            rate = done / max(1e-6, time.monotonic() - began)
+            eta = (total - done) / rate if rate else float("inf")
+            print(
+                f"[{time.monotonic() - t0:6.0f} s] acknowledged {done}/{total} "
+                f"({rate:.1f}/s, ETA {eta:.0f} s), kills {dict(tally.kills)}",
+                flush=True,
+            )
+        print(f"sending done; chaos goes on for {args.tail:.0f} s", flush=True)
+        stop_chaos.wait(args.tail)
+        stop_chaos.set()
+        chaos_thread.join()
+        db_url = cluster.node.env.get("SPINEXR_DATABASE__URL") or (
+            f"sqlite:///{(cluster.node.data_dir / 'spinexr.db').resolve()}"
+        )
+        sessions = make_session_factory(make_engine(db_url))
+        deadline = time.monotonic() + args.settle
+        while time.monotonic() < deadline:
+            states = job_states(sessions)
+            busy = {k: v for k, v in states.items() if JobState(k) not in FINAL | IGNORABLE}
+            print(f"[{time.monotonic() - t0:6.0f} s] jobs {dict(states)}", flush=True)
+            if not busy and states:
+                break
+            time.sleep(10)
+        code = cluster.stop()
+        report = check(cluster, tally, pacs_dir, studies)
+        report["serve exit code at the end"] = code
+        report["wall seconds"] = round(time.monotonic() - t0)
+        report["mode"] = args.mode
+        report["seed"] = args.seed
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2), flush=True)
+        bad = (
+            report["lost"]
+            or report["duplicates"]
+            or report["missing results"]
+            or report["orphan files"]
+            or report["illegal transitions"]
+            or report["instances acknowledged"] != report["instances sent"]
+        )
+        code = 1 if bad else 0
+    finally:
+        cluster.stop()
+        cluster.remove()
+        pacs.terminate()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
