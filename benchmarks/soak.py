@@ -452,12 +452,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--associations", type=int, default=4)
     parser.add_argument("--stow-every", type=int, default=5, help="every Nth study by STOW-RS")
     parser.add_argument("--kill-every", type=float, nargs=2, default=(8.0, 20.0))
-    parser.add_argument("--tail", type=float, default=60.0, help="chaos seconds after sending")
+    parser.add_argument(
+        "--tail", type=float, default=900.0, help="most chaos seconds after the sending"
+    )
     parser.add_argument("--settle", type=float, default=1800.0, help="seconds to finish the jobs")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "soak")
     args = parser.parse_args(argv)
     random.seed(args.seed)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on kill
     out = args.out.resolve() / args.mode
     if out.exists():
         import shutil
@@ -526,22 +529,33 @@ def main(argv: list[str] | None = None) -> int:
                 f"({rate:.1f}/s, ETA {eta:.0f} s), kills {dict(tally.kills)}",
                 flush=True,
             )
-        print(f"sending done; chaos goes on for {args.tail:.0f} s", flush=True)
-        stop_chaos.wait(args.tail)
-        stop_chaos.set()
-        chaos_thread.join()
         db_url = cluster.node.env.get("SPINEXR_DATABASE__URL") or (
             f"sqlite:///{(cluster.node.data_dir / 'spinexr.db').resolve()}"
         )
         sessions = make_session_factory(make_engine(db_url))
+        print(
+            f"sending done; chaos goes on while the jobs run (at most {args.tail:.0f} s)",
+            flush=True,
+        )
+        chaos_until = time.monotonic() + args.tail
         deadline = time.monotonic() + args.settle
         while time.monotonic() < deadline:
             states = job_states(sessions)
             busy = {k: v for k, v in states.items() if JobState(k) not in FINAL | IGNORABLE}
-            print(f"[{time.monotonic() - t0:6.0f} s] jobs {dict(states)}", flush=True)
+            chaos_on = not stop_chaos.is_set()
+            print(
+                f"[{time.monotonic() - t0:6.0f} s] jobs {dict(states)}; kills {dict(tally.kills)}"
+                f"{'' if chaos_on else ' (chaos over)'}",
+                flush=True,
+            )
             if not busy and states:
                 break
+            if chaos_on and time.monotonic() > chaos_until:
+                stop_chaos.set()
+                chaos_thread.join()
             time.sleep(10)
+        stop_chaos.set()
+        chaos_thread.join()
         code = cluster.stop()
         report = check(cluster, tally, pacs_dir, studies)
         report["serve exit code at the end"] = code
