@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         help="address-space limit of the decode worker",
     )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the node on the way out
     if args.inputs is None and args.minutes is None:
         args.inputs = 1000
     campaign = Campaign(
