@@ -14,15 +14,18 @@ recorded, and the job stays cancelled (no retry, no dead letter).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from spinexr.node.db.models import ExportAttempt, Job, utcnow
+from spinexr.node.db.models import ExportAttempt, Job, OutputObject, utcnow
 from spinexr.node.db.states import ExportStatus, JobState
 from spinexr.node.db.timeline import record, transition
 from spinexr.node.errors import SpinexrError
@@ -83,13 +86,19 @@ class Exporter:
         """Seconds to wait before round ``attempt + 1`` (exponential, capped)."""
         return float(min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempt - 1)))
 
-    def _send(self, dest: Destination, files: list[Path]) -> list[InstanceOutcome]:
+    def _send(
+        self,
+        dest: Destination,
+        files: list[Path],
+        on_outcome: Callable[[InstanceOutcome], None] | None = None,
+    ) -> list[InstanceOutcome]:
         if dest.kind == "dimse":
             return send_dimse(
                 dest,
                 files,
                 self.settings.dicom.ae_title,
                 timeout=self.settings.dicom.scu_timeout,
+                on_outcome=on_outcome,
             )
         return send_stow(dest, files, timeout=self.settings.dicom.scu_timeout)
 
@@ -158,6 +167,7 @@ class Exporter:
         failures: list[str] = []
         records: list[ExportAttempt] = []
         verify_detail: list[str] = []
+        sent_early = 0  # objects recorded as sent while the round ran
         asked: float | None = None  # the longest Retry-After a failing destination sent
         stopped = False
         for dest in self.settings.destinations:
@@ -170,7 +180,14 @@ class Exporter:
                 stopped = True
                 break
             started = utcnow()
-            outcomes = self._send(dest, [output_dir / o.path for o in todo])
+            by_obj = {o.sop_instance_uid: o for o in todo}
+            early: set[str] = set()  # recorded as soon as the destination acknowledged them
+
+            acknowledged = functools.partial(
+                self._record_acknowledged, job_id, attempt, dest, by_obj, started, early
+            )
+            outcomes = self._send(dest, [output_dir / o.path for o in todo], acknowledged)
+            sent_early += len(early)
             by_uid = {o.sop_instance_uid: o for o in outcomes}
             for o in outcomes:
                 if not o.ok and o.retry_after is not None:
@@ -179,6 +196,8 @@ class Exporter:
             if dest.verify and all(o.ok for o in outcomes):
                 landed = self._verify(dest, study_uid)
             for obj in todo:
+                if obj.sop_instance_uid in early:
+                    continue
                 out = by_uid.get(obj.sop_instance_uid) or InstanceOutcome(
                     obj.sop_instance_uid, False, error="no status for this instance"
                 )
@@ -188,20 +207,9 @@ class Exporter:
                     verified = obj.sop_instance_uid in landed
                     if not verified:
                         ok, error = False, "accepted but not found by read-back"
+                out = dataclasses.replace(out, ok=ok, error=error)
                 records.append(
-                    ExportAttempt(
-                        job_id=job_id,
-                        output_id=obj.id,
-                        destination=dest.name,
-                        attempt=attempt,
-                        status=ExportStatus.SUCCESS if ok else ExportStatus.FAILED,
-                        dimse_status=out.dimse_status,
-                        http_status=out.http_status,
-                        error=error,
-                        verified=verified,
-                        started_at=started,
-                        finished_at=utcnow(),
-                    )
+                    self._attempt(job_id, obj, dest.name, attempt, out, started, verified)
                 )
                 if not ok:
                     failures.append(
@@ -210,16 +218,65 @@ class Exporter:
             if landed is not None:
                 verify_detail.append(dest.name)
         if stopped:
-            return self._stop(job_id, attempt, records)
-        return self._finish(job_id, attempt, records, failures, verify_detail, asked)
+            return self._stop(job_id, attempt, records, sent_early)
+        return self._finish(job_id, attempt, records, failures, verify_detail, asked, sent_early)
 
-    def _stop(self, job_id: int, attempt: int, records: list[ExportAttempt]) -> ExportRound:
+    def _record_acknowledged(
+        self,
+        job_id: int,
+        attempt: int,
+        dest: Destination,
+        by_obj: dict[str, OutputObject],
+        started: dt.datetime,
+        early: set[str],
+        out: InstanceOutcome,
+    ) -> None:
+        """Record an object the destination acknowledged at once (no read-back configured).
+
+        So a worker killed later in the round does not send it to the PACS again.
+        """
+        obj = by_obj.get(out.sop_instance_uid)
+        if not out.ok or dest.verify or obj is None:
+            return
+        with self.sessions() as session:
+            session.add(self._attempt(job_id, obj, dest.name, attempt, out, started, None))
+            session.commit()
+        early.add(out.sop_instance_uid)
+
+    @staticmethod
+    def _attempt(
+        job_id: int,
+        obj: OutputObject,
+        destination: str,
+        attempt: int,
+        out: InstanceOutcome,
+        started: dt.datetime,
+        verified: bool | None,
+    ) -> ExportAttempt:
+        """Return the row of one object's send to one destination in one round."""
+        return ExportAttempt(
+            job_id=job_id,
+            output_id=obj.id,
+            destination=destination,
+            attempt=attempt,
+            status=ExportStatus.SUCCESS if out.ok else ExportStatus.FAILED,
+            dimse_status=out.dimse_status,
+            http_status=out.http_status,
+            error=out.error,
+            verified=verified,
+            started_at=started,
+            finished_at=utcnow(),
+        )
+
+    def _stop(
+        self, job_id: int, attempt: int, records: list[ExportAttempt], sent_early: int = 0
+    ) -> ExportRound:
         """Record what a round sent before its job was cancelled, and leave it cancelled."""
         with self.sessions() as session:
             job = session.get(Job, job_id)
             assert job is not None
             session.add_all(records)
-            sent = sum(r.status is ExportStatus.SUCCESS for r in records)
+            sent = sent_early + sum(r.status is ExportStatus.SUCCESS for r in records)
             record(
                 session,
                 job.study,
@@ -240,6 +297,7 @@ class Exporter:
         failures: list[str],
         verified: list[str],
         asked: float | None = None,
+        sent_early: int = 0,
     ) -> ExportRound:
         max_attempts = self.settings.queue.max_attempts
         with self.sessions() as session:
@@ -247,12 +305,13 @@ class Exporter:
             assert job is not None
             if job.state is JobState.CANCELLED:  # cancelled during the last send
                 session.rollback()
-                return self._stop(job_id, attempt, records)
+                return self._stop(job_id, attempt, records, sent_early)
             session.add_all(records)
             if not failures:
+                sent = sent_early + len(records)
                 detail = (
-                    f"round {attempt}: {len(records)} object(s) sent"
-                    if records
+                    f"round {attempt}: {sent} object(s) sent"
+                    if sent
                     else "nothing to send (no destination wants these objects)"
                 )
                 transition(session, job, JobState.EXPORTED, detail=detail)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pydicom
 
-from spinexr.node.dimse.scu import bounded_ae, send_files
+from spinexr.node.dimse.scu import SendResult, bounded_ae, send_files
 from spinexr.node.errors import SpinexrError
 from spinexr.node.resolve import require_resolvable
 from spinexr.node.settings import Destination
@@ -63,7 +63,11 @@ def retry_after_seconds(headers: Mapping[str, str], now: dt.datetime | None = No
 
 
 def send_dimse(
-    dest: Destination, files: Sequence[Path], calling_ae: str, timeout: float
+    dest: Destination,
+    files: Sequence[Path],
+    calling_ae: str,
+    timeout: float,
+    on_outcome: Callable[[InstanceOutcome], None] | None = None,
 ) -> list[InstanceOutcome]:
     """C-STORE files to a DIMSE destination and check each response status.
 
@@ -77,6 +81,9 @@ def send_dimse(
         Our AE title.
     timeout : float
         Connection and network timeouts (``dicom.scu_timeout``).
+    on_outcome : callable, optional
+        Called with each file's outcome as soon as its answer arrives (the exporter records
+        an acknowledged object at once, so a crash later in the round does not send it twice).
 
     Returns
     -------
@@ -84,24 +91,32 @@ def send_dimse(
         One per file; an association failure marks every file failed with the reason.
     """
     assert dest.host is not None and dest.port is not None and dest.ae_title is not None
+
+    def each(r: SendResult) -> None:
+        if on_outcome is not None and r.sop_instance_uid:
+            on_outcome(_outcome(r))
+
     try:
         results = send_files(
-            files, dest.host, dest.port, calling=calling_ae, called=dest.ae_title, timeout=timeout
+            files,
+            dest.host,
+            dest.port,
+            calling=calling_ae,
+            called=dest.ae_title,
+            timeout=timeout,
+            on_result=each,
         )
     except SpinexrError as exc:
         uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
         return [InstanceOutcome(uid, False, error=str(exc)) for uid in uids]
-    outcomes = []
-    for r in results:
-        error = None
-        if not r.ok:
-            error = r.error or (
-                f"status 0x{r.status:04X}" if r.status is not None else "no response"
-            )
-        outcomes.append(
-            InstanceOutcome(r.sop_instance_uid, r.ok, dimse_status=r.status, error=error)
-        )
-    return outcomes
+    return [_outcome(r) for r in results]
+
+
+def _outcome(r: SendResult) -> InstanceOutcome:
+    error = None
+    if not r.ok:
+        error = r.error or (f"status 0x{r.status:04X}" if r.status is not None else "no response")
+    return InstanceOutcome(r.sop_instance_uid, r.ok, dimse_status=r.status, error=error)
 
 
 def _stow_client(dest: Destination, timeout: float = 20.0) -> object:

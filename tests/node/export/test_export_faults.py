@@ -297,3 +297,44 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after_seconds({"Retry-After": "Mon, 07 Dec 2026 11:00:00 GMT"}, now) == 0.0
     assert retry_after_seconds({"Retry-After": "soon"}, now) is None
     assert retry_after_seconds({}, now) is None
+
+
+class WorkerKilled(BaseException):
+    """Stands in for SIGKILL: nothing after it in the round runs."""
+
+
+def test_a_round_killed_midway_resends_only_what_was_not_acknowledged(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from spinexr.node.jobs.reconciler import Reconciler
+
+    with FaultySCP() as pacs:
+        stack, job_id, built = built_job(
+            tmp_path, monkeypatch, [dimse(pacs.port)], dicom={"scu_timeout": TIMEOUT}
+        )
+        assert len(built) >= 3
+        exporter = Exporter(stack.settings, stack.sessions)
+        record = exporter._record_acknowledged
+        calls = []
+
+        def record_then_die(*args: object) -> None:
+            record(*args)
+            calls.append(args)
+            if len(calls) == 2:  # the process dies right after the second acknowledgement
+                raise WorkerKilled
+
+        monkeypatch.setattr(exporter, "_record_acknowledged", record_then_die)
+        with pytest.raises(WorkerKilled):
+            exporter.export(job_id)
+        assert job_state(stack, job_id).state is JobState.EXPORTING
+        monkeypatch.undo()
+        # serve starts again: the reconciler finds the interrupted export
+        counts = Reconciler(
+            stack.settings, stack.sessions, lambda *_: None, lambda _: None
+        ).reconcile(startup=True)
+        assert counts["export"] == 1
+        again = Exporter(stack.settings, stack.sessions).export(job_id)
+        assert again.state is JobState.EXPORTED
+        assert sorted(pacs.received) == sorted(b.sop_instance_uid for b in built)  # once each
+        second = [a for a in attempts(stack) if a.attempt == 2]
+        assert len(second) == len(built) - 2  # only what was not acknowledged

@@ -243,8 +243,8 @@ def test_a_round_running_when_superseded_stops_before_its_next_destination(
         send = st.exporter._send
         seconds: list[int] = []
 
-        def send_then_supersede(dest, files):
-            outcomes = send(dest, files)
+        def send_then_supersede(dest, files, on_outcome=None):
+            outcomes = send(dest, files, on_outcome)
             if dest.name == "pacs":
                 st.late_image()
                 seconds.append(st.complete())
