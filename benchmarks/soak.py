@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import queue
 import random
 import signal
@@ -53,6 +52,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the node/peer helpers and the tiny bu
 import pydicom  # noqa: E402
 import requests  # noqa: E402
 from blake3 import blake3  # noqa: E402
+from cluster import Cluster  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 from sqlalchemy import select  # noqa: E402
@@ -208,138 +208,6 @@ def send_stow(url: str, study: list[Source], tally: Tally, stop: threading.Event
             time.sleep(random.uniform(0.5, 2.0))
 
 
-# ------------------------------------------------------------------------------ processes
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-class Cluster:
-    """``serve`` and, scaled out, Redis, PostgreSQL and a separate worker; all restartable."""
-
-    def __init__(self, out: Path, mode: str, bundle: Path, pacs_port: int) -> None:
-        from testsupport import make_node
-
-        self.out, self.mode = out, mode
-        self.redis = self.pg = self.worker = None
-        extra = {
-            "SPINEXR_STUDY__COMPLETION_SECONDS": "3",
-            "SPINEXR_QUEUE__LEASE_SECONDS": "10",
-            "SPINEXR_HTTP__API_TOKEN": TOKEN,
-            "SPINEXR_MODELS__DEVICE": "cpu",
-            "SPINEXR_DESTINATIONS": json.dumps(
-                [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
-            ),
-        }
-        if mode == "scaled":
-            from postgres_support import PostgresServer
-            from testsupport import free_port, start_redis
-
-            self.pg = PostgresServer().start()
-            self.redis_port = free_port()
-            self.redis = start_redis(self.redis_port)
-            extra["SPINEXR_QUEUE__BROKER_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
-            extra["SPINEXR_DATABASE__URL"] = self.pg.url
-        else:
-            extra["SPINEXR_MODELS__BUNDLE"] = str(bundle)
-        self.node = make_node(out, **extra)
-        self.worker_env = dict(self.node.env, SPINEXR_MODELS__BUNDLE=str(bundle))
-        self.lock = threading.Lock()
-
-    def start(self) -> None:
-        self.start_serve()
-        if self.mode == "scaled":
-            self.start_worker()
-
-    def start_serve(self) -> None:
-        for attempt in range(10):
-            try:
-                self.node.start(timeout=120)
-                return
-            except AssertionError:
-                self.node.kill()
-                time.sleep(1 + attempt)
-        raise RuntimeError("serve did not come back after 10 tries")
-
-    def start_worker(self) -> None:
-        from testsupport import EXE
-
-        log = open(self.out / "worker.log", "ab")  # noqa: SIM115 - closed with the process
-        self.worker = subprocess.Popen(
-            [str(EXE), "worker", "--queues", "inference,export"],
-            env=self.worker_env,
-            cwd=self.out,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def victims(self) -> list[str]:
-        names = ["serve", "embedded worker"] if self.mode == "embedded" else ["serve"]
-        if self.mode == "scaled":
-            names += ["worker", "redis-server"]
-        return names
-
-    def kill(self, victim: str) -> bool:
-        """SIGKILL ``victim`` and start it again; False when it was not running."""
-        with self.lock:
-            if victim == "serve":
-                self.node.kill()
-                time.sleep(random.uniform(0.2, 2.0))
-                self.start_serve()
-            elif victim == "embedded worker":
-                serve = self.node.proc.pid if self.node.proc else None
-                pids = [p for p in children(serve) if " worker" in cmdline(p)] if serve else []
-                if not pids:
-                    return False
-                os.kill(pids[0], signal.SIGKILL)  # serve's supervisor starts another
-            elif victim == "worker":
-                assert self.worker is not None
-                self.worker.kill()
-                self.worker.wait()
-                time.sleep(random.uniform(0.2, 2.0))
-                self.start_worker()
-            elif victim == "redis-server":
-                from testsupport import start_redis
-
-                assert self.redis is not None
-                self.redis.kill()
-                self.redis.wait()
-                time.sleep(random.uniform(0.2, 2.0))
-                self.redis = start_redis(self.redis_port)
-            return True
-
-    def stop(self) -> int | None:
-        code = self.node.stop()
-        if self.worker is not None:
-            self.worker.terminate()
-            self.worker.wait(timeout=60)
-        if self.redis is not None:
-            self.redis.terminate()
-        return code
-
-    def remove(self) -> None:
-        if self.pg is not None:
-            self.pg.remove()
-
-
 def chaos(cluster: Cluster, tally: Tally, stop: threading.Event, lo: float, hi: float) -> None:
     """SIGKILL a random victim every ``lo``-``hi`` seconds until ``stop``."""
     while not stop.wait(random.uniform(lo, hi)):
@@ -360,11 +228,7 @@ def job_states(sessions) -> Counter[str]:
 
 def check(cluster: Cluster, tally: Tally, pacs_dir: Path, studies: list[list[Source]]) -> dict:
     """Everything the soak promises, counted."""
-    settings_env = cluster.node.env
-    db_url = settings_env.get("SPINEXR_DATABASE__URL") or (
-        f"sqlite:///{(cluster.node.data_dir / 'spinexr.db').resolve()}"
-    )
-    sessions = make_session_factory(make_engine(db_url))
+    sessions = make_session_factory(make_engine(cluster.database_url()))
     spool = cluster.node.data_dir / "spool"
     outputs = cluster.node.data_dir / "outputs"
     with sessions() as s:
@@ -484,7 +348,15 @@ def main(argv: list[str] | None = None) -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    cluster = Cluster(out, args.mode, bundle, pacs_port)
+    cluster = Cluster(
+        out,
+        args.mode,
+        bundle,
+        pacs_port,
+        SPINEXR_STUDY__COMPLETION_SECONDS="3",
+        SPINEXR_QUEUE__LEASE_SECONDS="10",  # a killed worker's job runs again after 10 s
+        SPINEXR_HTTP__API_TOKEN=TOKEN,
+    )
     tally = Tally()
     code = 1
     try:
@@ -529,10 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({rate:.1f}/s, ETA {eta:.0f} s), kills {dict(tally.kills)}",
                 flush=True,
             )
-        db_url = cluster.node.env.get("SPINEXR_DATABASE__URL") or (
-            f"sqlite:///{(cluster.node.data_dir / 'spinexr.db').resolve()}"
-        )
-        sessions = make_session_factory(make_engine(db_url))
+        sessions = make_session_factory(make_engine(cluster.database_url()))
         print(
             f"sending done; chaos goes on while the jobs run (at most {args.tail:.0f} s)",
             flush=True,
