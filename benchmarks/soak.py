@@ -90,8 +90,16 @@ class Tally:
 
 
 # ------------------------------------------------------------------------------ studies
-def make_studies(folder: Path, studies: int, per_study: int, seed: int) -> list[list[Source]]:
-    """Write the studies: four rendered phantoms, each re-used with new UIDs (fast)."""
+def make_studies(
+    folder: Path, studies: int, per_study: int, seed: int, analysed: int = 2
+) -> list[list[Source]]:
+    """Write the studies: four rendered phantoms, each re-used with new UIDs (fast).
+
+    The first ``analysed`` images of a study are spine views; the others say Body Part
+    Examined CHEST, so they are received, stored and checked like any other but not
+    analysed (as the other images of a real study): the soak's analyses stay short enough
+    to finish between two kills on a 2-core CPU.
+    """
     renders = []
     for i, view in enumerate(("AP", "LAT", "AP", "LAT")):
         ds, _ = make_phantom_image(seed + i, view=view, sop_class="DX", size=(384, 288))
@@ -110,6 +118,7 @@ def make_studies(folder: Path, studies: int, per_study: int, seed: int) -> list[
             ds.SOPInstanceUID = generate_uid()
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.InstanceNumber = i + 1
+            ds.BodyPartExamined = "SPINE" if i < analysed else "CHEST"
             path = folder_s / f"{i:03d}.dcm"
             write(ds, path)
             items.append(
@@ -314,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", type=int, default=100)
     parser.add_argument("--per-study", type=int, default=20)
     parser.add_argument("--associations", type=int, default=4)
+    parser.add_argument(
+        "--analysed", type=int, default=2, help="spine images per study (the rest: CHEST)"
+    )
     parser.add_argument("--stow-every", type=int, default=5, help="every Nth study by STOW-RS")
     parser.add_argument("--kill-every", type=float, nargs=2, default=(8.0, 20.0))
     parser.add_argument(
@@ -336,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     print(f"soak {args.mode}: writing {args.studies} x {args.per_study} instances", flush=True)
-    studies = make_studies(out / "src", args.studies, args.per_study, args.seed)
+    studies = make_studies(out / "src", args.studies, args.per_study, args.seed, args.analysed)
     bundle = build_tiny_bundle(out / "bundle", threshold=0.0).directory
     pacs_dir = out / "pacs"
     pacs_dir.mkdir()
