@@ -103,18 +103,25 @@ class SizedReader(io.BufferedReader):
         return super().read(n)
 
 
-def _may_be_sequence(ds: Dataset, tag: BaseTag, size: int) -> bool:
-    """Whether an element can be a sequence, decided without converting it when possible.
+def _check_deferred(ds: Dataset, size: int) -> None:
+    """Refuse a data set with a deferred value declared past the file's ``size``.
 
-    A deferred value declared past the file's ``size`` is a truncated file: it is refused
-    before pydicom reads it (its read would reserve the declared length first).
+    Every element of the level is checked before any is converted: converting one element
+    may read another (pydicom reads Pixel Representation when it converts some elements),
+    and a deferred read reserves the declared length first (4 GiB from a 1 KiB file).
     """
+    for tag in list(ds.keys()):
+        elem = ds.get_item(tag, keep_deferred=True)  # a deferred value stays unread
+        value_tell = getattr(elem, "value_tell", None)
+        length = getattr(elem, "length", 0)
+        deferred = elem.value is None and length != _UNDEFINED_LENGTH
+        if deferred and value_tell is not None and value_tell + length > size:
+            raise EOFError(f"a value of {length} bytes goes past the end of the file")
+
+
+def _may_be_sequence(ds: Dataset, tag: BaseTag) -> bool:
+    """Whether an element can be a sequence, decided without converting it when possible."""
     elem = ds.get_item(tag, keep_deferred=True)  # a deferred value stays unread
-    value_tell = getattr(elem, "value_tell", None)
-    length = getattr(elem, "length", 0)
-    deferred = elem.value is None and length != _UNDEFINED_LENGTH
-    if deferred and value_tell is not None and value_tell + length > size:
-        raise EOFError(f"a value of {length} bytes goes past the end of the file")
     vr = elem.VR
     if vr == "SQ":
         return True
@@ -132,8 +139,9 @@ def _may_be_sequence(ds: Dataset, tag: BaseTag, size: int) -> bool:
 
 def _depth(ds: Dataset, limit: int, size: int, level: int = 1) -> int:
     deepest = level - 1
+    _check_deferred(ds, size)
     for tag in list(ds.keys()):
-        if not _may_be_sequence(ds, tag, size):
+        if not _may_be_sequence(ds, tag):
             continue
         elem = ds[tag]
         if elem.VR == "SQ":

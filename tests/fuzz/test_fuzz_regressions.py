@@ -6,7 +6,9 @@
   failure) instead of a refusal ``unparseable``;
 * ingest: a deferred value declared past the end of a small file was read with
   ``read(length)``, reserving the declared length (4 GiB from a 11 KiB file): under an
-  address-space limit a ``MemoryError``; now refused ``truncated`` before it is read;
+  address-space limit a ``MemoryError``; now refused ``truncated`` before it is read, also
+  when the value is one pydicom reads while converting another element (Pixel
+  Representation), found by the 100,000-input campaign;
 * decode: pylibjpeg-rle panics on some broken RLE streams (pyo3's ``PanicException`` is a
   ``BaseException``), which escaped `decode_pixels` and killed the decode worker;
 * preprocess: an unknown VR in a value only the pipeline reads (Pixel Spacing) raised
@@ -61,7 +63,16 @@ def test_values_converted_on_use_are_refused_unparseable(name: str, cause: str) 
     assert type(refused.__cause__).__name__ == cause
 
 
-def test_a_value_declared_past_the_end_is_truncated_without_reserving_it() -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ingest_deferred_past_end.dcm",
+        # found by the 100,000-input campaign (seed 19): the past-the-end value is Pixel
+        # Representation, which pydicom reads while it converts another element
+        "ingest_deferred_read_by_another.dcm",
+    ],
+)
+def test_a_value_declared_past_the_end_is_truncated_without_reserving_it(name: str) -> None:
     # Under a 1.5 GiB address-space limit: the old read reserved the declared 4 GiB first.
     code = (
         "import resource, sys\n"
@@ -70,7 +81,7 @@ def test_a_value_declared_past_the_end_is_truncated_without_reserving_it() -> No
         "from spinexr.node.errors import IngestError\n"
         "from spinexr.node.ingest.header import read_header\n"
         "try:\n"
-        f"    read_header(Path({str(INPUTS / 'ingest_deferred_past_end.dcm')!r}),"
+        f"    read_header(Path({str(INPUTS / name)!r}),"
         " max_sequence_depth=16, max_decompressed_bytes=2**30)\n"
         "except IngestError as exc:\n"
         "    print(exc.reason)\n"
