@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from spinexr.node.db.models import AuditEvent, Job, Study, utcnow
@@ -108,3 +109,55 @@ def transition(
         to_state=new_state,
     )
     logger.info("job %s: %s -> %s", job.id, old.value, new_state.value)
+
+
+def transition_if(
+    session: Session, job: Job, new_state: JobState, *, detail: str | None = None
+) -> bool:
+    """Move ``job`` as :func:`transition` does, only if the database still holds its state.
+
+    A compare-and-set (``UPDATE ... WHERE id = :id AND state = :read``) for moves that two
+    processes may decide at once from what they read (the assembler queueing a completed job
+    while the reconciler does; the reconciler recovering a job its worker just finished):
+    exactly one of them moves the job and writes the timeline event.
+
+    Parameters
+    ----------
+    session : Session
+        Open session (not committed here).
+    job : Job
+        The job as this session read it.
+    new_state : JobState
+        Target state.
+    detail : str, optional
+        Timeline detail (no PHI).
+
+    Returns
+    -------
+    bool
+        True when this call moved the job; False when it had changed meanwhile (``job`` is
+        then reloaded).
+
+    Raises
+    ------
+    InvalidTransitionError
+        If the state machine does not allow the move.
+    """
+    old = job.state
+    if not can_transition(old, new_state):
+        raise InvalidTransitionError(
+            f"job {job.id}: {old.value} → {new_state.value} is not allowed"
+        )
+    values: dict[str, object] = {"state": new_state, "updated_at": utcnow()}
+    if not new_state.leased:
+        values |= {"lease_owner": None, "lease_expires_at": None}
+    moved = session.execute(
+        update(Job).where(Job.id == job.id, Job.state == old).values(**values)
+    ).rowcount  # type: ignore[attr-defined]
+    session.refresh(job)
+    if not moved:
+        logger.info("job %s: no longer %s; left as %s", job.id, old.value, job.state.value)
+        return False
+    record(session, job.study, "state", job=job, detail=detail, from_state=old, to_state=new_state)
+    logger.info("job %s: %s -> %s", job.id, old.value, new_state.value)
+    return True

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from spinexr.node.db.models import Job, utcnow
 from spinexr.node.db.states import JobState
-from spinexr.node.db.timeline import transition
+from spinexr.node.db.timeline import transition_if
 from spinexr.node.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -96,26 +96,22 @@ class Reconciler:
                     job.lease_expires_at is not None and job.lease_expires_at <= now
                 )
                 if job.state is JobState.COMPLETE and self.can_analyse:
-                    transition(session, job, JobState.QUEUED, detail="queued by reconciler")
-                    analysis.append((job.id, job.priority))
-                    counts["queued"] += 1
+                    if transition_if(session, job, JobState.QUEUED, detail="queued by reconciler"):
+                        analysis.append((job.id, job.priority))
+                        counts["queued"] += 1
                 elif job.state is JobState.QUEUED and stale and self.can_analyse:
                     job.updated_at = now  # one re-publish per idle period
                     analysis.append((job.id, job.priority))
                     counts["requeued"] += 1
                 elif job.state is JobState.ANALYZING and lease_gone:
-                    transition(
-                        session,
-                        job,
-                        JobState.QUEUED,
-                        detail=f"lease of {job.lease_owner} expired: worker lost",
-                    )
-                    analysis.append((job.id, job.priority))
-                    counts["lease_expired"] += 1
+                    lost = f"lease of {job.lease_owner} expired: worker lost"
+                    if transition_if(session, job, JobState.QUEUED, detail=lost):
+                        analysis.append((job.id, job.priority))
+                        counts["lease_expired"] += 1
                 elif job.state is JobState.EXPORTING and (startup or stale):
-                    transition(session, job, JobState.BUILT, detail="export interrupted")
-                    export.append(job.id)
-                    counts["export"] += 1
+                    if transition_if(session, job, JobState.BUILT, detail="export interrupted"):
+                        export.append(job.id)
+                        counts["export"] += 1
                 elif job.state in (JobState.BUILT, JobState.FAILED) and stale:
                     job.updated_at = now
                     export.append(job.id)

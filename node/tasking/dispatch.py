@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from spinexr.node.db.models import Job
 from spinexr.node.db.states import JobState
-from spinexr.node.db.timeline import transition
+from spinexr.node.db.timeline import transition_if
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,10 @@ def queue_job(sessions: sessionmaker[Session], job_id: int, detail: str | None =
         job = session.get(Job, job_id)
         if job is None or job.state not in (JobState.COMPLETE, JobState.QUEUED):
             return False
-        if job.state is JobState.COMPLETE:
-            transition(session, job, JobState.QUEUED, detail=detail)
+        if job.state is JobState.COMPLETE and not transition_if(
+            session, job, JobState.QUEUED, detail=detail
+        ):
+            return False  # queued meanwhile (by the reconciler), which published it
         priority = job.priority
         session.commit()
     publish_analysis(job_id, priority)
