@@ -4,6 +4,10 @@
 #   orthanc + orthanc-dicomweb, pixelmed-apps (DicomSRValidator) with a JDK, openssl,
 #   chromium + chromium-driver (headless browser test of the admin pages).
 # Skips what is already there; needs root (or sudo) only when something is missing.
+#
+#   scripts/system-deps.sh                     # every package above
+#   scripts/system-deps.sh chromium orthanc    # only these (names from the table below;
+#                                              # scripts/viewer-deps.sh uses this)
 set -euo pipefail
 
 say() { printf '[system-deps %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -20,9 +24,19 @@ declare -A CHECK=(
   [openssl]="command -v openssl"
   [chromium]="command -v chromium"
   [chromium-driver]="command -v chromedriver"
+  [npm]="command -v npm"
 )
+wanted=("$@")
+if ((${#wanted[@]} == 0)); then
+  # npm is only for scripts/viewer-deps.sh (it fetches the OHIF viewer), not for make test.
+  for pkg in "${!CHECK[@]}"; do [[ $pkg == npm ]] || wanted+=("$pkg"); done
+fi
 missing=()
-for pkg in "${!CHECK[@]}"; do
+for pkg in "${wanted[@]}"; do
+  if [[ -z ${CHECK[$pkg]+x} ]]; then
+    say "unknown package $pkg (known: ${!CHECK[*]})"
+    exit 2
+  fi
   if ! eval "${CHECK[$pkg]}" >/dev/null 2>&1; then missing+=("$pkg"); fi
 done
 if ((${#missing[@]} == 0)); then

@@ -200,6 +200,7 @@ def make_node(tmp: Path, **extra: str) -> NodeProcess:
 
 # --------------------------------------------------------------------------- Orthanc
 ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+ORTHANC_SERVE_FOLDERS = Path("/usr/share/orthanc/plugins/libServeFolders.so")
 
 
 @dataclass
@@ -250,18 +251,22 @@ class Orthanc:
         lua: str | None = None,
         modalities: dict | None = None,
         config: dict | None = None,
+        serve_folders: dict | None = None,
     ) -> Orthanc:
         """Start Orthanc; ``config`` entries (e.g. a site's orthanc.json) replace the defaults,
         except the storage folders, ports, AE title and loopback-only access, which stay the
-        test's."""
+        test's. ``serve_folders`` (the ServeFolders plugin's section, e.g. ``{"Folders":
+        {"/ohif": "/path"}}``) loads that plugin too: it serves the folders on Orthanc's HTTP
+        port, the same origin as ``/dicom-web``."""
         import json
 
         exe = require_tool("Orthanc")
-        if not ORTHANC_DICOMWEB.exists():
-            msg = "orthanc-dicomweb is not installed"
-            if tools_required():
-                pytest.fail(msg)
-            pytest.skip(msg)
+        for plugin in [ORTHANC_DICOMWEB] + ([ORTHANC_SERVE_FOLDERS] if serve_folders else []):
+            if not plugin.exists():
+                msg = f"{plugin} is missing (scripts/system-deps.sh installs it)"
+                if tools_required():
+                    pytest.fail(msg)
+                pytest.skip(msg)
         (self.root / "db").mkdir(parents=True, exist_ok=True)
         cfg = {
             "Name": "test-pacs",
@@ -281,6 +286,9 @@ class Orthanc:
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "StableAge": 1,
         }
+        if serve_folders:
+            cfg["Plugins"].append(str(ORTHANC_SERVE_FOLDERS))
+            cfg["ServeFolders"] = serve_folders
         if lua is not None:
             (self.root / "route.lua").write_text(lua)
             cfg["LuaScripts"] = [str(self.root / "route.lua")]

@@ -1,0 +1,384 @@
+"""What a radiologist sees of the node's results in OHIF v3, in a real (headless) browser.
+
+The rig (``tests/ohif_support.py``): a throw-away Orthanc with its DICOMweb plugin holds what
+a PACS holds after the node answered a phantom spine study (AP + lateral, three displayed
+boxes and one kept but not displayed): the two images, the node's SR and its two GSPS, built by
+``build_outputs`` with the default output profile. Orthanc also serves the published OHIF
+build at ``/ohif/`` (``scripts/viewer-deps.sh`` caches it). Chromium opens the study in
+OHIF's viewer, opens the SR from the study browser as a radiologist would (double-click,
+then "Yes" to track its measurements), and the test checks
+
+* in the DOM: OHIF's measurement panel lists one entry per displayed box, titled with the
+  box's finding (the SR's Finding code meaning), in the SR's order;
+* in pixels: clicking an entry shows the box's own image with the box drawn where the SR
+  puts it (Cornerstone's annotation colours along all four sides of the SR rectangle mapped
+  through the viewport's camera, none inside), and the box that is not displayed is not
+  drawn.
+
+OHIF 3.13.2 cannot show the SR as the node builds it (``docs/viewers.md`` says why and what
+it needs): that test is a strict xfail on `SRNotShownError` only, so it fails the day it
+passes. The second test stores the SR with exactly those changes (`ohif_ready`) and passes; it
+also checks that OHIF lists the GSPS series but draws none of its boxes. The third shows that
+the pixel check fails for a box drawn 150 pixels away from where the node found it.
+Screenshots go to ``test-artifacts/viewers/``. The three take about 40 s (2 cores at load
+average 15); ``make test`` runs them, ``make viewer-check`` runs only them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ohif_support import (
+    OhifRig,
+    annotation_mask,
+    box_findings,
+    console,
+    edge_coverage,
+    headless_chromium,
+    interior_share,
+    measurement_groups,
+    ohif_ready,
+    plain,
+    wait_until,
+)
+from outputs_support import Variant, abnormal_result, make_settings, make_study
+from pydicom.dataset import Dataset
+from testsupport import make_orthanc
+
+from spinexr.node.outputs.build import build_outputs
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "viewers"
+
+# The image -> screen mapping of the viewport showing SOP Instance ``uid`` (null when none
+# does): Cornerstone's own camera, the one it draws the image pixels with.
+MAP_JS = """
+const [uid, points] = arguments;
+const cs = window.cornerstone;
+if (!cs || !cs.getEnabledElements) return null;
+for (const el of cs.getEnabledElements()) {
+  const vp = el.viewport;
+  const id = vp.getCurrentImageId ? vp.getCurrentImageId() : null;
+  if (!id || !id.includes('/instances/' + uid + '/')) continue;
+  const r = vp.canvas.getBoundingClientRect();
+  return {
+    rect: [r.left, r.top, r.right, r.bottom],
+    points: points.map(p => {
+      const c = vp.worldToCanvas(cs.utilities.imageToWorldCoords(id, p));
+      return [r.left + c[0], r.top + c[1]];
+    }),
+  };
+}
+return null;
+"""
+
+
+class SRNotShownError(Exception):
+    """OHIF did not show the SR's boxes as tracked measurements (what it did say is in the
+    message: the viewer's error, its console)."""
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OhifRig]:
+    rig = OhifRig(make_orthanc(tmp_path_factory.mktemp("ohif")))
+    try:
+        yield rig.start()
+    finally:
+        rig.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with headless_chromium() as driver:
+        yield driver
+
+
+def store_node_answer(rig: OhifRig, seed: int, *, sr_for_pacs=plain) -> tuple[list, Any, Dataset]:
+    """Store a phantom study and the node's answer to it (default profile: SR + GSPS).
+
+    Returns the sources, the result and the SR as stored (``sr_for_pacs`` of the node's).
+    """
+    sources = make_study(seed, Variant())
+    result = abnormal_result(sources)
+    built = build_outputs(sources, result, make_settings(sr=True, gsps=True), job_key=f"k{seed}")
+    assert sorted(o.kind for o in built) == ["gsps", "gsps", "sr"]
+    for ds in sources:
+        rig.store(ds)
+    sr = None
+    for obj in built:
+        if obj.kind == "sr":
+            sr = sr_for_pacs(obj.dataset)
+            rig.store(sr)
+        else:
+            rig.store(obj.dataset)
+    assert sr is not None
+    return sources, result, sr
+
+
+def open_study(driver: Any, rig: OhifRig, study_uid: str, first_image_uid: str) -> None:
+    """Open the study in OHIF's viewer; wait for the study browser and the first image."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(rig.viewer_url(study_uid))
+    wait_until(
+        lambda: (
+            len(driver.find_elements(By.CSS_SELECTOR, '[data-cy="study-browser-thumbnail"]')) == 2
+            and series_entry(driver, "SR") is not None
+        ),
+        "study browser with the 2 images and the SR",
+        timeout=90,
+    )
+    wait_until(lambda: image_shown(driver, first_image_uid), "first image rendered", timeout=60)
+
+
+def series_entry(driver: Any, modality: str) -> Any:
+    """The study browser's entry of the (one) series of ``modality`` without a thumbnail."""
+    from selenium.webdriver.common.by import By
+
+    for entry in driver.find_elements(
+        By.CSS_SELECTOR, '[data-cy="study-browser-thumbnail-no-image"]'
+    ):
+        labels = entry.find_elements(By.CSS_SELECTOR, '[data-cy="series-modality-label"]')
+        if labels and labels[0].text == modality:
+            return entry
+    return None
+
+
+def image_shown(driver: Any, uid: str) -> dict | None:
+    """The viewport mapping when SOP Instance ``uid`` is shown and its pixels are drawn."""
+    import numpy as np
+
+    mapping = driver.execute_script(MAP_JS, uid, [[0, 0]])
+    if mapping is None:
+        return None
+    left, top, right, bottom = (round(v) for v in mapping["rect"])
+    from io import BytesIO
+
+    from PIL import Image
+
+    shot = Image.open(BytesIO(driver.get_screenshot_as_png())).convert("L")
+    canvas = np.asarray(shot, dtype=np.float32)[top:bottom, left:right]
+    return mapping if canvas.size and canvas.std() > 10 else None
+
+
+def screen_box(driver: Any, uid: str, points: list[float]) -> tuple[list, tuple] | None:
+    """The first four points of an SR polyline on the screen, and the viewport's rectangle."""
+    corners = [[points[i], points[i + 1]] for i in range(0, 8, 2)]
+    mapping = driver.execute_script(MAP_JS, uid, corners)
+    if mapping is None:
+        return None
+    return [tuple(p) for p in mapping["points"]], tuple(round(v) for v in mapping["rect"])
+
+
+def viewport_mask(driver: Any, rect: tuple) -> tuple[bytes, Any]:
+    """A screenshot and its annotation-colour mask, limited to the viewport ``rect``."""
+    png = driver.get_screenshot_as_png()
+    mask = annotation_mask(png)
+    left, top, right, bottom = rect
+    inside = (slice(top + 2, bottom - 2), slice(left + 2, right - 2))
+    keep = mask & False
+    keep[inside] = mask[inside]
+    return png, keep
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def show_sr_measurements(driver: Any, name: str, count: int, log: list[str]) -> list[str]:
+    """Open the SR as a radiologist would; return the measurement panel's entry titles.
+
+    Waits for ``count`` entries. Raises `SRNotShownError` when OHIF fails on the SR, never
+    asks to track its measurements, or tracks none of them.
+    """
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    ActionChains(driver).double_click(series_entry(driver, "SR")).perform()
+
+    def prompt_or_failure() -> Any:
+        log.extend(console(driver))
+        yes = driver.find_elements(By.XPATH, "//button[normalize-space()='Yes']")
+        if yes:
+            return yes[0]
+        if any("Error Boundary" in line for line in log):
+            return "failed"
+        return None
+
+    try:
+        outcome = wait_until(prompt_or_failure, "the SR's hydration prompt", timeout=45)
+    except AssertionError:
+        outcome = "no prompt"
+    driver.save_screenshot(str(ARTIFACTS / f"ohif-{name}-sr-opened.png"))
+    if isinstance(outcome, str):
+        errors = [ln for ln in log if re.search(r"Error|not rehydratable|skipping", ln)]
+        said = "\n".join(errors)
+        raise SRNotShownError(f"OHIF did not offer to track the SR ({outcome}):\n{said}")
+    outcome.click()
+
+    rows = '[data-cy^="measurement-table-row-"] [data-cy="data-row-title"]'
+
+    def panel_titles() -> list[str]:
+        log.extend(console(driver))
+        if not driver.find_elements(By.CSS_SELECTOR, '[data-cy="trackedMeasurements-panel"]'):
+            driver.execute_script(
+                "document.querySelector('[data-cy=\"trackedMeasurements-btn\"]').click()"
+            )
+            return []
+        return [e.text for e in driver.find_elements(By.CSS_SELECTOR, rows)]
+
+    # Fewer entries than boxes is the caller's to judge (it compares the titles).
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: len(panel_titles()) >= count, f"{count} tracked measurements", 30)
+    titles = panel_titles()
+    driver.save_screenshot(str(ARTIFACTS / f"ohif-{name}-panel.png"))
+    if not titles:
+        errors = [ln for ln in log if re.search(r"Unable to generate|Error|tracked", ln)]
+        said = "\n".join(errors)
+        raise SRNotShownError(f"OHIF tracked no measurement of the SR:\n{said}")
+    return titles
+
+
+def check_boxes_drawn(
+    driver: Any,
+    name: str,
+    boxes: list[tuple[str, str, list[float]]],
+    hidden: dict[str, list[list[float]]],
+    timeout: float = 30,
+) -> None:
+    """Click each panel entry in turn; box k (finding, source image, SR points) must be drawn on
+    its image where the SR puts it, and the ``hidden`` boxes of that image nowhere."""
+    from selenium.webdriver.common.by import By
+
+    for k, (finding, uid, points) in enumerate(boxes):
+        row = driver.find_element(
+            By.CSS_SELECTOR, f'[data-cy="measurement-table-row-{k}"] [data-cy="data-row"]'
+        )
+        row.click()
+        seen: dict[str, Any] = {}
+
+        def drawn(uid: str = uid, points: list[float] = points, seen: dict = seen) -> bool:
+            box = screen_box(driver, uid, points)
+            if box is None:
+                seen["state"] = "its image is not shown"
+                return False
+            corners, rect = box
+            png, mask = viewport_mask(driver, rect)
+            sides, inside = edge_coverage(mask, corners), interior_share(mask, corners)
+            seen.update(state=f"sides {sides}, inside {inside:.3f}", png=png, mask=mask)
+            return min(sides) >= 0.8 and inside < 0.05
+
+        shot = ARTIFACTS / f"ohif-{name}-box-{k + 1}-{slug(finding)}.png"
+        try:
+            wait_until(drawn, f"box {k + 1} ({finding}) drawn on {uid}", timeout)
+        except AssertionError as error:
+            if "png" in seen:
+                shot.write_bytes(seen["png"])
+            raise AssertionError(f"{error}: {seen.get('state')}") from None
+        shot.write_bytes(seen["png"])
+        # A box the node kept but did not display is drawn nowhere on this image.
+        for points_hidden in hidden.get(uid, []):
+            corners, _ = screen_box(driver, uid, points_hidden)
+            assert max(edge_coverage(seen["mask"], corners)) < 0.3, "a hidden box is drawn"
+
+
+def hidden_boxes(result: Any) -> dict[str, list[list[float]]]:
+    out: dict[str, list[list[float]]] = {}
+    for image in result.images:
+        for box in image.boxes:
+            if not box.displayed:
+                out.setdefault(image.sop_instance_uid, []).append(
+                    [box.xmin, box.ymin, box.xmax, box.ymin, box.xmax, box.ymax, box.xmin, box.ymax]
+                )
+    return out
+
+
+def assert_only_loopback(driver: Any, rig: OhifRig) -> None:
+    """Everything the page loaded came from the rig (nothing from the network)."""
+    names = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    outside = [n for n in names if not n.startswith((rig.base_url, "data:", "blob:"))]
+    assert not outside, outside
+
+
+def check_sr(driver: Any, rig: OhifRig, name: str, sr: Dataset, result: Any) -> None:
+    log: list[str] = []
+    expected = box_findings(sr)
+    displayed = sum(len(image.displayed_boxes) for image in result.images)
+    assert len(expected) == displayed == 3
+    titles = show_sr_measurements(driver, name, len(expected), log)
+    assert titles == [finding for finding, _, _ in expected], titles
+    check_boxes_drawn(driver, name, expected, hidden_boxes(result))
+    assert_only_loopback(driver, rig)
+
+
+@pytest.mark.xfail(
+    raises=SRNotShownError,
+    strict=True,
+    reason="OHIF 3.13.2 cannot show the SR as the node builds it (docs/viewers.md)",
+)
+def test_ohif_shows_the_sr_as_the_node_builds_it(rig: OhifRig, browser: Any) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sources, result, sr = store_node_answer(rig, seed=7)
+    open_study(browser, rig, result.study_instance_uid, str(sources[0].SOPInstanceUID))
+    check_sr(browser, rig, "as-built", sr, result)
+
+
+def test_ohif_shows_the_sr_encoded_as_ohif_needs(rig: OhifRig, browser: Any) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sources, result, sr = store_node_answer(rig, seed=8, sr_for_pacs=ohif_ready)
+    ap = str(sources[0].SOPInstanceUID)
+    open_study(browser, rig, result.study_instance_uid, ap)
+
+    # The GSPS series is listed (as PR) but OHIF applies none of it: the AP image, whose GSPS
+    # holds two boxes, shows no annotation at all.
+    assert series_entry(browser, "PR") is not None
+    box = screen_box(browser, ap, [0, 0, 1, 0, 1, 1, 0, 1])
+    assert box is not None
+    png, mask = viewport_mask(browser, box[1])
+    (ARTIFACTS / "ohif-gsps-not-shown.png").write_bytes(png)
+    assert int(mask.sum()) == 0, "OHIF drew something on the image before the SR was opened"
+
+    check_sr(browser, rig, "reencoded", sr, result)
+
+
+MOVE = (150.0, 0.0)  # image pixels: clear of the other boxes and inside the image
+
+
+def shifted(points: list[float], dx: float, dy: float) -> list[float]:
+    return [v + (dx if i % 2 == 0 else dy) for i, v in enumerate(points)]
+
+
+def first_box_moved(sr: Dataset) -> Dataset:
+    """`ohif_ready`, with the first box's region (and its copy under the NUM) moved by MOVE."""
+    out = ohif_ready(sr)
+    group = measurement_groups(out)[0]  # ohif_ready kept the planar-ROI groups only
+    for item in group.ContentSequence:
+        for scoord in [item, *item.get("ContentSequence", [])]:
+            if scoord.ValueType == "SCOORD":
+                scoord.GraphicData = shifted([float(v) for v in scoord.GraphicData], *MOVE)
+    return out
+
+
+def test_the_pixel_check_fails_for_a_box_drawn_elsewhere(rig: OhifRig, browser: Any) -> None:
+    """The check of `test_ohif_shows_the_sr_encoded_as_ohif_needs` can fail: OHIF draws the
+    first box 150 pixels to the right of where the node found it, and checking it at the
+    node's place fails, while checking it where this SR says passes."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sources, result, sr = store_node_answer(rig, seed=9, sr_for_pacs=first_box_moved)
+    open_study(browser, rig, result.study_instance_uid, str(sources[0].SOPInstanceUID))
+    drawn_at = box_findings(sr)[:1]
+    titles = show_sr_measurements(browser, "moved", 3, [])
+    assert titles[0] == drawn_at[0][0]
+    finding, uid, points = drawn_at[0]
+    node_place = [(finding, uid, shifted(points, -MOVE[0], -MOVE[1]))]
+    with pytest.raises(AssertionError, match="sides"):
+        check_boxes_drawn(browser, "moved-at-the-node-place", node_place, {}, timeout=5)
+    check_boxes_drawn(browser, "moved", drawn_at, {})
