@@ -182,6 +182,8 @@ class CtPhantom:
         ``uint8`` bone labels (``i + 1`` for ``vertebrae[i]``) when asked for.
     column : SpineColumn or None
         The anatomy (None for a head).
+    torso : Torso or None
+        The soft tissue around it (None for a head).
     seed : str
         Text form of the seed (entropy for UIDs).
     """
@@ -194,6 +196,7 @@ class CtPhantom:
     centreline: FloatArray
     labels: npt.NDArray[np.uint8] | None
     column: SpineColumn | None
+    torso: Torso | None
     seed: str
 
     def vertebra(self, level: str) -> CtVertebraTruth:
@@ -345,6 +348,7 @@ def make_ct_phantom(
         centreline=centreline_per_slice(column, grid),
         labels=label_volume,
         column=column,
+        torso=torso,
         seed=seed_label(ss),
     )
 
@@ -487,6 +491,7 @@ def make_head_phantom(
         centreline=np.full((grid.slices, 3), np.nan),
         labels=None,
         column=None,
+        torso=None,
         seed=seed_label(ss),
     )
 

@@ -280,6 +280,30 @@ class Torso:
         zz = np.asarray(z, dtype=np.float64)
         return self.centre_y + self.follow * (np.interp(zz, zs, ys) - float(ys.mean()))
 
+    def lung(self, side: float) -> tuple[float, float, float, float, float]:
+        """Cross-section of one lung relative to the body centre, and its dome.
+
+        Parameters
+        ----------
+        side : float
+            -1 for the right lung, +1 for the left one.
+
+        Returns
+        -------
+        tuple of float
+            ``(dx, dy, semi_x, semi_y, dome_z)``: the ellipse's centre offset from
+            ``(centre_x, body_y(z))`` and semi-axes (mm), and the top of its diaphragm dome;
+            the lung fills the ellipse above the dome, which falls 45 mm towards the rim.
+        """
+        wall = self.fat + 12.0
+        return (
+            side * (0.5 * (self.half_width - wall) + 8.0),
+            -0.08 * self.half_depth,
+            0.46 * (self.half_width - wall),
+            0.85 * (self.half_depth - wall),
+            self.dome_z[0] if side < 0 else self.dome_z[1],
+        )
+
     def spine_at(self, z: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
         """Centre-line ``(x, y)`` at height ``z`` (clamped at the ends).
 
@@ -499,13 +523,9 @@ def _paint_lungs(vol: F32, grid: CtGrid, axes: tuple[F32, F32, F32], torso: Tors
 
 def _lung_occupancy(dx: F32, dy: F32, z: F32, torso: Torso, edge: float) -> F32:
     """Share of lung in each voxel: two lateral ellipses above a domed diaphragm."""
-    wall = torso.fat + 12.0
-    la = 0.5 * (torso.half_width - wall) * 0.92
-    lb = (torso.half_depth - wall) * 0.85
     out: F32 | None = None
-    for side, dome in ((-1.0, torso.dome_z[0]), (1.0, torso.dome_z[1])):
-        cx = side * (0.5 * (torso.half_width - wall) + 8.0)
-        cy = -0.08 * torso.half_depth
+    for side in (-1.0, 1.0):
+        cx, cy, la, lb, dome = torso.lung(side)
         q = np.sqrt(((dx - cx) / la) ** 2 + ((dy - cy) / lb) ** 2)
         ellipse = (q - 1.0) * min(la, lb)
         # The dome: highest at the lung's centre, 45 mm lower at its rim, lower posteriorly.
@@ -690,7 +710,18 @@ def _paint_vertebra(
     u, v, w = _local(vertebra, x[:, :, cs], y[:, rs, :], z[ks, rs, :])
     f = _body_sdf(s, u, v, w)
     for a, b, radius in posterior_capsules(vertebra):
-        np.minimum(f, _capsule(u, v, w, a, b, radius), out=f)
+        # Only the capsule's own box (with the anti-aliasing margin) can change f.
+        reach = radius + 2.0 * grid.edge
+        own = grid.index_box(
+            *_local_box(vertebra, np.minimum(a, b) - reach, np.maximum(a, b) + reach)
+        )
+        if own is None:
+            continue
+        sub = tuple(
+            slice(max(o.start - r.start, 0), max(min(o.stop, r.stop) - r.start, 0))
+            for o, r in zip(own, box, strict=True)
+        )
+        np.minimum(f[sub], _capsule(u[sub], v[sub], w[sub], a, b, radius), out=f[sub])
     edge = grid.edge
     outer = _occupancy(f, edge)
     inner = _occupancy(f + np.float32(torso.cortex_mm), edge)
