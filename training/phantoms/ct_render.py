@@ -729,8 +729,8 @@ def _paint_vertebra(
     _blend(target, outer, torso.cortex_hu)
     _blend(target, inner, vertebra.cancellous_hu)
     if labels is not None:
-        sub = labels[ks, rs, cs]
-        sub[f < 0.0] = label
+        region = labels[ks, rs, cs]
+        region[f < 0.0] = label
 
 
 def _paint_disc(
