@@ -12,11 +12,12 @@ random axial acquisition geometry, with the ground truth Pisov et al.'s two step
 - the vertebral-body centre line where it crosses each slice (`CtPhantom.centreline`), for
   the localisation step.
 
-The anatomy is in `ct_anatomy` (column, bodies, fractures) and its voxelisation in
-`ct_render`; `ct_dicom` writes the volume as a CT series and a study with distractor
-series. Random streams (acquisition, anatomy, fractures, soft tissue, noise, header, plan)
-are independent children of one seed, so the same seed gives the same anatomy and noise
-whatever the fractures. `make_head_phantom` makes a head CT (no spine) for refusal tests.
+The anatomy is in `ct_anatomy` (column, bodies, fractures), the voxel geometry in
+`ct_grid` and the voxelisation in `ct_render`; `ct_dicom` writes the volume as a CT series
+and a study with distractor series. Random streams (acquisition, anatomy, fractures, soft
+tissue, noise, header, plan) are independent children of one seed, so the same seed gives
+the same anatomy and noise whatever the fractures. `make_head_phantom` makes a head CT (no
+spine) for refusal tests.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from spinexr.training.phantoms.ct_anatomy import (
     level_range,
     plan_level_fractures,
 )
+from spinexr.training.phantoms.ct_grid import CtGrid
 from spinexr.training.phantoms.ct_render import (
-    CtGrid,
     Torso,
     finish,
     random_torso,
