@@ -19,6 +19,7 @@ from spinexr.pipeline.vertebrae.genant import Deformity, GenantGrade
 from spinexr.training.phantoms.ct import (
     CtAcquisition,
     CtPhantom,
+    body_corners,
     make_ct_phantom,
     make_head_phantom,
     random_acquisition,
@@ -104,6 +105,12 @@ def test_acquisition_geometry_is_axial_lps(chest: CtPhantom) -> None:
     assert grid.orientation == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     steps = np.diff(grid.positions(), axis=0)
     np.testing.assert_allclose(steps, [[0.0, 0.0, -grid.slice_spacing]] * len(steps))
+    assert chest.column is not None
+    for vertebra in chest.column.vertebrae:
+        idx = grid.to_index(body_corners(vertebra))
+        inside = ((idx >= 0) & (idx <= np.array(grid.shape) - 1)).all(axis=1)
+        # The requested levels are wholly in view, the neighbours above and below partly.
+        assert inside.all() if vertebra.complete else 0 < inside.sum() < 8, vertebra.level
     for seed in range(20):
         full = random_acquisition(np.random.default_rng(seed), "full")
         assert full.matrix == 512 and 0.5 <= full.pixel_spacing <= 1.0

@@ -497,6 +497,25 @@ def make_head_phantom(
     )
 
 
+def body_corners(vertebra: PlacedVertebra) -> FloatArray:
+    """Corners of the box round a vertebral body (undeformed), in LPS.
+
+    Parameters
+    ----------
+    vertebra : PlacedVertebra
+        The vertebra.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(8, 3)`` LPS points; a complete vertebra's corners lie inside the volume.
+    """
+    s = vertebra.shape
+    half = np.array([s.half_width, s.half_depth, 0.5 * s.height])
+    signs = np.array(np.meshgrid([-1.0, 1.0], [-1.0, 1.0], [-1.0, 1.0], indexing="ij"))
+    return vertebra.to_patient(signs.reshape(3, -1).T * half)
+
+
 # --- plan and geometry ----------------------------------------------------------------------
 
 
@@ -558,8 +577,8 @@ def _grid(
     """
     verts = column.vertebrae
     first, last = verts[1], verts[-2]
-    top_kp = first.keypoints()[0::2, 2].max()
-    bottom_kp = last.keypoints()[1::2, 2].min()
+    top_kp = body_corners(first)[:, 2].max()
+    bottom_kp = body_corners(last)[:, 2].min()
     above, below = verts[0], verts[-1]
     reach_top = float(margins[0]) * (above.shape.height + column.disc_heights[0])
     reach_bottom = float(margins[1]) * (below.shape.height + column.disc_heights[-2])
