@@ -341,6 +341,12 @@ def annotation_mask(png: bytes) -> np.ndarray:
     return (g >= 150) & (b <= 110) & ((r >= 150) | (r <= 110))
 
 
+def colour_mask(png: bytes, colour: tuple[int, int, int], tolerance: int = 60) -> np.ndarray:
+    """Pixels within ``tolerance`` (sum of the channel differences) of ``colour``."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int32)
+    return np.abs(rgb - np.asarray(colour)).sum(axis=2) < tolerance
+
+
 def edge_coverage(
     mask: np.ndarray, corners: list[tuple[float, float]], tolerance: int = 4, samples: int = 40
 ) -> list[float]:

@@ -19,9 +19,10 @@ OHIF 3.13.2 cannot show the SR as the node builds it (``docs/viewers.md`` says w
 it needs): that test is a strict xfail on `SRNotShownError` only, so it fails the day it
 passes. The second test stores the SR with exactly those changes (`ohif_ready`) and passes; it
 also checks that OHIF lists the GSPS series but draws none of its boxes. The third shows that
-the pixel check fails for a box drawn 150 pixels away from where the node found it.
-Screenshots go to ``test-artifacts/viewers/``. The three take about 40 s (2 cores at load
-average 15); ``make test`` runs them, ``make viewer-check`` runs only them.
+the pixel check fails for a box drawn 150 pixels away from where the node found it. The fourth
+opens the burned-in Secondary Capture (``output.secondary_capture``) and finds the boxes in
+their class colours. Screenshots go to ``test-artifacts/viewers/``. The four take about 55 s
+(2 cores at load average 15); ``make test`` runs them, ``make viewer-check`` runs only them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ohif_support import (
     OhifRig,
     annotation_mask,
     box_findings,
+    colour_mask,
     console,
     edge_coverage,
     headless_chromium,
@@ -50,6 +52,7 @@ from outputs_support import Variant, abnormal_result, make_settings, make_study
 from pydicom.dataset import Dataset
 from testsupport import make_orthanc
 
+from spinexr.node.outputs.boxes import CLASS_COLOURS
 from spinexr.node.outputs.build import build_outputs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -99,15 +102,21 @@ def browser() -> Iterator[Any]:
         yield driver
 
 
-def store_node_answer(rig: OhifRig, seed: int, *, sr_for_pacs=plain) -> tuple[list, Any, Dataset]:
-    """Store a phantom study and the node's answer to it (default profile: SR + GSPS).
+def store_node_answer(
+    rig: OhifRig, seed: int, *, sr_for_pacs=plain, secondary_capture: bool = False
+) -> tuple[list, Any, Dataset, list]:
+    """Store a phantom study and the node's answer to it (default profile: SR + GSPS; with
+    ``secondary_capture`` the Secondary Captures too).
 
-    Returns the sources, the result and the SR as stored (``sr_for_pacs`` of the node's).
+    Returns the sources, the result, the SR as stored (``sr_for_pacs`` of the node's) and
+    every built object.
     """
     sources = make_study(seed, Variant())
     result = abnormal_result(sources)
-    built = build_outputs(sources, result, make_settings(sr=True, gsps=True), job_key=f"k{seed}")
-    assert sorted(o.kind for o in built) == ["gsps", "gsps", "sr"]
+    settings = make_settings(sr=True, gsps=True, secondary_capture=secondary_capture)
+    built = build_outputs(sources, result, settings, job_key=f"k{seed}")
+    kinds = ["gsps", "gsps", *(["sc", "sc"] if secondary_capture else []), "sr"]
+    assert sorted(o.kind for o in built) == kinds
     for ds in sources:
         rig.store(ds)
     sr = None
@@ -118,20 +127,24 @@ def store_node_answer(rig: OhifRig, seed: int, *, sr_for_pacs=plain) -> tuple[li
         else:
             rig.store(obj.dataset)
     assert sr is not None
-    return sources, result, sr
+    return sources, result, sr, built
 
 
-def open_study(driver: Any, rig: OhifRig, study_uid: str, first_image_uid: str) -> None:
-    """Open the study in OHIF's viewer; wait for the study browser and the first image."""
+def open_study(
+    driver: Any, rig: OhifRig, study_uid: str, first_image_uid: str, thumbnails: int = 2
+) -> None:
+    """Open the study in OHIF's viewer; wait for the study browser (``thumbnails`` image
+    series and the SR) and the first image."""
     from selenium.webdriver.common.by import By
 
     driver.get(rig.viewer_url(study_uid))
     wait_until(
         lambda: (
-            len(driver.find_elements(By.CSS_SELECTOR, '[data-cy="study-browser-thumbnail"]')) == 2
+            len(driver.find_elements(By.CSS_SELECTOR, '[data-cy="study-browser-thumbnail"]'))
+            == thumbnails
             and series_entry(driver, "SR") is not None
         ),
-        "study browser with the 2 images and the SR",
+        f"study browser with {thumbnails} image series and the SR",
         timeout=90,
     )
     wait_until(lambda: image_shown(driver, first_image_uid), "first image rendered", timeout=60)
@@ -326,14 +339,14 @@ def check_sr(driver: Any, rig: OhifRig, name: str, sr: Dataset, result: Any) -> 
 )
 def test_ohif_shows_the_sr_as_the_node_builds_it(rig: OhifRig, browser: Any) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    sources, result, sr = store_node_answer(rig, seed=7)
+    sources, result, sr, _ = store_node_answer(rig, seed=7)
     open_study(browser, rig, result.study_instance_uid, str(sources[0].SOPInstanceUID))
     check_sr(browser, rig, "as-built", sr, result)
 
 
 def test_ohif_shows_the_sr_encoded_as_ohif_needs(rig: OhifRig, browser: Any) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    sources, result, sr = store_node_answer(rig, seed=8, sr_for_pacs=ohif_ready)
+    sources, result, sr, _ = store_node_answer(rig, seed=8, sr_for_pacs=ohif_ready)
     ap = str(sources[0].SOPInstanceUID)
     open_study(browser, rig, result.study_instance_uid, ap)
 
@@ -372,7 +385,7 @@ def test_the_pixel_check_fails_for_a_box_drawn_elsewhere(rig: OhifRig, browser: 
     first box 150 pixels to the right of where the node found it, and checking it at the
     node's place fails, while checking it where this SR says passes."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    sources, result, sr = store_node_answer(rig, seed=9, sr_for_pacs=first_box_moved)
+    sources, result, sr, _ = store_node_answer(rig, seed=9, sr_for_pacs=first_box_moved)
     open_study(browser, rig, result.study_instance_uid, str(sources[0].SOPInstanceUID))
     drawn_at = box_findings(sr)[:1]
     titles = show_sr_measurements(browser, "moved", 3, [])
@@ -382,3 +395,55 @@ def test_the_pixel_check_fails_for_a_box_drawn_elsewhere(rig: OhifRig, browser: 
     with pytest.raises(AssertionError, match="sides"):
         check_boxes_drawn(browser, "moved-at-the-node-place", node_place, {}, timeout=5)
     check_boxes_drawn(browser, "moved", drawn_at, {})
+
+
+def test_ohif_shows_the_secondary_capture_with_its_burned_in_boxes(
+    rig: OhifRig, browser: Any
+) -> None:
+    """With ``output.secondary_capture`` the PACS also holds a capture of each image with the
+    boxes burned in: OHIF shows it as an ordinary (OT) series, boxes in their class colours
+    where the node found them, the box not displayed absent."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    _, result, _, built = store_node_answer(rig, seed=10, secondary_capture=True)
+    ap = result.images[0]
+    capture = next(
+        o for o in built if o.kind == "sc" and o.source_sop_instance_uid == ap.sop_instance_uid
+    )
+    open_study(browser, rig, result.study_instance_uid, ap.sop_instance_uid, thumbnails=3)
+    series = next(
+        t
+        for t in browser.find_elements(By.CSS_SELECTOR, '[data-cy="study-browser-thumbnail"]')
+        if t.find_element(By.CSS_SELECTOR, '[data-cy="series-modality-label"]').text == "OT"
+    )
+    ActionChains(browser).double_click(series).perform()
+    uid = capture.sop_instance_uid
+    wait_until(lambda: image_shown(browser, uid), "the capture of the AP image", timeout=60)
+    for box in ap.boxes:
+        points = [box.xmin, box.ymin, box.xmax, box.ymin, box.xmax, box.ymax, box.xmin, box.ymax]
+        colour = CLASS_COLOURS[box.label]
+        seen: dict[str, Any] = {}
+
+        def burned(points: list[float] = points, colour=colour, seen: dict = seen) -> bool:
+            corners, rect = screen_box(browser, uid, points)
+            png = browser.get_screenshot_as_png()
+            mask = colour_mask(png, colour)
+            left, top, right, bottom = rect
+            mask[:top], mask[bottom:], mask[:, :left], mask[:, right:] = False, False, False, False
+            seen.update(sides=edge_coverage(mask, corners), png=png)
+            return min(seen["sides"]) >= 0.8
+
+        what = f"{box.label.display_name} {box.score}"
+        if box.displayed:
+            try:
+                wait_until(burned, f"{what} burned in", timeout=30)
+            finally:
+                if "png" in seen:
+                    shot = ARTIFACTS / "ohif-secondary-capture.png"
+                    shot.write_bytes(seen["png"])
+        else:
+            burned()
+            assert max(seen["sides"]) < 0.3, (what, seen["sides"])
+    assert_only_loopback(browser, rig)
