@@ -21,8 +21,10 @@ passes. The second test stores the SR with exactly those changes (`ohif_ready`) 
 also checks that OHIF lists the GSPS series but draws none of its boxes. The third shows that
 the pixel check fails for a box drawn 150 pixels away from where the node found it. The fourth
 opens the burned-in Secondary Capture (``output.secondary_capture``) and finds the boxes in
-their class colours. Screenshots go to ``test-artifacts/viewers/``. The four take about 55 s
-(2 cores at load average 15); ``make test`` runs them, ``make viewer-check`` runs only them.
+their class colours. The fifth (no browser) checks that the re-encoded SR still passes
+dciodvfy and PixelMed's validator. Screenshots go to ``test-artifacts/viewers/``. All five
+take about 65 s on this 2-core machine under load; ``make test`` runs them, ``make
+viewer-check`` runs only them.
 """
 
 from __future__ import annotations
@@ -48,7 +50,15 @@ from ohif_support import (
     plain,
     wait_until,
 )
-from outputs_support import Variant, abnormal_result, make_settings, make_study
+from outputs_support import (
+    Variant,
+    abnormal_result,
+    dciodvfy_errors,
+    make_settings,
+    make_study,
+    pixelmed_sr_report,
+    write_object,
+)
 from pydicom.dataset import Dataset
 from testsupport import make_orthanc
 
@@ -447,3 +457,21 @@ def test_ohif_shows_the_secondary_capture_with_its_burned_in_boxes(
             burned()
             assert max(seen["sides"]) < 0.3, (what, seen["sides"])
     assert_only_loopback(browser, rig)
+
+
+def test_the_encoding_ohif_needs_is_valid_dicom(tmp_path: Path) -> None:
+    """The re-encoding ``docs/viewers.md`` asks of the node (`ohif_ready`) stays a valid TID
+    1500 report: dciodvfy finds no error, PixelMed's DicomSRValidator no error (only the
+    warning the node's SR already has: geometric purpose not in TID 1410)."""
+    sources = make_study(11, Variant())
+    built = build_outputs(
+        sources, abnormal_result(sources), make_settings(sr=True, gsps=False), job_key="k11"
+    )
+    path = write_object(ohif_ready(built[0].dataset), tmp_path / "sr.dcm")
+    errors, _ = dciodvfy_errors(path)
+    assert errors == []
+    report = pixelmed_sr_report([path], tmp_path)[path]
+    assert "Found Root Template TID_1500 (MeasurementReport)" in report, report
+    assert [ln for ln in report if ln.startswith("Error")] == [], report
+    warnings = [ln for ln in report if ln.startswith("Warning")]
+    assert all("Geometric purpose of region" in ln for ln in warnings), warnings
