@@ -236,13 +236,17 @@ def box_findings(sr: Dataset) -> list[tuple[str, str, list[float]]]:
 def ohif_ready(sr: Dataset) -> Dataset:
     """The node's SR with the two changes OHIF 3.13 needs to show it (``docs/viewers.md``).
 
-    1. Measurement groups without a SCOORD (TID 1501: the study and per-image abnormality
-       groups) are left out: OHIF's SR loader dereferences ``coords[0]`` of every group and
-       fails on them.
-    2. Each NUM of a planar-ROI group (the detection score) gets the group's region as an
-       ``INFERRED FROM`` SCOORD child (what highdicom writes for ``Measurement(...,
-       referenced_coordinates=[CoordinatesForMeasurement(...)])``): the Cornerstone3D SR
-       adapter takes the region of a group that has a NUM from its first NUM.
+    1. Measurement groups with no SCOORD, neither their own nor under a NUM (the TID 1501
+       study and per-image abnormality groups), are left out: OHIF's SR loader reads
+       ``coords[0]`` of every group and fails on them.
+    2. The NUMs of each planar-ROI group (the detection score) move to a TID 1501 group right
+       after it, with the same tracking identifier and UID, finding and algorithm, each NUM
+       ``INFERRED FROM`` a copy of the region: the Cornerstone3D SR adapter takes a group's
+       region from its first NUM when it has one, so the planar-ROI group must have none.
+       This is what highdicom writes for ``MeasurementsAndQualitativeEvaluations(...,
+       measurements=[Measurement(..., referenced_coordinates=[CoordinatesForMeasurement(...)])])``
+       (highdicom refuses referenced coordinates inside a planar-ROI group), the pattern of
+       the vertebral heights.
     """
     out = plain(sr)
     container = next(
@@ -250,16 +254,32 @@ def ohif_ready(sr: Dataset) -> Dataset:
         for i in out.ContentSequence
         if i.ConceptNameCodeSequence[0].CodeValue == IMAGING_MEASUREMENTS
     )
-    container.ContentSequence = [g for g in container.ContentSequence if _scoord(g) is not None]
+    groups = []
     for group in container.ContentSequence:
         region = _scoord(group)
-        for num in (i for i in group.ContentSequence if i.ValueType == "NUM"):
+        if region is None:
+            continue
+        nums = [i for i in group.ContentSequence if i.ValueType == "NUM"]
+        group.ContentSequence = [i for i in group.ContentSequence if i.ValueType != "NUM"]
+        groups.append(group)
+        if not nums:
+            continue
+        for num in nums:
             inferred = copy.deepcopy(region)
             inferred.RelationshipType = "INFERRED FROM"
             concept = Dataset()
             concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = SOURCE
             inferred.ConceptNameCodeSequence = [concept]
             num.ContentSequence = [*num.get("ContentSequence", []), inferred]
+        scores = copy.deepcopy(group)
+        scores.ContentSequence = [
+            copy.deepcopy(i)
+            for i in group.ContentSequence
+            if i.ValueType in ("TEXT", "UIDREF")  # tracking, algorithm
+            or i.ConceptNameCodeSequence[0].CodeValue == FINDING
+        ] + nums
+        groups.append(scores)
+    container.ContentSequence = groups
     return out
 
 

@@ -380,14 +380,20 @@ def shifted(points: list[float], dx: float, dy: float) -> list[float]:
 
 
 def first_box_moved(sr: Dataset) -> Dataset:
-    """`ohif_ready`, with the first box's region (and its copy under the NUM) moved by MOVE."""
+    """`ohif_ready`, with the first box's region (and its copy under the score) moved by MOVE."""
     out = ohif_ready(sr)
-    group = measurement_groups(out)[0]  # ohif_ready kept the planar-ROI groups only
-    for item in group.ContentSequence:
-        for scoord in [item, *item.get("ContentSequence", [])]:
-            if scoord.ValueType == "SCOORD":
-                scoord.GraphicData = shifted([float(v) for v in scoord.GraphicData], *MOVE)
+    groups = measurement_groups(out)
+    first = _tracking_uid(groups[0])  # ohif_ready kept the planar-ROI groups first
+    for group in (g for g in groups if _tracking_uid(g) == first):
+        for item in group.ContentSequence:
+            for scoord in [item, *item.get("ContentSequence", [])]:
+                if scoord.ValueType == "SCOORD":
+                    scoord.GraphicData = shifted([float(v) for v in scoord.GraphicData], *MOVE)
     return out
+
+
+def _tracking_uid(group: Dataset) -> str:
+    return next(str(i.UID) for i in group.ContentSequence if i.ValueType == "UIDREF")
 
 
 def test_the_pixel_check_fails_for_a_box_drawn_elsewhere(rig: OhifRig, browser: Any) -> None:
