@@ -12,8 +12,10 @@ Instance UID. A series is **eligible** when none of these checks fails (each fai
    no value is a reformat or projection term (`DERIVED_TERMS`: ``REFORMATTED``, ``MPR``,
    ``MIP``...).
 4. ``body_part``: Body Part Examined, compacted (upper case, no spaces, hyphens or
-   underscores), is one of ``allowed_body_parts`` (default `ALLOWED_BODY_PARTS`); an
-   absent value fails unless ``allow_absent_body_part``.
+   underscores), is one of ``allowed_body_parts`` (default `ALLOWED_BODY_PARTS`); for
+   enhanced CT without it, the Frame Anatomy's SNOMED CT region
+   (`ANATOMIC_REGION_BODY_PARTS`) stands in. An absent value fails unless
+   ``allow_absent_body_part``.
 5. ``invalid_header`` or a geometry problem of `geometry.analyse_stack` (inconsistent
    orientation / pixel spacing / matrix, duplicate positions, ``tilted``, irregular spacing,
    ``missing_slices``), all from positions and orientations.
@@ -91,6 +93,23 @@ ALLOWED_BODY_PARTS: Final = frozenset(
     }
 )
 """Default Body Part Examined values (compacted) of the CT rules: trunk and spine."""
+
+ANATOMIC_REGION_BODY_PARTS: Final = {
+    "816094009": "CHEST",
+    "818981001": "ABDOMEN",
+    "416550000": "CHESTABDOMEN",
+    "416775004": "CHESTABDPELVIS",
+    "818982008": "ABDOMENPELVIS",
+    "421060004": "SPINE",
+    "122494005": "CSPINE",
+    "122495006": "TSPINE",
+    "122496007": "LSPINE",
+    "38266002": "WHOLEBODY",
+    "69536005": "HEAD",
+    "816092008": "PELVIS",
+}
+"""SNOMED CT codes of Anatomic Region Sequence (enhanced CT's Frame Anatomy, CID 4031) and
+the Body Part Examined term each stands for, used when Body Part Examined is absent."""
 
 DERIVED_TERMS: Final = frozenset(
     {
@@ -580,7 +599,7 @@ def _check_body_part(
     allow_absent: bool,
     fail: Callable[[CtRefusal, str], None],
 ) -> None:
-    parts = {_compact(str(ds.get("BodyPartExamined", "") or "")) for ds in datasets}
+    parts = {_body_part(ds) for ds in datasets}
     bad = sorted(p for p in parts if p not in allowed and not (p == "" and allow_absent))
     if bad:
         named = ", ".join(_known(p, _KNOWN_BODY_PARTS) if p else "(absent)" for p in bad)
@@ -658,16 +677,32 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _kernel_values(ds: Dataset) -> list[str]:
-    """Convolution Kernel, top level or (enhanced CT) in the CT Reconstruction macro."""
+    """Read Convolution Kernel: top level, else enhanced CT's macros."""
     values = _as_list(ds.get("ConvolutionKernel"))
-    if not values and "PerFrameFunctionalGroupsSequence" in ds:
+    if values or "PerFrameFunctionalGroupsSequence" not in ds:
+        return [str(v) for v in values]
+    for macro in ("CTReconstructionSequence", "UnassignedSharedConvertedAttributesSequence"):
         try:
-            values = _as_list(
-                functional_group(ds, 0, "CTReconstructionSequence").get("ConvolutionKernel")
-            )
+            values = _as_list(functional_group(ds, 0, macro).get("ConvolutionKernel"))
         except KeyError:
-            values = []
+            continue
+        if values:
+            break
     return [str(v) for v in values]
+
+
+def _body_part(ds: Dataset) -> str:
+    """Read the compacted Body Part Examined, else enhanced CT's Frame Anatomy region."""
+    text = _compact(str(ds.get("BodyPartExamined", "") or ""))
+    if text or "PerFrameFunctionalGroupsSequence" not in ds:
+        return text
+    try:
+        region = functional_group(ds, 0, "FrameAnatomySequence").AnatomicRegionSequence[0]
+    except (KeyError, AttributeError, IndexError):
+        return ""
+    if str(region.get("CodingSchemeDesignator", "")) not in ("SCT", "SRT"):
+        return "?"
+    return ANATOMIC_REGION_BODY_PARTS.get(str(region.get("CodeValue", "")), "?")
 
 
 def _series_number(datasets: list[Dataset]) -> int | None:
