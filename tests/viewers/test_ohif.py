@@ -23,8 +23,8 @@ the pixel check fails for a box drawn 150 pixels away from where the node found 
 opens the burned-in Secondary Capture (``output.secondary_capture``) and finds the boxes in
 their class colours. The fifth (no browser) checks that the re-encoded SR still passes
 dciodvfy and PixelMed's validator. Screenshots go to ``test-artifacts/viewers/``. All five
-take about 65 s on this 2-core machine under load; ``make test`` runs them, ``make
-viewer-check`` runs only them.
+take 64-86 s on a 2-core machine under load (about 45 s of it in the browser); ``make test``
+runs them, ``make viewer-check`` runs only them.
 """
 
 from __future__ import annotations
