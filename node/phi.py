@@ -60,7 +60,9 @@ VALUE_QUOTING_LOGGERS = ("pydicom", "highdicom", "py.warnings")
 MIN_LENGTH = 2
 """Shorter values (a sex, an initial) are not searched for: they would match everywhere."""
 
-_QUOTED = re.compile(r"""(['"])([^'"\n]{1,256})\1""")
+_QUOTED = re.compile(r"""(['"])(.+?)\1(?=[\s.,;:)\]]|$)""", re.DOTALL)
+"""A quoted string: from a quote to the first same quote that ends a word (the value inside
+may hold other quotes, newlines and any length: pydicom quotes a garbled value whole)."""
 _UID = re.compile(r"[0-9]+(\.[0-9]+)+")
 _VR = re.compile(r"[A-Z]{2}")
 _SOURCE = re.compile(r"/[^\s]*\.py")  # a traceback's source file

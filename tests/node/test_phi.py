@@ -63,6 +63,26 @@ def test_redact_removes_values_and_quoted_strings_but_keeps_uids_and_vrs() -> No
     assert error == "ValueError: value '…' is invalid"
 
 
+def test_a_long_garbled_value_with_quotes_inside_is_scrubbed_whole() -> None:
+    # Found by the fuzz campaign: a UI value whose length field was mutated swallowed the
+    # next elements; pydicom's warning quoted all 654 bytes, the patient's name among them,
+    # with a double quote and control characters inside.
+    garbled = (
+        "1.2.840.10008.5.1.4.1.1.1.1\x00\x08\x00\x18\x00@\x00\x00\x00"
+        + '1.2.3\x08\x00"\x00\x08\x00\x00\x0020160503' * 20
+        + "\x10\x00\x10\x00\x0c\x00\x00\x00PHANTOM^7960\x10\x00 \x00PH07960 19750119"
+    )
+    text = phi.scrub_quoted(
+        f"The value length ({len(garbled)}) exceeds the maximum length of 64 allowed for VR UI."
+        f" Invalid value for VR UI: '{garbled}'. Please see <https://dicom.nema.org/x> for..."
+    )
+    for value in ("PHANTOM", "7960", "PH07960", "19750119"):
+        assert value not in text, text
+    assert text.endswith(
+        "Invalid value for VR UI: '…'. Please see <https://dicom.nema.org/x> for..."
+    )
+
+
 def test_format_exception_redacts_the_whole_chain() -> None:
     values = phi.identifying_values([header()])
     try:
