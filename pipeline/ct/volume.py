@@ -15,7 +15,8 @@
    decoded with pydicom's decoders (`spinexr.pipeline.preprocess.decode_pixels`), rescaled
    (Rescale Slope / Intercept) into its slot and dropped; an enhanced file's frames are
    decoded one by one with `pydicom.pixels.iter_pixels`. Besides the volume, memory holds
-   the headers, one file's dataset and one slice.
+   a short summary of each header (the headers themselves are dropped after the first
+   pass), one file's dataset and one decoded slice.
 
 The volume is a `highdicom.Volume` (`Volume.from_attributes`: slices first, LPS affine,
 right-handed; for a head-first supine axial series slice 0 is the most superior).
@@ -143,15 +144,18 @@ def load_volume(
         ``no_pixel_data`` or ``undecodable``.
     """
     out_dtype = np.dtype(dtype)
-    headers = [_read_header(Path(p)) for p in paths]
-    if not headers:
+    files = [_read_file(Path(p)) for p in paths]  # headers are dropped once summarised
+    if not files:
         raise UnsupportedSeriesError(CtRefusal.TOO_FEW_SLICES, "no files were given")
-    series_uid, frame_of_reference = _check_headers(headers)
+    series_uid, frame_of_reference = _check_files(files)
 
     def refuse(reason: CtRefusal, message: str) -> UnsupportedSeriesError:
         return UnsupportedSeriesError(reason, message, series_instance_uid=series_uid)
 
-    slices = [s for path, ds in zip(paths, headers, strict=True) for s in _slices(Path(path), ds)]
+    for f in files:
+        if f.error is not None:
+            raise f.error
+    slices = [s for f in files for s in f.slices]
     if len(slices) < 2:
         raise refuse(CtRefusal.TOO_FEW_SLICES, f"{len(slices)} slice: a volume needs two")
     planes = [s.plane for s in slices]
@@ -215,19 +219,48 @@ def load_volume(
 # --- headers ---------------------------------------------------------------------------------
 
 
-def _read_header(path: Path) -> Dataset:
+@dataclass(frozen=True)
+class _File:
+    """What a file's header says, kept instead of the header itself."""
+
+    series_uid: str
+    frame_of_reference_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    greyscale: bool
+    slices: list[_Slice]
+    error: UnsupportedSeriesError | None
+
+
+def _read_file(path: Path) -> _File:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise UnsupportedSeriesError(
             CtRefusal.INVALID_HEADER, f"a file cannot be read as DICOM ({type(exc).__name__})"
         ) from exc
+    slices: list[_Slice] = []
+    error = None
+    try:
+        slices = _slices(path, ds)
+    except UnsupportedSeriesError as exc:
+        error = exc
+    bits = ds.get("BitsAllocated", 16)
+    return _File(
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        greyscale=ds.get("SamplesPerPixel", 1) == 1 and bits in (8, 16, 32),
+        slices=slices,
+        error=error,
+    )
 
 
-def _check_headers(headers: list[Dataset]) -> tuple[str, str]:
+def _check_files(files: list[_File]) -> tuple[str, str]:
     """Return the series and frame-of-reference UIDs, refusing mixed or non-CT files."""
-    series = {str(ds.get("SeriesInstanceUID", "") or "") for ds in headers}
-    frames = {str(ds.get("FrameOfReferenceUID", "") or "") for ds in headers}
+    series = {f.series_uid for f in files}
+    frames = {f.frame_of_reference_uid for f in files}
     uid = next(iter(series)) if len(series) == 1 else None
     if uid is None or len(frames) != 1:
         raise UnsupportedSeriesError(
@@ -240,20 +273,18 @@ def _check_headers(headers: list[Dataset]) -> tuple[str, str]:
             "Series Instance UID or Frame of Reference UID is missing",
             series_instance_uid=uid or None,
         )
-    not_ct = sum(str(ds.get("SOPClassUID", "")) not in CT_SOP_CLASSES for ds in headers)
+    not_ct = sum(f.sop_class_uid not in CT_SOP_CLASSES for f in files)
     if not_ct:
         raise UnsupportedSeriesError(
             CtRefusal.NOT_CT,
-            f"{not_ct} of {len(headers)} file(s) are not CT or Enhanced CT Image Storage",
+            f"{not_ct} of {len(files)} file(s) are not CT or Enhanced CT Image Storage",
             series_instance_uid=uid,
         )
-    for ds in headers:
-        samples = ds.get("SamplesPerPixel", 1)
-        if samples != 1 or int(ds.get("BitsAllocated", 16) or 16) not in (8, 16, 32):
+    for f in files:
+        if not f.greyscale:
             raise UnsupportedSeriesError(
                 CtRefusal.NO_PIXEL_DATA,
-                f"image {ds.get('SOPInstanceUID', '')} is not integer greyscale "
-                f"(SamplesPerPixel {samples})",
+                f"image {f.sop_instance_uid} is not integer greyscale",
                 series_instance_uid=uid,
             )
     return uid, next(iter(frames))
