@@ -182,6 +182,10 @@ def make_router(ingest: IngestService) -> APIRouter:
                     logger.error("STOW-RS part %d: storage failure (%s)", index, type(exc).__name__)
                 failed.append(_item("", "", status_for("storage_failure")))
                 continue
+            except Exception:  # a defect: this part fails, the others are still stored
+                logger.exception("STOW-RS part %d: internal error", index)
+                failed.append(_item("", "", status_for("internal")))
+                continue
             if result.outcome is not Outcome.DROPPED_OWN:
                 logger.info("STOW-RS %s: %s", result.sop_instance_uid, result.outcome.value)
             stored.append(_item(result.sop_class_uid, result.sop_instance_uid))

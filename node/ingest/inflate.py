@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.filewriter import write_file_meta_info
@@ -75,6 +75,8 @@ def read_file_meta(fileobj: io.BufferedIOBase) -> FileMeta:
     try:
         preamble = read_preamble(fileobj, False) or b""  # type: ignore[arg-type]
         meta = read_dataset(fileobj, False, True, stop_when=_not_meta)  # type: ignore[arg-type]
+        for _ in meta:  # convert every value now: an unknown VR raises here, not on use
+            pass
     except (
         InvalidDicomError,
         ValueError,
@@ -83,6 +85,8 @@ def read_file_meta(fileobj: io.BufferedIOBase) -> FileMeta:
         EOFError,
         OSError,
         struct.error,
+        NotImplementedError,  # an unknown VR
+        BytesLengthException,  # a length that does not fit the VR
     ) as exc:
         raise IngestError(
             "unparseable", f"file meta cannot be parsed: {type(exc).__name__}"

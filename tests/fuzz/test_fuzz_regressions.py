@@ -14,6 +14,8 @@
 * preprocess: an unknown VR in a value only the pipeline reads (Pixel Spacing) raised
   ``NotImplementedError`` out of `prepare_image` instead of a typed refusal;
 * STOW-RS: a boundary over 256 characters or a malformed part header answered 500;
+* ingest (STOW-RS): an unknown VR in the file meta group (Transfer Syntax UID) raised on
+  first use, answered 500 (found by the 100,000-input campaign); now ``unparseable``;
 * DIMSE: a P-DATA-TF whose command set lacks Command Field (and other malformed PDUs) raised
   in pynetdicom's association thread: a traceback in the log and a bare closed connection,
   now a one-line warning and an A-ABORT.
@@ -123,6 +125,27 @@ def test_a_malformed_multipart_body_is_400(tmp_path, monkeypatch, boundary, body
             },
         )
     assert answer.status_code == 400, answer.text
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["stow_meta_034225-stow-dx-explicit.dcm", "stow_meta_036295-stow-cr-explicit.dcm"],
+)
+def test_an_unknown_vr_in_the_file_meta_is_refused_unparseable(tmp_path, monkeypatch, name) -> None:
+    # found by the 100,000-input campaign (seed 19): a bit flip turned the VR of Transfer
+    # Syntax UID into 'WI'; pydicom raised on first use, and STOW-RS answered 500
+    monkeypatch.chdir(tmp_path)
+    stack = build_stack(tmp_path)
+    part = (INPUTS / name).read_bytes()
+    with TestClient(create_app(stack.settings, stack.ingest)) as client:
+        answer = client.post(
+            "/dicomweb/studies",
+            content=b"--B\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n--B--\r\n",
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=B'},
+        )
+    assert answer.status_code == 409, answer.text
+    failed = answer.json()["00081198"]["Value"]
+    assert [f["00081197"]["Value"] for f in failed] == [[0xC210]]
 
 
 @pytest.mark.integration
