@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -213,14 +214,18 @@ class Spool:
 
 
 ORPHAN_DIR = ".orphans"
+ORPHAN_KEEP_SECONDS = 7 * 86400
+"""How long a quarantined file whose instance never came again is kept."""
 
 
-def quarantine_orphans(spool: Spool, known: set[str]) -> int:
+def quarantine_orphans(spool: Spool, known: set[str], now: float | None = None) -> int:
     """Move spool files that no database row knows into ``.orphans/`` (start-up sweep).
 
     A file can be moved into place and the process killed before its row is committed. It
-    was never acknowledged, so the sender will send it again (and overwrite it); until then
-    it is set aside rather than deleted, so an admin can still look at it.
+    was never acknowledged, so the sender will send it again; until then it is set aside
+    rather than deleted, so an admin can still look at it. A quarantined file is deleted at
+    a later sweep once its instance has been received and recorded again (the database now
+    knows its path), or after :data:`ORPHAN_KEEP_SECONDS`.
 
     Parameters
     ----------
@@ -236,6 +241,7 @@ def quarantine_orphans(spool: Spool, known: set[str]) -> int:
     """
     moved = 0
     target = spool.root / ORPHAN_DIR
+    _prune_orphans(target, known, time.time() if now is None else now)
     for study in spool.root.iterdir():
         if not study.is_dir() or study.name in (TMP_DIR, ORPHAN_DIR):
             continue
@@ -249,3 +255,18 @@ def quarantine_orphans(spool: Spool, known: set[str]) -> int:
     if moved:
         logger.warning("moved %d unrecorded spool file(s) to %s", moved, target)
     return moved
+
+
+def _prune_orphans(folder: Path, known: set[str], now: float) -> None:
+    """Delete quarantined files received again since, or older than the keeping time."""
+    if not folder.is_dir():
+        return
+    pruned = 0
+    for path in folder.iterdir():
+        study, _, name = path.name.partition("-")
+        again = f"{study}/{name}" in known
+        if again or now - path.stat().st_mtime > ORPHAN_KEEP_SECONDS:
+            path.unlink(missing_ok=True)
+            pruned += 1
+    if pruned:
+        logger.info("deleted %d quarantined spool file(s): received again or expired", pruned)

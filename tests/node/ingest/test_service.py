@@ -205,3 +205,24 @@ def test_unrecorded_spool_files_are_set_aside_not_deleted(stack: Stack) -> None:
     kept = list((stack.spool.root / ORPHAN_DIR).iterdir())
     assert len(kept) == 1 and kept[0].read_bytes().startswith(b"moved into place")
     assert quarantine_orphans(stack.spool, {inst.path}) == 0
+
+
+def test_a_quarantined_file_goes_once_received_again_or_expired(stack: Stack) -> None:
+    import time
+
+    from spinexr.node.ingest.spool import ORPHAN_DIR, ORPHAN_KEEP_SECONDS, quarantine_orphans
+
+    data, _ = phantom_bytes(16)
+    stack.ingest.ingest([data], calling_ae="PACS", source="dimse")
+    with stack.sessions() as s:
+        inst = s.scalars(select(Instance)).one()
+    folder = (stack.spool.root / inst.path).parent
+    (folder / "1.2.3.4.6.dcm").write_bytes(b"sent again later")
+    (folder / "1.2.3.4.7.dcm").write_bytes(b"never sent again")
+    assert quarantine_orphans(stack.spool, {inst.path}) == 2
+    again = f"{folder.name}/1.2.3.4.6.dcm"  # the sender sent it again: recorded now
+    assert quarantine_orphans(stack.spool, {inst.path, again}) == 0
+    left = sorted(p.name for p in (stack.spool.root / ORPHAN_DIR).iterdir())
+    assert left == [f"{folder.name}-1.2.3.4.7.dcm"]
+    quarantine_orphans(stack.spool, {inst.path, again}, now=time.time() + ORPHAN_KEEP_SECONDS + 1)
+    assert list((stack.spool.root / ORPHAN_DIR).iterdir()) == []
