@@ -271,3 +271,13 @@ def test_kernel_classes(kernel: str | list[str] | None, expected: KernelClass) -
     assert KernelClass.SHARP.preference < KernelClass.STANDARD.preference
     assert KernelClass.STANDARD.preference < KernelClass.UNKNOWN.preference
     assert KernelClass.UNKNOWN.preference < KernelClass.SOFT.preference
+
+
+def test_complete_thicker_series_is_chosen_over_a_gapped_thin_one(phantom: CtPhantom) -> None:
+    header = study_header(phantom)
+    gapped = series_datasets(phantom, header, missing=[20])
+    thick = as_new_series(reformat_datasets(phantom, header), "thick", ImageType=list(AXIAL))
+    choice = select_series([*gapped, *thick])
+    assert choice.series_instance_uid == thick[0].SeriesInstanceUID
+    assert choice.decided_by == (ELIGIBILITY,)
+    assert reasons(choice, gapped[0].SeriesInstanceUID) == [CtRefusal.MISSING_SLICES]
