@@ -418,27 +418,24 @@ class StraightMap:
         d = self.to_patient(a_rc) - self.to_patient(b_rc)
         return np.asarray(np.linalg.norm(d, axis=1), dtype=np.float64)
 
-    def sample_points(self, lateral_mm: Sequence[float] = (0.0,)) -> FloatArray:
-        """Patient coordinates of every pixel, at one or more lateral offsets.
+    def sample_points(self, lateral_mm: float = 0.0) -> FloatArray:
+        """Return the patient coordinates of every pixel, on the image plane or beside it.
 
         Parameters
         ----------
-        lateral_mm : sequence of float
-            Offsets towards the patient's left (``0`` is the image plane).
+        lateral_mm : float
+            Offset towards the patient's left (``0``: the image plane).
 
         Returns
         -------
         numpy.ndarray
-            ``(rows, columns, len(lateral_mm), 3)`` LPS mm.
+            ``(rows, columns, 3)`` LPS mm.
         """
         origin, a, left = self.frames(np.arange(self.rows, dtype=np.float64))
         ahead = (self.centre_column - np.arange(self.columns)) * self.spacing_mm[1]
-        lat = np.asarray(lateral_mm, dtype=np.float64)
-        out: FloatArray = (
-            origin[:, None, None, :]
-            + ahead[None, :, None, None] * a[:, None, None, :]
-            + lat[None, None, :, None] * left[:, None, None, :]
-        )
+        out: FloatArray = (origin + lateral_mm * left)[:, None, :] + ahead[None, :, None] * a[
+            :, None, :
+        ]
         return out
 
 
@@ -512,8 +509,10 @@ def straighten(
 ) -> Straightened:
     """Resample a volume on the planes orthogonal to a curve; keep the mid-sagittal image.
 
-    Only the image's pixels (times the lateral offsets of a slab) are sampled, from the
-    part of the volume they reach, so memory and time grow with the image, not the volume.
+    The planes of a slab are sampled one at a time from the box of the volume the image
+    reaches (a view, or a float copy of that box for ``order > 1``), so memory and time grow
+    with the image, not the volume; no straightened 3D volume is built unless a thick slab
+    is kept (``keep_slab``).
 
     Parameters
     ----------
@@ -553,7 +552,8 @@ def straighten(
     ------
     ValueError
         For a volume that is not 3D, an affine that is not an invertible 4×4 matrix, a
-        non-positive width or spacing, or a curve along the anterior axis.
+        non-positive width or spacing, an unknown slab reduction or spline order, or a curve
+        along the anterior axis.
     """
     if volume.ndim != 3:
         raise ValueError(f"volume must be 3D, got shape {volume.shape}")
@@ -562,6 +562,8 @@ def straighten(
         spacing_mm = float(np.linalg.norm(affine[:3, :3], axis=0).min())
     if not spacing_mm > 0 or not width_mm > 0 or thickness_mm < 0:
         raise ValueError("width and spacing must be positive, thickness at least 0")
+    if slab not in ("mean", "max") or order not in range(6):
+        raise ValueError(f"slab must be 'mean' or 'max' and order 0–5: {slab!r}, {order}")
     if not isinstance(curve, Centreline):
         curve = fit_centreline(curve, step_mm=spacing_mm)
     ant = np.asarray(anterior, dtype=np.float64).reshape(3)
@@ -576,16 +578,27 @@ def straighten(
     )
     k = round(0.5 * thickness_mm / spacing_mm)
     lateral = [float(i) * spacing_mm for i in range(-k, k + 1)]
-    points = geometry.sample_points(lateral)
     inv = np.linalg.inv(affine)
-    index = points @ inv[:3, :3].T + inv[:3, 3]
-    samples = _sample(volume, index, order=order, fill=fill)
-    image = samples.mean(axis=2) if slab == "mean" else samples.max(axis=2)
-    return Straightened(
-        image=image.astype(np.float32),
-        map=geometry,
-        slab=samples if keep_slab else None,
-    )
+
+    def index(offset: float) -> FloatArray:
+        points = geometry.sample_points(offset)
+        out: FloatArray = points @ inv[:3, :3].T + inv[:3, 3]
+        return out
+
+    # Indices are affine in the lateral offset: the outer planes bound the slab's box.
+    read = _reader(volume, (index(lateral[0]), index(lateral[-1])), order=order, fill=fill)
+    shape = (geometry.rows, geometry.columns)
+    samples = np.empty((*shape, len(lateral)), dtype=np.float32) if keep_slab else None
+    total = np.zeros(shape, dtype=np.float64)
+    top = np.full(shape, -np.inf, dtype=np.float32)
+    for j, offset in enumerate(lateral):  # one plane at a time: memory of one image
+        plane = read(index(offset))
+        if samples is not None:
+            samples[:, :, j] = plane
+        total += plane
+        np.maximum(top, plane, out=top)
+    image = (total / len(lateral)).astype(np.float32) if slab == "mean" else top
+    return Straightened(image=image, map=geometry, slab=samples)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -632,24 +645,50 @@ def _affine(affine_or_grid: npt.ArrayLike | HasAffine) -> FloatArray:
     return affine
 
 
-def _sample(volume: npt.NDArray[np.generic], index: FloatArray, *, order: int, fill: float) -> F32:
-    """Interpolate ``volume`` at ``(..., 3)`` continuous indices, reading only their box."""
-    shape = index.shape[:-1]
-    flat: FloatArray = index.reshape(-1, 3)
-    # The volume covers half a voxel beyond its outer voxel centres: clamp points there.
+def _reader(
+    volume: npt.NDArray[np.generic],
+    bounds: Sequence[FloatArray],
+    *,
+    order: int,
+    fill: float,
+) -> Callable[[FloatArray], F32]:
+    """Return an interpolator of ``volume`` at ``(..., 3)`` continuous indices.
+
+    It reads only the box round the indices in ``bounds`` (every index it is later given
+    must lie in that box), prefiltered once for splines of order above one. The volume
+    covers half a voxel beyond its outer voxel centres: indices there take the outer
+    voxels' values, indices beyond take ``fill``.
+    """
     last = np.asarray(volume.shape, dtype=np.float64) - 1.0
-    flat = np.where((flat >= -0.5) & (flat <= last + 0.5), np.clip(flat, 0.0, last), flat)
+
+    def clamp(index: FloatArray) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+        flat = index.reshape(-1, 3)
+        inside: npt.NDArray[np.bool_] = np.asarray(
+            ((flat >= -0.5) & (flat <= last + 0.5)).all(axis=1), dtype=np.bool_
+        )
+        return np.clip(flat, 0.0, last), inside
+
     margin = 1 if order <= 1 else 8
-    lo = np.floor(np.nanmin(flat, axis=0)).astype(int) - margin
-    hi = np.ceil(np.nanmax(flat, axis=0)).astype(int) + margin + 1
-    lo = np.maximum(lo, 0)
-    hi = np.minimum(hi, volume.shape)
-    if (hi <= lo).any():
-        return np.full(shape, fill, dtype=np.float32)
-    box = volume[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    clamped = np.concatenate([clamp(b)[0] for b in bounds])
+    lo = np.maximum(np.floor(clamped.min(axis=0)).astype(np.int64) - margin, 0)
+    hi = np.minimum(np.ceil(clamped.max(axis=0)).astype(np.int64) + margin + 1, volume.shape)
+    box: npt.NDArray[np.generic] = volume[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     if order > 1:
-        box = box.astype(np.float32)  # the spline prefilter works on a float copy anyway
-    out = ndimage.map_coordinates(
-        box, (flat - lo).T, order=order, mode="constant", cval=fill, output=np.float32
-    )
-    return np.asarray(out, dtype=np.float32).reshape(shape)
+        box = ndimage.spline_filter(box, order=order, output=np.float32, mode="mirror")
+
+    def read(index: FloatArray) -> F32:
+        shape = index.shape[:-1]
+        flat, inside = clamp(index)
+        out = np.full(len(flat), fill, dtype=np.float32)
+        if inside.any():
+            out[inside] = ndimage.map_coordinates(
+                box,
+                (flat[inside] - lo).T,
+                order=order,
+                mode="mirror" if order > 1 else "nearest",
+                prefilter=False,
+                output=np.float32,
+            )
+        return out.reshape(shape)
+
+    return read
