@@ -31,10 +31,13 @@ plane's frame depends on its own tangent only, and its sagittal axis stays the p
 (the frame the CT phantoms give each vertebral body, less its axial rotation). It is
 undefined only where the curve runs along ``A`` (a horizontal spine), which is refused.
 
-Heights measured in pixels on the image carry the straightening's distortion: at ``x`` mm
-anterior of a curve bending with curvature ``κ`` towards the front, lengths along the curve
-shrink by ``1 − κ x`` (a few per cent at a thoracic kyphosis). `StraightMap.distance_mm`
-measures between image points after mapping them back to 3D, as Pisov et al. do.
+Heights measured in pixels on the image carry the straightening's distortion: a segment
+along the curve ``x`` mm from it towards its centre of curvature (curvature ``κ``) is
+``1 − κ x`` times as long in the patient as on the image. A kyphosis lengthens anterior
+heights and shortens posterior ones on the image, a lordosis the reverse; on the CT
+phantoms that is up to 0.8 mm (Genant index off by 0.06) at a kyphosis and 3.3 mm (0.19)
+at a lumbar lordosis, the middle height unchanged. Measure heights with
+`StraightMap.distance_mm`, between the points mapped back to 3D, as Pisov et al. do.
 """
 
 from __future__ import annotations

@@ -191,6 +191,8 @@ def test_heights(case: Case) -> None:
         offset = np.abs(rc[0::2, 1] - case.result.map.centre_column) * spacing[1]
         stretch = curvature(case, rc[:, 0]) * offset * truth
         assert (np.abs(in_image - truth) <= 1.25 * stretch + 0.3).all(), case.name
+        if case.name == "kyphotic":  # bent round an anterior centre: anterior stretched
+            assert in_image[0] > truth[0] and in_image[2] < truth[2]
         if case.name == "straight":
             assert (np.abs(in_image - truth) < 1.0).all()
         elif case.scoliotic:
