@@ -242,7 +242,7 @@ def check(cluster: Cluster, tally: Tally, pacs_dir: Path, studies: list[list[Sou
     outputs = cluster.node.data_dir / "outputs"
     with sessions() as s:
         instances = {i.sop_instance_uid: i for i in s.scalars(select(Instance))}
-        jobs = list(s.scalars(select(Job)))
+        jobs = list(s.scalars(select(Job).order_by(Job.id)))
         outs = list(s.scalars(select(OutputObject)))
         events = list(s.scalars(select(AuditEvent).order_by(AuditEvent.id)))
         job_state = {j.id: j.state for j in jobs}
