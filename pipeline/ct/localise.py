@@ -58,16 +58,26 @@ class LocaliserConfig:
         Isotropic voxel size the volume is resampled to (Pisov et al.: 3 mm).
     window : tuple of float
         Hounsfield units mapped to 0 and 1 (clipped outside): a wide bone window.
+    logit_scale : float
+        Fixed factor on the head's output. A random network's logits are near 0, so each
+        slice's softmax is nearly flat and the soft-argmax MAE hardly moves it; a factor of 10
+        makes the maps peak within tens of steps (a short CPU run: 80 steps reach about 1 mm
+        on the training phantoms with it, about 10 mm after 150 steps without).
     """
 
     channels: tuple[int, ...] = (8, 16, 32)
     spacing_mm: float = 3.0
     window: tuple[float, float] = (-250.0, 1250.0)
+    logit_scale: float = 10.0
 
     def __post_init__(self) -> None:
         if len(self.channels) < 1 or any(int(c) < 1 for c in self.channels):
             raise ValueError(f"bad channels {self.channels}")
-        if not self.spacing_mm > 0 or not self.window[1] > self.window[0]:
+        if (
+            not self.spacing_mm > 0
+            or not self.window[1] > self.window[0]
+            or not self.logit_scale > 0
+        ):
             raise ValueError(f"bad spacing or window in {self}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,7 +86,7 @@ class LocaliserConfig:
         Returns
         -------
         dict
-            ``channels`` (list), ``spacing_mm``, ``window`` (list).
+            ``channels`` (list), ``spacing_mm``, ``window`` (list), ``logit_scale``.
         """
         d = asdict(self)
         d["channels"] = list(self.channels)
@@ -102,6 +112,7 @@ class LocaliserConfig:
             channels=tuple(int(c) for c in d["channels"]),
             spacing_mm=float(d["spacing_mm"]),
             window=(float(lo), float(hi)),
+            logit_scale=float(d["logit_scale"]),
         )
 
 
@@ -280,7 +291,7 @@ class LocaliserNet(nn.Module):
         for i in range(len(self.decoders) - 1, -1, -1):
             x = self.upsamplers[i](x)
             x = self.decoders[i](torch.cat([x, skips[i]], dim=1))
-        out: torch.Tensor = self.head(x)[:, 0, :d, :h, :w]
+        out: torch.Tensor = self.head(x)[:, 0, :d, :h, :w] * self.config.logit_scale
         return out
 
 
