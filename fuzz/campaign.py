@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 from spinexr.fuzz.mutators import mutate
 from spinexr.fuzz.node import LiveNode
 from spinexr.fuzz.report import Finding, Result, Tally, write_report
-from spinexr.fuzz.seeds import make_seeds
+from spinexr.fuzz.seeds import Seed, make_seeds
 from spinexr.fuzz.targets.decode import ADDRESS_SPACE_BYTES, ANALYSE, DecodeTarget
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class Campaign:
             for target in targets:
                 target.close()
             if node is not None:
-                checks = self._check_node(node)
+                checks = self._check_node(node, seeds)
         decode = next((t for t in targets if isinstance(t, DecodeTarget)), None)
         peaks = dict(node.peaks) if node is not None else {}
         if decode is not None:
@@ -192,7 +193,7 @@ class Campaign:
             flush=True,
         )
 
-    def _check_node(self, node: LiveNode) -> dict[str, Any]:
+    def _check_node(self, node: LiveNode, seeds: list[Seed]) -> dict[str, Any]:
         """End-of-run checks on the node; each failure is recorded as a finding."""
         checks: dict[str, Any] = {}
         deadline = time.monotonic() + 30
@@ -225,7 +226,30 @@ class Campaign:
         for path in stray[:50]:
             self.tally.note(Finding.OUTSIDE_SPOOL, path)
         checks["spool instances"] = len(list((node.data_dir / "spool").glob("*/*.dcm")))
+        leaked = _phi_in(node.log_path, seeds)
+        checks["patient values in the node log"] = len(leaked)
+        for value in leaked:
+            self.tally.note(Finding.PHI_IN_LOG, f"a seed's identifying value ({len(value)} chars)")
         return checks
+
+
+def _phi_in(log: Path, seeds: list[Seed]) -> list[str]:
+    """Return the seeds' identifying values (names, IDs, birth dates...) in the node's log."""
+    import io
+
+    import pydicom
+
+    from spinexr.node.phi import identifying_values
+
+    headers = [pydicom.dcmread(io.BytesIO(s.data), stop_before_pixels=True) for s in seeds]
+    text = log.read_text(errors="replace") if log.exists() else ""
+    found = []
+    for value in identifying_values(headers):
+        if len(value) < 4 or (value.isdigit() and len(value) < 6):
+            continue  # a name's 4-digit part would match byte offsets and counts
+        if re.search(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", text):
+            found.append(value)
+    return sorted(found)
 
 
 def _echo(port: int) -> str:

@@ -27,6 +27,7 @@ class Finding(enum.StrEnum):
     MEMORY = "memory"
     OUTSIDE_SPOOL = "file_outside_spool"
     NODE_DOWN = "node_down"
+    PHI_IN_LOG = "phi_in_log"
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def test_smoke_campaign_finds_nothing(tmp_path: Path) -> None:
     assert doc["findings"] == [], json.dumps(doc["findings"][:5], indent=1)
     assert doc["checks"]["serve alive"] and doc["checks"]["C-ECHO"] == "0x0000"
     assert doc["checks"]["files outside the spool"] == 0
+    assert doc["checks"]["patient values in the node log"] == 0  # names, IDs, dates
     assert any(k.startswith("status:0x0000") for k in doc["outcomes"]["cstore"])
     assert any(k.startswith("status:0xC2") for k in doc["outcomes"]["cstore"])
     assert "http:200" in doc["outcomes"]["stow"] and "http:409" in doc["outcomes"]["stow"]
@@ -125,3 +126,20 @@ def test_mutations_are_seeded_and_each_applies() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_patient_value_in_the_node_log_is_found(tmp_path: Path) -> None:
+    import io
+
+    import pydicom
+
+    from spinexr.fuzz.campaign import _phi_in
+    from spinexr.fuzz.seeds import make_seeds
+
+    seeds = make_seeds(0)
+    name = str(pydicom.dcmread(io.BytesIO(seeds[0].data), stop_before_pixels=True).PatientName)
+    log = tmp_path / "serve.log"
+    log.write_text("INFO C-STORE 1.2.3 from FUZZ: stored\n")
+    assert _phi_in(log, seeds) == []
+    log.write_text(f"WARNING pydicom: Invalid value for VR PN: {name!r}\n")
+    assert _phi_in(log, seeds)
