@@ -15,6 +15,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+TMP_SUFFIX = ".part"
+"""The temporary file's suffix (its name: ``.<destination name>.<12 hex digits>.part``)."""
+
 
 def write_atomically(
     path: Path, content: bytes | str | Callable[[Path], object], *, durable: bool = True
@@ -40,7 +43,7 @@ def write_atomically(
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique name (not mkstemp, whose files are private): the file gets the umask's mode.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
     try:
         if isinstance(content, bytes):
             tmp.write_bytes(content)
@@ -64,3 +67,29 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_leftovers(folder: Path) -> int:
+    """Delete the temporary files that interrupted writes left in ``folder``.
+
+    A process killed while :func:`write_atomically` wrote leaves its temporary file behind
+    (the destination is untouched). Call this only where no other writer can be at work
+    in ``folder`` (e.g. a job's output folder, written by the worker holding its lease).
+
+    Parameters
+    ----------
+    folder : Path
+        The folder (missing: nothing to do).
+
+    Returns
+    -------
+    int
+        Files deleted.
+    """
+    if not folder.is_dir():
+        return 0
+    gone = 0
+    for path in folder.glob(f".*{TMP_SUFFIX}"):
+        path.unlink(missing_ok=True)
+        gone += 1
+    return gone

@@ -16,7 +16,7 @@ from spinexr.node.db.states import OutputKind
 from spinexr.node.ingest.header import is_valid_uid
 from spinexr.node.ingest.spool import safe_component
 from spinexr.node.outputs.build import BuiltObject
-from spinexr.pipeline.atomic import write_atomically
+from spinexr.pipeline.atomic import remove_leftovers, write_atomically
 
 
 def invalid_uids(ds: Dataset) -> list[str]:
@@ -81,6 +81,9 @@ def save_outputs(
         if bad:  # nothing the node writes may carry an invalid UID (PACS parsers choke)
             raise ValueError(f"{obj.kind} {obj.sop_instance_uid}: invalid UID in {bad[:5]}")
     rows: list[OutputObject] = []
+    # A worker killed while it wrote this job's files left temporary files; this worker holds
+    # the job's lease, so nothing else writes here.
+    remove_leftovers(output_dir / f"job-{job.id}")
     for obj in built:
         relative = Path(f"job-{job.id}") / f"{obj.kind}-{safe_component(obj.sop_instance_uid)}.dcm"
         write_atomically(

@@ -37,3 +37,28 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
         write_atomically(path, broken)
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["manifest.json"]
+
+
+def test_leftovers_of_a_killed_write_are_removed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from spinexr.pipeline.atomic import remove_leftovers
+
+    (tmp_path / "kept.dcm").write_bytes(b"done")
+    # a process killed while its writer function ran: the temporary file stays behind
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from spinexr.pipeline.atomic import write_atomically\n"
+        "def die(tmp):\n"
+        "    tmp.write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "write_atomically(Path(sys.argv[1]) / 'sr.dcm', die)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False)
+    left = [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert len(left) == 1 and left[0].startswith(".sr.dcm.")
+    assert remove_leftovers(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.dcm"]
+    assert remove_leftovers(tmp_path / "missing") == 0
