@@ -68,6 +68,8 @@ class CStoreTarget:
     name = "cstore"
 
     def __init__(self, port: int, rng: random.Random) -> None:
+        # Process-wide switches, given back by close() (a test process goes on after a run).
+        self._restore = (_config.STORE_SEND_CHUNKED_DATASET, logging.getLogger("pynetdicom").level)
         _config.STORE_SEND_CHUNKED_DATASET = True
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
         self.port = port
@@ -159,7 +161,9 @@ class CStoreTarget:
         return Result(self.name, mutation, seed, outcome, seconds, finding, detail)
 
     def close(self) -> None:
-        """Release the open association."""
+        """Release the open association; give back pynetdicom's switches as they were."""
         if self.assoc is not None and self.assoc.is_established:
             self.assoc.release()
         self.assoc = None
+        _config.STORE_SEND_CHUNKED_DATASET, level = self._restore
+        logging.getLogger("pynetdicom").setLevel(level)
