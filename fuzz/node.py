@@ -107,6 +107,11 @@ class LiveNode:
     _stop: threading.Event = field(default_factory=threading.Event)
     _sampler: threading.Thread | None = None
 
+    def __post_init__(self) -> None:
+        # serve runs with the root as its working folder: a relative root would put its data
+        # one level deeper than the checks look (every stored file "outside the spool")
+        self.root = self.root.resolve()
+
     @property
     def data_dir(self) -> Path:
         """The node's ``storage.data_dir``."""
