@@ -92,3 +92,17 @@ class PostgresServer:
         """Stop the server and delete its files."""
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def fresh_database(postgres_url: str, name: str) -> str:
+    """Create database ``name`` anew on the server of ``postgres_url``; return its URL."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(
+        postgres_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"

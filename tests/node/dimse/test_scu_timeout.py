@@ -125,33 +125,14 @@ def test_exporter_round_uses_the_setting(
     black_hole: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One export round against a black hole: failed with the reason, within the timeout."""
-    from outputs_support import Variant, abnormal_result, make_study
+    from export_support import built_job, dimse
 
-    from spinexr.node.db.models import Job, Study
     from spinexr.node.db.states import JobState
     from spinexr.node.export.exporter import Exporter
-    from spinexr.node.outputs.build import build_outputs
-    from spinexr.node.outputs.persist import save_outputs
 
-    monkeypatch.chdir(tmp_path)
-    dest = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": black_hole}
-    stack = build_stack(
-        tmp_path,
-        dicom={"scu_timeout": TIMEOUT},
-        destinations=[dest],
-        output={"sr": True, "gsps": False, "kos": False},
+    stack, job_id, _ = built_job(
+        tmp_path, monkeypatch, [dimse(black_hole)], dicom={"scu_timeout": TIMEOUT}
     )
-    sources = make_study(3, Variant())
-    result = abnormal_result(sources)
-    with stack.sessions() as s:
-        study = Study(study_instance_uid=result.study_instance_uid)
-        job = Job(study=study, idempotency_key="k1", state=JobState.BUILT)
-        s.add_all([study, job])
-        s.flush()
-        built = build_outputs(sources, result, stack.settings, job_key="k1")
-        save_outputs(s, job, built, stack.settings.storage.output_dir)
-        s.commit()
-        job_id = job.id
     start = time.monotonic()
     outcome = Exporter(stack.settings, stack.sessions).export(job_id)
     assert time.monotonic() - start < TIMEOUT + SLACK

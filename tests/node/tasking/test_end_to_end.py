@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from ingest_support import write_study
 from pipelinesupport import build_tiny_bundle
+from postgres_support import fresh_database
 from testsupport import (
     EXE,
     free_port,
@@ -85,17 +86,7 @@ def test_study_flows_from_storescu_to_the_pacs_with_a_complete_timeline(tmp_path
 def test_scaled_out_with_redis_postgresql_and_a_separate_worker(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    from sqlalchemy import create_engine, text
-
-    # A fresh database on the test server.
-    admin = create_engine(
-        postgres_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS spinexr_e2e"))
-        conn.execute(text("CREATE DATABASE spinexr_e2e"))
-    admin.dispose()
-    db_url = postgres_url.rsplit("/", 1)[0] + "/spinexr_e2e"
+    db_url = fresh_database(postgres_url, "spinexr_e2e")
     redis_port = free_port()
     redis_proc = start_redis(redis_port)
     bundle = build_tiny_bundle(tmp_path / "bundle", threshold=0.0)

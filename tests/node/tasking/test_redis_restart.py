@@ -19,6 +19,7 @@ import pydicom
 import pytest
 from ingest_support import write_study
 from pipelinesupport import build_tiny_bundle
+from postgres_support import fresh_database
 from testsupport import (
     EXE,
     free_port,
@@ -33,19 +34,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BEFORE, AFTER = 3, 2
 """Studies sent before Redis is killed, and after the new one starts."""
-
-
-def fresh_database(postgres_url: str, name: str) -> str:
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(
-        postgres_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def test_redis_restarted_mid_run_loses_no_job_and_analyses_none_twice(
