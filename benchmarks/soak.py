@@ -38,7 +38,6 @@ import json
 import queue
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -344,22 +343,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     from pipelinesupport import build_tiny_bundle
-    from testsupport import require_tool
 
     t0 = time.monotonic()
     print(f"soak {args.mode}: writing {args.studies} x {args.per_study} instances", flush=True)
     studies = make_studies(out / "src", args.studies, args.per_study, args.seed, args.analysed)
     bundle = build_tiny_bundle(out / "bundle", threshold=0.0).directory
     pacs_dir = out / "pacs"
-    pacs_dir.mkdir()
-    from testsupport import free_port
+    from testsupport import start_storescp
 
-    pacs_port = free_port()
-    pacs = subprocess.Popen(
-        [require_tool("storescp"), "-aet", "PACS", "-uf", "-od", str(pacs_dir), str(pacs_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    pacs, pacs_port = start_storescp(pacs_dir, unique=True)
     cluster = Cluster(
         out,
         args.mode,

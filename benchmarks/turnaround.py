@@ -30,7 +30,6 @@ import datetime as dt
 import importlib.util
 import json
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    from testsupport import free_port, require_tool
+    from testsupport import start_storescp
 
     bundle = args.bundle.resolve() if args.bundle else production_bundle(out / "bundle", args.seed)
     print(f"bundle {bundle}", flush=True)
@@ -225,13 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.studies + args.burst)
     ]
     pacs_dir = out / "pacs"
-    pacs_dir.mkdir()
-    pacs_port = free_port()
-    pacs = subprocess.Popen(
-        [require_tool("storescp"), "-aet", "PACS", "-uf", "-od", str(pacs_dir), str(pacs_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    pacs, pacs_port = start_storescp(pacs_dir, unique=True)
     cluster = Cluster(
         out, args.mode, bundle, pacs_port, SPINEXR_STUDY__COMPLETION_SECONDS=str(args.completion)
     )

@@ -40,16 +40,20 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- dcmtk peers
 
 
-def start_storescp(folder: Path, *, aet: str = "PACS") -> tuple[subprocess.Popen[bytes], int]:
+def start_storescp(
+    folder: Path, *, aet: str = "PACS", unique: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
     """Start a dcmtk ``storescp`` PACS stand-in on a free loopback port, storing into ``folder``.
 
+    With ``unique`` every received object gets a file of its own (``-uf``): a second copy of
+    an instance is a second file, so duplicates can be counted.
     Returns the process (the caller terminates it) and its port.
     """
     storescp = require_tool("storescp")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = subprocess.Popen(
-        [storescp, "-aet", aet, "-od", str(folder), str(port)],
+        [storescp, "-aet", aet, *(["-uf"] if unique else []), "-od", str(folder), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
