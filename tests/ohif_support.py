@@ -19,7 +19,6 @@ Also here: `ohif_ready`, the node's SR re-encoded the way OHIF 3.13 needs it (se
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -187,7 +186,6 @@ class OhifRig:
 
 IMAGING_MEASUREMENTS = "126010"  # DCM: the TID 1500 container of the measurement groups
 FINDING = "121071"  # DCM
-SOURCE = ("260753009", "SCT", "Source")  # highdicom's CoordinatesForMeasurement concept
 
 
 def plain(ds: Dataset) -> Dataset:
@@ -230,56 +228,6 @@ def box_findings(sr: Dataset) -> list[tuple[str, str, list[float]]]:
                 [float(v) for v in region.GraphicData],
             )
         )
-    return out
-
-
-def ohif_ready(sr: Dataset) -> Dataset:
-    """The node's SR with the two changes OHIF 3.13 needs to show it (``docs/viewers.md``).
-
-    1. Measurement groups with no SCOORD, neither their own nor under a NUM (the TID 1501
-       study and per-image abnormality groups), are left out: OHIF's SR loader reads
-       ``coords[0]`` of every group and fails on them.
-    2. The NUMs of each planar-ROI group (the detection score) move to a TID 1501 group right
-       after it, with the same tracking identifier and UID, finding and algorithm, each NUM
-       ``INFERRED FROM`` a copy of the region: the Cornerstone3D SR adapter takes a group's
-       region from its first NUM when it has one, so the planar-ROI group must have none.
-       This is what highdicom writes for ``MeasurementsAndQualitativeEvaluations(...,
-       measurements=[Measurement(..., referenced_coordinates=[CoordinatesForMeasurement(...)])])``
-       (highdicom refuses referenced coordinates inside a planar-ROI group), the pattern of
-       the vertebral heights.
-    """
-    out = plain(sr)
-    container = next(
-        i
-        for i in out.ContentSequence
-        if i.ConceptNameCodeSequence[0].CodeValue == IMAGING_MEASUREMENTS
-    )
-    groups = []
-    for group in container.ContentSequence:
-        region = _scoord(group)
-        if region is None:
-            continue
-        nums = [i for i in group.ContentSequence if i.ValueType == "NUM"]
-        group.ContentSequence = [i for i in group.ContentSequence if i.ValueType != "NUM"]
-        groups.append(group)
-        if not nums:
-            continue
-        for num in nums:
-            inferred = copy.deepcopy(region)
-            inferred.RelationshipType = "INFERRED FROM"
-            concept = Dataset()
-            concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = SOURCE
-            inferred.ConceptNameCodeSequence = [concept]
-            num.ContentSequence = [*num.get("ContentSequence", []), inferred]
-        scores = copy.deepcopy(group)
-        scores.ContentSequence = [
-            copy.deepcopy(i)
-            for i in group.ContentSequence
-            if i.ValueType in ("TEXT", "UIDREF")  # tracking, algorithm
-            or i.ConceptNameCodeSequence[0].CodeValue == FINDING
-        ] + nums
-        groups.append(scores)
-    container.ContentSequence = groups
     return out
 
 

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 OutputKind = Literal["sr", "gsps", "kos", "sc"]
 """The object kinds the node builds (the same names as `Destination.objects`)."""
 
-OUTPUT_FORMAT_VERSION = "1"
+OUTPUT_FORMAT_VERSION = "2"
 """Part of every derived UID: bump when the objects' layout changes incompatibly, so that a
 changed object never reuses an old SOP Instance UID."""
 

@@ -369,12 +369,13 @@ def read_vertebrae(sr: Dataset) -> list[ReportedVertebra]:
     for group in report.get_planar_roi_measurement_groups(finding_type=codes.VERTEBRA):
         uid = str(group.tracking_uid or "")
         region = group.roi
-        genant = _measurement(group, codes.GENANT_INDEX)
+        genant = _located_measurement(report, group, codes.GENANT_INDEX)
         if region is None or genant is None:
             raise ValueError(f"vertebra group {uid} has no outline or no Genant index")
         outline = np.asarray(region.value, dtype=np.float64).reshape(-1, 2)
-        heights = report.get_image_measurement_groups(tracking_uid=uid, finding_type=codes.VERTEBRA)
-        lengths, lines = _heights(heights[0]) if heights else (None, _outline_lines(outline))
+        figures = report.get_image_measurement_groups(tracking_uid=uid, finding_type=codes.VERTEBRA)
+        found = _heights(figures[0]) if figures else None
+        lengths, lines = found if found is not None else (None, _outline_lines(outline))
         identifier = str(group.tracking_identifier or "")
         out.append(
             ReportedVertebra(
@@ -386,7 +387,7 @@ def read_vertebrae(sr: Dataset) -> list[ReportedVertebra]:
                 genant_index=genant,
                 grade=GenantGrade(_evaluation(group, codes.GENANT_GRADE, codes.GRADE_CODES)),
                 deformity=Deformity(_evaluation(group, codes.DEFORMITY, codes.DEFORMITY_CODES)),
-                score=_measurement(group, codes.DETECTION_SCORE),
+                score=_located_measurement(report, group, codes.DETECTION_SCORE),
                 spacing=_evaluation(group, codes.SPACING_BASIS, codes.SPACING_CODES),
                 heights_mm=lengths,
                 height_lines=lines,
@@ -487,8 +488,8 @@ def _findings(report: MeasurementReport) -> list[Finding]:
         finding = group.finding_type
         if finding is None:
             raise ValueError(f"ROI group {group.tracking_identifier!r} has no finding code")
-        if _is(finding, codes.VERTEBRA):
-            continue  # a vertebra of the fracture analysis (`read_vertebrae`)
+        if any(_is(finding, code) for code in _NOT_LESIONS):
+            continue  # a vertebra, or where an abnormality or vertebral summary is drawn
         region = group.roi
         if region is None:
             raise ValueError(f"ROI group {group.tracking_identifier!r} has no image region")
@@ -500,13 +501,17 @@ def _findings(report: MeasurementReport) -> list[Finding]:
                 ymin=float(points[:, 1].min()),
                 xmax=float(points[:, 0].max()),
                 ymax=float(points[:, 1].max()),
-                score=_measurement(group, codes.DETECTION_SCORE),
+                score=_located_measurement(report, group, codes.DETECTION_SCORE),
                 sop_instance_uid=_region_image(region),
                 tracking_id=str(group.tracking_identifier or ""),
                 tracking_uid=str(group.tracking_uid or ""),
             )
         )
     return out
+
+
+_NOT_LESIONS = (codes.VERTEBRA, codes.SPINE_RADIOGRAPH_ABNORMALITY, codes.VERTEBRAL_ANALYSIS)
+"""Finding types of the planar ROI groups that are not lesion boxes."""
 
 
 def _region_image(region: Dataset) -> str:
@@ -520,6 +525,20 @@ def _region_image(region: Dataset) -> str:
 def _measurement(group: Any, name: Code) -> float | None:
     found = group.get_measurements(name=name)
     return float(found[0].value) if found else None
+
+
+def _located_measurement(report: MeasurementReport, roi: Any, name: Code) -> float | None:
+    """Return a measurement of a planar ROI group's result.
+
+    From the TID 1501 group with the same tracking UID (`spinexr.node.outputs.located`),
+    else from the ROI group itself (the encoding of output format 1).
+    """
+    uid = str(roi.tracking_uid or "")
+    for group in report.get_image_measurement_groups(tracking_uid=uid) if uid else []:
+        value = _measurement(group, name)
+        if value is not None:
+            return value
+    return _measurement(roi, name)
 
 
 def _decision(group: Any) -> bool | None:
@@ -571,8 +590,13 @@ def _level(sites: list[Any]) -> str | None:
     return None
 
 
-def _heights(group: Any) -> tuple[tuple[float, float, float], tuple[tuple[Point, Point], ...]]:
-    """Return a heights group's ``(h_a, h_m, h_p)`` and their lines, by site modifier."""
+def _heights(
+    group: Any,
+) -> tuple[tuple[float, float, float], tuple[tuple[Point, Point], ...]] | None:
+    """Return a vertebra's ``(h_a, h_m, h_p)`` and their lines, by site modifier.
+
+    None when its group has no heights (no pixel spacing).
+    """
     found: dict[str, tuple[float, tuple[Point, Point]]] = {}
     for measurement in group.get_measurements(name=codes.HEIGHT):
         modifiers = [s.topographical_modifier for s in measurement.finding_sites]
@@ -581,6 +605,8 @@ def _heights(group: Any) -> tuple[tuple[float, float, float], tuple[tuple[Point,
         (top, bottom) = np.asarray(scoord.value, dtype=np.float64).reshape(2, 2)
         line = ((float(top[0]), float(top[1])), (float(bottom[0]), float(bottom[1])))
         found[name] = (float(measurement.value), line)
+    if not found:
+        return None
     if set(found) != set(HEIGHT_NAMES):
         raise ValueError(f"heights group {group.tracking_uid} has heights {sorted(found)}")
     a, m, p = (found[name] for name in HEIGHT_NAMES)

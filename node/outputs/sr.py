@@ -5,18 +5,21 @@ Content tree (root ``(126000, DCM, "Imaging Measurement Report")``):
 - language, device observer (Device UID, name, manufacturer, model = bundle, serial number),
   procedure reported ``(363679005, SCT, "Imaging procedure")`` (CID 100), image library of the
   source images when highdicom can describe them (TID 1600 is optional);
-- ``Imaging Measurements``:
+- ``Imaging Measurements``, every result located on an image as a pair of groups sharing a
+  tracking identifier and UID: a TID 1410 planar ROI group (the region) and a TID 1501 group
+  whose measurements are ``INFERRED FROM`` a copy of the region
+  (`spinexr.node.outputs.located`; this is what lets OHIF show and list them,
+  ``docs/viewers.md``):
 
-  - one TID 1501 group ``"study abnormality"``: abnormality probability (derivation
-    ``Maximum`` over the images), decision threshold c*, ``Abnormal at decision threshold``
-    Yes/No — only the finding when the study failed;
-  - one TID 1501 group per analysed image (``"image N abnormality"``), referencing the image:
-    probability, c*, decision;
-  - one TID 1410 planar ROI group per displayed box: tracking identifier
-    ``"box K <class>"`` and tracking UID (the GSPS uses the same, see
-    `spinexr.node.outputs.provenance.box_trackings`), finding code of the class, a closed
-    5-point SCOORD POLYLINE in the source image's pixel space referencing the source image,
-    geometric purpose ``Bounded by``, detection score;
+  - ``"study abnormality"``: region = the whole image whose probability is the study's;
+    abnormality probability (derivation ``Maximum`` over the images), decision threshold
+    c*, ``Abnormal at decision threshold`` Yes/No — only the finding when the study failed;
+  - one ``"image N abnormality"`` per analysed image, region = the whole image (the TID 1501
+    group also references it as source image): probability, c*, decision;
+  - one per displayed box: tracking identifier ``"box K <class>"`` and tracking UID (the
+    GSPS uses the same, see `spinexr.node.outputs.provenance.box_trackings`), finding code
+    of the class, a closed 5-point SCOORD POLYLINE in the source image's pixel space
+    referencing the source image, geometric purpose ``Bounded by``; detection score;
 
 - ``Qualitative Evaluations`` (TID 1500 row 12): the outcome coded from CID 6047
   (``All algorithms succeeded; with/without findings``, ``No algorithms succeeded``, or
@@ -52,19 +55,13 @@ from highdicom.sr import (
     ContainerContentItem,
     ContentSequence,
     DeviceObserverIdentifyingAttributes,
-    GraphicTypeValues,
     ImageLibrary,
-    ImageRegion,
-    Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
-    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     RelationshipTypeValues,
-    SourceImageForMeasurementGroup,
-    SourceImageForRegion,
     TextContentItem,
     TrackingIdentifier,
 )
@@ -74,6 +71,7 @@ from pydicom.sr.coding import Code
 
 from spinexr.node.outputs import codes
 from spinexr.node.outputs.boxes import closed_rectangle
+from spinexr.node.outputs.located import Figure, Group, located_groups, whole_image
 from spinexr.node.outputs.provenance import (
     DEMO_WARNING,
     OUTPUT_FORMAT_VERSION,
@@ -173,16 +171,12 @@ def build_sr(
             *([f"spine_check={prov.spine_check.value}"] if prov.spine_check else []),
         ],
     )
-    groups: list[
-        MeasurementsAndQualitativeEvaluations | PlanarROIMeasurementsAndQualitativeEvaluations
-    ] = [_study_group(result, root, algorithm)]
+    groups: list[Group] = _study_group(result, by_uid, root, algorithm)
     for number, image in enumerate(result.images, start=1):
         if not image.failed:
-            groups.append(_image_group(image, number, by_uid, result, root, algorithm))
-    groups.extend(
-        _box_group(tracking, by_uid[tracking.sop_instance_uid], algorithm)
-        for tracking in box_trackings(result, root)
-    )
+            groups += _image_group(image, number, by_uid, result, root, algorithm)
+    for tracking in box_trackings(result, root):
+        groups += _box_group(tracking, by_uid[tracking.sop_instance_uid], algorithm)
     groups.extend(vertebral_groups(result, by_uid, root))
 
     observer = ObserverContext(
@@ -233,35 +227,69 @@ def build_sr(
 
 
 def _study_group(
-    result: StudyResult, root: str, algorithm: AlgorithmIdentification
-) -> MeasurementsAndQualitativeEvaluations:
-    tracking = TrackingIdentifier(
-        uid=_group_uid(root, result, "study"), identifier="study abnormality"
-    )
-    measurements: list[Measurement] = []
+    result: StudyResult,
+    by_uid: dict[str, Dataset],
+    root: str,
+    algorithm: AlgorithmIdentification,
+) -> list[Group]:
+    tracking_uid = _group_uid(root, result, "study")
+    figures: list[Figure] = []
     evaluations: list[QualitativeEvaluation] = []
     if result.probability is not None and result.decision is not None:
-        measurements = [
-            Measurement(
-                name=codes.ABNORMALITY_PROBABILITY,
-                value=result.probability,
-                unit=codes.PROBABILITY_UNIT,
+        figures = [
+            Figure(
+                codes.ABNORMALITY_PROBABILITY,
+                result.probability,
+                codes.PROBABILITY_UNIT,
                 derivation=codes.MAXIMUM,
             ),
-            Measurement(
-                name=codes.DECISION_THRESHOLD,
-                value=result.threshold,
-                unit=codes.PROBABILITY_UNIT,
-            ),
+            Figure(codes.DECISION_THRESHOLD, result.threshold, codes.PROBABILITY_UNIT),
         ]
         evaluations = [_decision(result.decision)]
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        finding_type=codes.SPINE_RADIOGRAPH_ABNORMALITY,
-        algorithm_id=algorithm,
-        measurements=measurements or None,
-        qualitative_evaluations=evaluations or None,
+    candidates = [by_uid[_study_image(result)]] if result.images else []
+    source = next((ds for ds in [*candidates, *by_uid.values()] if _has_size(ds)), None)
+    if source is None:
+        # Nothing to draw it on (a failed study none of whose images has a size): unlocated,
+        # the one group of the node's SRs OHIF cannot open (docs/viewers.md).
+        return [
+            MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=TrackingIdentifier(
+                    uid=tracking_uid, identifier="study abnormality"
+                ),
+                finding_type=codes.SPINE_RADIOGRAPH_ABNORMALITY,
+                algorithm_id=algorithm,
+                qualitative_evaluations=evaluations or None,
+            )
+        ]
+    return located_groups(
+        tracking_uid=tracking_uid,
+        tracking_id="study abnormality",
+        region=whole_image(source),
+        source=source,
+        finding=codes.SPINE_RADIOGRAPH_ABNORMALITY,
+        algorithm=algorithm,
+        figures=figures,
+        evaluations=evaluations,
+        image_group=False,
     )
+
+
+def _has_size(source: Dataset) -> bool:
+    try:
+        return int(source.Rows) > 0 and int(source.Columns) > 0
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _study_image(result: StudyResult) -> str:
+    """Return the image the study's result is drawn on.
+
+    The one whose probability is the study's (the maximum), else the first image.
+    """
+    for image in result.images:
+        if image.probability is not None and image.probability == result.probability:
+            return image.sop_instance_uid
+    return result.images[0].sop_instance_uid
 
 
 def _image_group(
@@ -271,55 +299,36 @@ def _image_group(
     result: StudyResult,
     root: str,
     algorithm: AlgorithmIdentification,
-) -> MeasurementsAndQualitativeEvaluations:
+) -> list[Group]:
     source = by_uid[image.sop_instance_uid]
     assert image.probability is not None and image.decision is not None
-    tracking = TrackingIdentifier(
-        uid=_group_uid(root, result, image.sop_instance_uid),
-        identifier=f"image {number} abnormality",
-    )
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        finding_type=codes.SPINE_RADIOGRAPH_ABNORMALITY,
-        algorithm_id=algorithm,
-        measurements=[
-            Measurement(
-                name=codes.ABNORMALITY_PROBABILITY,
-                value=image.probability,
-                unit=codes.PROBABILITY_UNIT,
-            ),
-            Measurement(
-                name=codes.DECISION_THRESHOLD,
-                value=result.threshold,
-                unit=codes.PROBABILITY_UNIT,
-            ),
+    return located_groups(
+        tracking_uid=_group_uid(root, result, image.sop_instance_uid),
+        tracking_id=f"image {number} abnormality",
+        region=whole_image(source),
+        source=source,
+        finding=codes.SPINE_RADIOGRAPH_ABNORMALITY,
+        algorithm=algorithm,
+        figures=[
+            Figure(codes.ABNORMALITY_PROBABILITY, image.probability, codes.PROBABILITY_UNIT),
+            Figure(codes.DECISION_THRESHOLD, result.threshold, codes.PROBABILITY_UNIT),
         ],
-        qualitative_evaluations=[_decision(image.decision)],
-        source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
+        evaluations=[_decision(image.decision)],
     )
 
 
 def _box_group(
     tracking: BoxTracking, source: Dataset, algorithm: AlgorithmIdentification
-) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    region = ImageRegion(
-        graphic_type=GraphicTypeValues.POLYLINE,
-        graphic_data=closed_rectangle(tracking.box, int(source.Rows), int(source.Columns)),
-        source_image=SourceImageForRegion.from_source_image(source),
-    )
-    return PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=tracking.uid, identifier=tracking.identifier),
-        referenced_region=region,
-        finding_type=codes.finding_code(tracking.box.label),
+) -> list[Group]:
+    return located_groups(
+        tracking_uid=tracking.uid,
+        tracking_id=tracking.identifier,
+        region=closed_rectangle(tracking.box, int(source.Rows), int(source.Columns)),
+        source=source,
+        finding=codes.finding_code(tracking.box.label),
+        algorithm=algorithm,
+        figures=[Figure(codes.DETECTION_SCORE, tracking.box.score, codes.NO_UNITS)],
         geometric_purpose=codes.BOUNDED_BY,
-        algorithm_id=algorithm,
-        measurements=[
-            Measurement(
-                name=codes.DETECTION_SCORE,
-                value=tracking.box.score,
-                unit=codes.NO_UNITS,
-            )
-        ],
     )
 
 

@@ -4,36 +4,37 @@
 after the lesion boxes, and `vertebral_notes` the TEXT items it adds to the ``Qualitative
 Evaluations`` container. Codes: `spinexr.node.outputs.codes` (section "vertebrae").
 
-Per image with a vertebral analysis (`ImageResult.vertebrae` not None), in image order:
+Per image with a vertebral analysis (`ImageResult.vertebrae` not None), in image order, pairs
+of groups as `spinexr.node.outputs.located` writes them (a TID 1410 planar ROI group holding
+the region, then a TID 1501 group with the same tracking identifier and UID holding the
+figures, each ``INFERRED FROM`` its coordinates):
 
-- one TID 1501 summary group (finding type ``Vertebral fracture analysis``, tracking
-  identifier ``"image N vertebral fracture analysis"``, referencing the image):
+- the summary (finding type ``Vertebral fracture analysis``, tracking identifier ``"image N
+  vertebral fracture analysis"``, region = the rectangle around the vertebrae found, or the
+  whole image when none was (`column_region`), the TID 1501 group referencing the image):
   ``Vertebral fracture analysis status`` (analysed, or why not: not a lateral view, no
-  vertebrae found, image too small, no keypoint model, failed). Only an analysed image has
-  more: the lowest Genant index (derivation ``Minimum``), the number of vertebrae at each
-  grade, the worst grade, the level rule (counted up from the sacrum, or numbered from the
-  top with the level not established), the spacing basis and, when it divided Imager Pixel
-  Spacing, the estimated radiographic magnification factor. An image not analysed never
-  carries a grade.
-- per vertebra (top to bottom), a TID 1410 planar ROI group: tracking identifier and UID
-  (`spinexr.node.outputs.vertebrae_tracking`; the GSPS uses the same), Image Region = the
-  vertebral body's outline (closed SCOORD POLYLINE through the six keypoints), finding type
-  SCT ``Vertebra`` (SCT "Vertebral body" is not in pydicom's dictionary), finding site =
-  the CID 7603 level code when the level is established (T1-T12, L1-L5; no finding site
-  otherwise, or for a level outside that table), measurements ``Genant index`` (UCUM
-  ``{ratio}``) and ``Detection confidence score``, qualitative evaluations ``Genant grade``
-  (SCT Normal / Mild / Moderate / Severe), ``Vertebral deformity type`` (project codes
-  none / wedge / biconcave / crush) and ``Pixel spacing used for heights``.
-- per vertebra with heights in mm, a TID 1501 group with the same tracking identifier and
-  UID (PS3.16: groups of different templates about one object are correlated by a shared
-  Tracking UID, as in PS3.17 RRR.5): three ``Height`` (DCM 121207) measurements in ``mm``,
-  told apart by their finding site's topographical modifier (SCT Anterior, NCIt Middle,
-  SCT Posterior, CID 212) on the level code (SCT ``Vertebra`` when the level is not
+  vertebrae found, image too small, no keypoint model, failed). Only an analysed
+  image has more: the lowest Genant index (derivation ``Minimum``), the number of vertebrae
+  at each grade, the worst grade, the level rule (counted up from the sacrum, or numbered
+  from the top with the level not established), the spacing basis and, when it divided
+  Imager Pixel Spacing, the estimated radiographic magnification factor. An image not
+  analysed never carries a grade.
+- per vertebra (top to bottom): tracking identifier and UID
+  (`spinexr.node.outputs.vertebrae_tracking`; the GSPS uses the same), finding type SCT
+  ``Vertebra`` (SCT "Vertebral body" is not in pydicom's dictionary), finding site = the CID
+  7603 level code when the level is established (T1-T12, L1-L5; no finding site otherwise,
+  or for a level outside that table). The planar ROI group: Image Region = the vertebral
+  body's outline (closed SCOORD POLYLINE through the six keypoints), qualitative evaluations
+  ``Genant grade`` (SCT Normal / Mild / Moderate / Severe), ``Vertebral deformity type``
+  (project codes none / wedge / biconcave / crush) and ``Pixel spacing used for heights``.
+  The TID 1501 group: with a pixel spacing, three ``Height`` (DCM 121207) measurements in
+  ``mm``, told apart by their finding site's topographical modifier (SCT Anterior, NCIt
+  Middle, SCT Posterior, CID 212) on the level code (SCT ``Vertebra`` when the level is not
   established), each INFERRED FROM its own SCOORD POLYLINE of two points (top and bottom
-  keypoint) on the source image. TID 1410's measurements (TID 1419) have no SCOORD row,
-  hence this second group; highdicom refuses referenced coordinates in a planar ROI group.
-  Without a pixel spacing there are no heights in mm and no such group; the ROI group's
-  spacing evaluation is ``No pixel spacing`` and a note says so.
+  keypoint) on the source image, so that a viewer draws them as lengths; then ``Genant
+  index`` (UCUM ``{ratio}``) and ``Detection confidence score`` inferred from the outline.
+  Without a pixel spacing there are no heights; the spacing evaluation is ``No pixel
+  spacing`` and a note says so.
 
 Grades use SCT qualifiers rather than RadElement RDES150: their codes are in pydicom's
 dictionary and read as Genant's terms under the concept name ``Genant grade``.
@@ -48,26 +49,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import numpy as np
+import numpy.typing as npt
 from highdicom.sr import (
     AlgorithmIdentification,
     CoordinatesForMeasurement,
     FindingSite,
     GraphicTypeValues,
-    ImageRegion,
     Measurement,
-    MeasurementsAndQualitativeEvaluations,
-    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     RelationshipTypeValues,
-    SourceImageForMeasurementGroup,
     SourceImageForRegion,
     TextContentItem,
-    TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from spinexr.node.outputs import codes
+from spinexr.node.outputs.located import Figure, Group, located_groups, whole_image
 from spinexr.node.outputs.provenance import OUTPUT_FORMAT_VERSION, output_uid
 from spinexr.node.outputs.source import ascii_text
 from spinexr.node.outputs.vertebrae_tracking import (
@@ -82,8 +81,6 @@ from spinexr.pipeline.vertebrae.findings import LevelRule, VertebraFinding, Vert
 from spinexr.pipeline.vertebrae.genant import HEIGHT_NAMES, GenantGrade
 
 logger = logging.getLogger(__name__)
-
-Group = MeasurementsAndQualitativeEvaluations | PlanarROIMeasurementsAndQualitativeEvaluations
 
 
 def vertebral_groups(
@@ -105,8 +102,8 @@ def vertebral_groups(
     Returns
     -------
     list of highdicom groups
-        Per image: the summary group, then per vertebra its planar ROI group and (with
-        heights in mm) its heights group.
+        Per image: the summary pair, then per vertebra its pair (planar ROI group of the
+        outline, TID 1501 group of its figures; `spinexr.node.outputs.located`).
     """
     trackings = vertebra_trackings(result, root)
     groups: list[Group] = []
@@ -116,13 +113,10 @@ def vertebral_groups(
             continue
         source = sources[image.sop_instance_uid]
         algorithm = keypoint_algorithm(analysis, result)
-        groups.append(summary_group(image, number, source, result, root, algorithm))
+        groups += summary_group(image, number, source, result, root, algorithm)
         for tracking in trackings:
-            if tracking.sop_instance_uid != image.sop_instance_uid:
-                continue
-            groups.append(vertebra_group(tracking, analysis, source, algorithm))
-            if tracking.vertebra.heights_mm is not None:
-                groups.append(heights_group(tracking, source, algorithm))
+            if tracking.sop_instance_uid == image.sop_instance_uid:
+                groups += vertebra_group(tracking, analysis, source, algorithm)
     return groups
 
 
@@ -208,8 +202,8 @@ def summary_group(
     result: StudyResult,
     root: str,
     algorithm: AlgorithmIdentification | None,
-) -> MeasurementsAndQualitativeEvaluations:
-    """Return the TID 1501 group summarising one image's vertebral analysis.
+) -> list[Group]:
+    """Return the groups summarising one image's vertebral analysis, located on the image.
 
     Parameters
     ----------
@@ -228,9 +222,9 @@ def summary_group(
 
     Returns
     -------
-    highdicom.sr.MeasurementsAndQualitativeEvaluations
-        Status for every image; counts, lowest G, worst grade, level rule and spacing only
-        for an analysed one.
+    list
+        The planar ROI group (`column_region`) and the TID 1501 group: status for every
+        image; counts, lowest G, worst grade, level rule and spacing only for an analysed one.
     """
     analysis = image.vertebrae
     assert analysis is not None
@@ -251,9 +245,9 @@ def summary_group(
             name=codes.VERTEBRAL_STATUS, value=codes.STATUS_CODES[analysis.status.value]
         )
     ]
-    measurements: list[Measurement] = []
+    figures: list[Figure] = []
     if analysis.analysed:
-        measurements = _summary_measurements(analysis)
+        figures = _summary_figures(analysis)
         evaluations += [
             QualitativeEvaluation(
                 name=codes.WORST_GENANT_GRADE, value=codes.GRADE_CODES[analysis.worst_grade.value]
@@ -263,15 +257,15 @@ def summary_group(
             ),
             _spacing_evaluation(analysis),
         ]
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(
-            uid=uid, identifier=f"image {number} vertebral fracture analysis"
-        ),
-        finding_type=codes.VERTEBRAL_ANALYSIS,
-        algorithm_id=algorithm,
-        measurements=measurements or None,
-        qualitative_evaluations=evaluations,
-        source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
+    return located_groups(
+        tracking_uid=uid,
+        tracking_id=f"image {number} vertebral fracture analysis",
+        region=column_region(analysis, source),
+        source=source,
+        finding=codes.VERTEBRAL_ANALYSIS,
+        algorithm=algorithm,
+        figures=figures,
+        evaluations=evaluations,
     )
 
 
@@ -280,8 +274,8 @@ def vertebra_group(
     analysis: VertebralAnalysis,
     source: Dataset,
     algorithm: AlgorithmIdentification | None,
-) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    """Return the TID 1410 group of one vertebra: outline, G, score, grade, deformity.
+) -> list[Group]:
+    """Return the groups of one vertebra: its outline, then heights, G and score.
 
     Parameters
     ----------
@@ -296,29 +290,31 @@ def vertebra_group(
 
     Returns
     -------
-    highdicom.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-        The group.
+    list
+        The TID 1410 group (outline, level, grade, deformity, spacing basis) and the TID 1501
+        group (the three heights in mm, each on its own line, when there is a spacing; the
+        Genant index and the detection score on the outline).
     """
     vertebra = tracking.vertebra
-    region = ImageRegion(
-        graphic_type=GraphicTypeValues.POLYLINE,
-        graphic_data=outline(vertebra, int(source.Rows), int(source.Columns)),
-        source_image=SourceImageForRegion.from_source_image(source),
-    )
     site = level_code(vertebra.level)
-    return PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=tracking.uid, identifier=tracking.identifier),
-        referenced_region=region,
-        finding_type=codes.VERTEBRA,
-        finding_sites=None if site is None else [FindingSite(anatomic_location=site)],
-        algorithm_id=algorithm,
-        measurements=[
-            Measurement(
-                name=codes.GENANT_INDEX, value=vertebra.genant_index, unit=codes.RATIO_UNIT
-            ),
-            Measurement(name=codes.DETECTION_SCORE, value=vertebra.score, unit=codes.NO_UNITS),
+    heights = (
+        []
+        if vertebra.heights_mm is None
+        else _height_measurements(vertebra, source, site or codes.VERTEBRA)
+    )
+    return located_groups(
+        tracking_uid=tracking.uid,
+        tracking_id=tracking.identifier,
+        region=outline(vertebra, int(source.Rows), int(source.Columns)),
+        source=source,
+        finding=codes.VERTEBRA,
+        algorithm=algorithm,
+        measurements=heights,
+        figures=[
+            Figure(codes.GENANT_INDEX, vertebra.genant_index, codes.RATIO_UNIT),
+            Figure(codes.DETECTION_SCORE, vertebra.score, codes.NO_UNITS),
         ],
-        qualitative_evaluations=[
+        region_evaluations=[
             QualitativeEvaluation(
                 name=codes.GENANT_GRADE, value=codes.GRADE_CODES[vertebra.grade.value]
             ),
@@ -327,41 +323,41 @@ def vertebra_group(
             ),
             _spacing_evaluation(analysis),
         ],
+        finding_sites=None if site is None else [FindingSite(anatomic_location=site)],
     )
 
 
-def heights_group(
-    tracking: VertebraTracking,
-    source: Dataset,
-    algorithm: AlgorithmIdentification | None,
-) -> MeasurementsAndQualitativeEvaluations:
-    """Return the TID 1501 group of one vertebra's three heights, each with its line.
+def column_region(analysis: VertebralAnalysis, source: Dataset) -> npt.NDArray[np.float64]:
+    """Return where an image's vertebral summary is drawn.
 
     Parameters
     ----------
-    tracking : VertebraTracking
-        The vertebra (``heights_mm`` set) and its tracking identifier and UID.
+    analysis : VertebralAnalysis
+        The image's analysis.
     source : pydicom.dataset.Dataset
-        The source image's header.
-    algorithm : highdicom.sr.AlgorithmIdentification or None
-        The keypoint model.
+        Its header.
 
     Returns
     -------
-    highdicom.sr.MeasurementsAndQualitativeEvaluations
-        Same tracking identifier and UID as the vertebra's planar ROI group.
+    numpy.ndarray
+        The closed rectangle around every vertebra found, ``COLUMN_MARGIN`` of the image's
+        larger side wider on every side (clipped to the image), so that viewers place the
+        summary's label by the column rather than on the image's abnormality frame; the
+        whole image when no vertebra was found.
     """
-    vertebra = tracking.vertebra
-    assert vertebra.heights_mm is not None
-    site = level_code(vertebra.level)
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=tracking.uid, identifier=tracking.identifier),
-        finding_type=codes.VERTEBRA,
-        finding_sites=None if site is None else [FindingSite(anatomic_location=site)],
-        algorithm_id=algorithm,
-        measurements=_height_measurements(vertebra, source, site or codes.VERTEBRA),
-        source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
-    )
+    rows, columns = int(source.Rows), int(source.Columns)
+    if not analysis.vertebrae:
+        return whole_image(source)
+    points = np.concatenate([outline(v, rows, columns) for v in analysis.vertebrae])
+    margin = COLUMN_MARGIN * max(rows, columns)
+    (x0, y0), (x1, y1) = points.min(axis=0) - margin, points.max(axis=0) + margin
+    x0, x1 = max(x0, 0.0), min(x1, float(columns))
+    y0, y1 = max(y0, 0.0), min(y1, float(rows))
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float64)
+
+
+COLUMN_MARGIN = 0.02
+"""Margin of the vertebral summary's rectangle, as a share of the image's larger side."""
 
 
 # ----------------------------------------------------------------------------- items
@@ -449,30 +445,21 @@ def _spacing_evaluation(analysis: VertebralAnalysis) -> QualitativeEvaluation:
     )
 
 
-def _summary_measurements(analysis: VertebralAnalysis) -> list[Measurement]:
+def _summary_figures(analysis: VertebralAnalysis) -> list[Figure]:
     lowest = analysis.lowest_genant
     assert lowest is not None
-    out = [
-        Measurement(
-            name=codes.GENANT_INDEX, value=lowest, unit=codes.RATIO_UNIT, derivation=codes.MINIMUM
-        )
-    ]
     counts = analysis.grade_counts()
-    out += [
-        Measurement(
-            name=codes.VERTEBRAE_AT_GRADE[grade.value], value=counts[grade], unit=codes.NO_UNITS
-        )
-        for grade in GenantGrade
+    out = [
+        Figure(codes.GENANT_INDEX, lowest, codes.RATIO_UNIT, derivation=codes.MINIMUM),
+        *(
+            Figure(codes.VERTEBRAE_AT_GRADE[grade.value], counts[grade], codes.NO_UNITS)
+            for grade in GenantGrade
+        ),
     ]
     if spacing_key(analysis) == "ImagerPixelSpacing/magnification":
         assert analysis.magnification_factor is not None
-        out.append(
-            Measurement(
-                name=codes.MAGNIFICATION_FACTOR,
-                value=analysis.magnification_factor,
-                unit=codes.NO_UNITS,
-            )
-        )
+        factor = analysis.magnification_factor
+        out.append(Figure(codes.MAGNIFICATION_FACTOR, factor, codes.NO_UNITS))
     return out
 
 

@@ -8,23 +8,21 @@ build at ``/ohif/`` (``scripts/viewer-deps.sh`` caches it). Chromium opens the s
 OHIF's viewer, opens the SR from the study browser as a radiologist would (double-click,
 then "Yes" to track its measurements), and the test checks
 
-* in the DOM: OHIF's measurement panel lists one entry per displayed box, titled with the
-  box's finding (the SR's Finding code meaning), in the SR's order;
-* in pixels: clicking an entry shows the box's own image with the box drawn where the SR
+* in the DOM: OHIF's measurement panel lists one entry per located result of the SR, in the
+  SR's order, titled with its finding (the SR's Finding code meaning): the study's
+  abnormality and each image's (drawn as a frame around the whole image), then each
+  displayed box;
+* in pixels: clicking a box's entry shows the box's own image with the box drawn where the SR
   puts it (Cornerstone's annotation colours along all four sides of the SR rectangle mapped
   through the viewport's camera, none inside), and the box that is not displayed is not
-  drawn.
+  drawn; clicking an abnormality entry shows its image.
 
-OHIF 3.13.2 cannot show the SR as the node builds it (``docs/viewers.md`` says why and what
-it needs): that test is a strict xfail on `SRNotShownError` only, so it fails the day it
-passes. The second test stores the SR with exactly those changes (`ohif_ready`) and passes; it
-also checks that OHIF lists the GSPS series but draws none of its boxes. The third shows that
-the pixel check fails for a box drawn 150 pixels away from where the node found it. The fourth
-opens the burned-in Secondary Capture (``output.secondary_capture``) and finds the boxes in
-their class colours. The fifth (no browser) checks that the re-encoded SR still passes
-dciodvfy and PixelMed's validator. Screenshots go to ``test-artifacts/viewers/``. All five
-take 64-86 s on a 2-core machine under load (about 45 s of it in the browser); ``make test``
-runs them, ``make viewer-check`` runs only them.
+The first test opens the SR exactly as the node builds it (``docs/viewers.md`` says which
+encoding choices make that work) and checks that OHIF lists the GSPS series but draws none of
+its boxes. The second shows that the pixel check fails for a box drawn 150 pixels away from
+where the node found it. The third opens the burned-in Secondary Capture
+(``output.secondary_capture``) and finds the boxes in their class colours. Screenshots go to
+``test-artifacts/viewers/``. ``make test`` runs them, ``make viewer-check`` runs only them.
 """
 
 from __future__ import annotations
@@ -46,21 +44,18 @@ from ohif_support import (
     headless_chromium,
     interior_share,
     measurement_groups,
-    ohif_ready,
     plain,
     wait_until,
 )
 from outputs_support import (
     Variant,
     abnormal_result,
-    dciodvfy_errors,
     make_settings,
     make_study,
-    pixelmed_sr_report,
-    write_object,
 )
 from pydicom.dataset import Dataset
 from testsupport import make_orthanc
+from vertebrae_outputs_support import AP_NOT_LATERAL, lateral_analysis, with_vertebrae
 
 from spinexr.node.outputs.boxes import CLASS_COLOURS
 from spinexr.node.outputs.build import build_outputs
@@ -113,16 +108,30 @@ def browser() -> Iterator[Any]:
 
 
 def store_node_answer(
-    rig: OhifRig, seed: int, *, sr_for_pacs=plain, secondary_capture: bool = False
+    rig: OhifRig,
+    seed: int,
+    *,
+    sr_for_pacs=plain,
+    secondary_capture: bool = False,
+    vertebrae: bool = False,
 ) -> tuple[list, Any, Dataset, list]:
     """Store a phantom study and the node's answer to it (default profile: SR + GSPS; with
     ``secondary_capture`` the Secondary Captures too).
 
     Returns the sources, the result, the SR as stored (``sr_for_pacs`` of the node's) and
-    every built object.
+    every built object. With ``vertebrae`` the lateral image comes first and the result also
+    has its vertebral analysis (five vertebrae L1-L5, every grade; the AP image not analysed).
     """
     sources = make_study(seed, Variant())
-    result = abnormal_result(sources)
+    if vertebrae:
+        # The lateral image first: its abnormality is the study's, and the SR viewport opens
+        # on the image of the SR's first measurement (the study's).
+        sources = [sources[1], sources[0]]
+        result = with_vertebrae(
+            abnormal_result(sources), [lateral_analysis(sources[0]), AP_NOT_LATERAL]
+        )
+    else:
+        result = abnormal_result(sources)
     settings = make_settings(sr=True, gsps=True, secondary_capture=secondary_capture)
     built = build_outputs(sources, result, settings, job_key=f"k{seed}")
     kinds = ["gsps", "gsps", *(["sc", "sc"] if secondary_capture else []), "sr"]
@@ -214,10 +223,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def show_sr_measurements(driver: Any, name: str, count: int, log: list[str]) -> list[str]:
+def show_sr_measurements(
+    driver: Any, name: str, count: int, log: list[str], labels: list[str] | None = None
+) -> list[str]:
     """Open the SR as a radiologist would; return the measurement panel's entry titles.
 
-    Waits for ``count`` entries. Raises `SRNotShownError` when OHIF fails on the SR, never
+    Waits for ``count`` entries; ``labels`` receives the annotation labels the SR viewport
+    drew before tracking. Raises `SRNotShownError` when OHIF fails on the SR, never
     asks to track its measurements, or tracks none of them.
     """
     from selenium.webdriver.common.action_chains import ActionChains
@@ -239,6 +251,8 @@ def show_sr_measurements(driver: Any, name: str, count: int, log: list[str]) -> 
     except AssertionError:
         outcome = "no prompt"
     driver.save_screenshot(str(ARTIFACTS / f"ohif-{name}-sr-opened.png"))
+    if labels is not None:
+        labels.extend(svg_labels(driver))
     if isinstance(outcome, str):
         errors = [ln for ln in log if re.search(r"Error|not rehydratable|skipping", ln)]
         said = "\n".join(errors)
@@ -268,22 +282,27 @@ def show_sr_measurements(driver: Any, name: str, count: int, log: list[str]) -> 
     return titles
 
 
+def click_row(driver: Any, row: int) -> None:
+    """Click entry ``row`` (0-based) of OHIF's measurement panel."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(
+        By.CSS_SELECTOR, f'[data-cy="measurement-table-row-{row}"] [data-cy="data-row"]'
+    ).click()
+
+
 def check_boxes_drawn(
     driver: Any,
     name: str,
-    boxes: list[tuple[str, str, list[float]]],
+    boxes: list[tuple[int, str, str, list[float]]],
     hidden: dict[str, list[list[float]]],
     timeout: float = 30,
 ) -> None:
-    """Click each panel entry in turn; box k (finding, source image, SR points) must be drawn on
-    its image where the SR puts it, and the ``hidden`` boxes of that image nowhere."""
-    from selenium.webdriver.common.by import By
-
-    for k, (finding, uid, points) in enumerate(boxes):
-        row = driver.find_element(
-            By.CSS_SELECTOR, f'[data-cy="measurement-table-row-{k}"] [data-cy="data-row"]'
-        )
-        row.click()
+    """Click each box's panel entry in turn; the box (panel row, finding, source image, SR
+    points) must be drawn on its image where the SR puts it, and the ``hidden`` boxes of that
+    image nowhere."""
+    for k, (row, finding, uid, points) in enumerate(boxes):
+        click_row(driver, row)
         seen: dict[str, Any] = {}
 
         def drawn(uid: str = uid, points: list[float] = points, seen: dict = seen) -> bool:
@@ -331,32 +350,40 @@ def assert_only_loopback(driver: Any, rig: OhifRig) -> None:
     assert not outside, outside
 
 
+ABNORMALITY = "Abnormal spine radiograph"  # finding of the study and image abnormality frames
+
+
 def check_sr(driver: Any, rig: OhifRig, name: str, sr: Dataset, result: Any) -> None:
+    """The panel lists every located result of the SR in its order (the study's and each
+    image's abnormality, then the boxes); each abnormality entry opens its image, each box
+    entry its image with the box drawn where the SR puts it."""
     log: list[str] = []
     expected = box_findings(sr)
+    boxes = [(row, *e) for row, e in enumerate(expected) if e[0] != ABNORMALITY]
+    frames = [(row, *e) for row, e in enumerate(expected) if e[0] == ABNORMALITY]
     displayed = sum(len(image.displayed_boxes) for image in result.images)
-    assert len(expected) == displayed == 3
-    titles = show_sr_measurements(driver, name, len(expected), log)
+    assert len(boxes) == displayed == 3
+    assert len(frames) == 1 + len(result.images)
+    labels: list[str] = []
+    titles = show_sr_measurements(driver, name, len(expected), log, labels)
     assert titles == [finding for finding, _, _ in expected], titles
-    check_boxes_drawn(driver, name, expected, hidden_boxes(result))
+    # The SR viewport opens on the first image, labelled with its abnormality (the study's).
+    first = result.images[0]
+    assert (
+        f"Abnormality probability: {first.probability:.2f} {{probability}}"
+        f"Decision threshold: {result.threshold:.2f} {{probability}}"
+    ) in labels, labels
+    for row, _, uid, _ in frames:
+        click_row(driver, row)
+        wait_until(lambda uid=uid: image_shown(driver, uid), f"entry {row + 1}: {uid}", 30)
+    driver.save_screenshot(str(ARTIFACTS / f"ohif-{name}-abnormality-frame.png"))
+    check_boxes_drawn(driver, name, boxes, hidden_boxes(result))
     assert_only_loopback(driver, rig)
 
 
-@pytest.mark.xfail(
-    raises=SRNotShownError,
-    strict=True,
-    reason="OHIF 3.13.2 cannot show the SR as the node builds it (docs/viewers.md)",
-)
 def test_ohif_shows_the_sr_as_the_node_builds_it(rig: OhifRig, browser: Any) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    sources, result, sr, _ = store_node_answer(rig, seed=7)
-    open_study(browser, rig, result.study_instance_uid, str(sources[0].SOPInstanceUID))
-    check_sr(browser, rig, "as-built", sr, result)
-
-
-def test_ohif_shows_the_sr_encoded_as_ohif_needs(rig: OhifRig, browser: Any) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    sources, result, sr, _ = store_node_answer(rig, seed=8, sr_for_pacs=ohif_ready)
+    sources, result, sr, _ = store_node_answer(rig, seed=8)
     ap = str(sources[0].SOPInstanceUID)
     open_study(browser, rig, result.study_instance_uid, ap)
 
@@ -369,7 +396,7 @@ def test_ohif_shows_the_sr_encoded_as_ohif_needs(rig: OhifRig, browser: Any) -> 
     (ARTIFACTS / "ohif-gsps-not-shown.png").write_bytes(png)
     assert int(mask.sum()) == 0, "OHIF drew something on the image before the SR was opened"
 
-    check_sr(browser, rig, "reencoded", sr, result)
+    check_sr(browser, rig, "as-built", sr, result)
 
 
 MOVE = (150.0, 0.0)  # image pixels: clear of the other boxes and inside the image
@@ -380,10 +407,10 @@ def shifted(points: list[float], dx: float, dy: float) -> list[float]:
 
 
 def first_box_moved(sr: Dataset) -> Dataset:
-    """`ohif_ready`, with the first box's region (and its copy under the score) moved by MOVE."""
-    out = ohif_ready(sr)
+    """The SR with the first box's region (and its copy under the score) moved by MOVE."""
+    out = plain(sr)
     groups = measurement_groups(out)
-    first = _tracking_uid(groups[0])  # ohif_ready kept the planar-ROI groups first
+    first = next(uid for finding, uid in _findings(groups) if finding != ABNORMALITY)
     for group in (g for g in groups if _tracking_uid(g) == first):
         for item in group.ContentSequence:
             for scoord in [item, *item.get("ContentSequence", [])]:
@@ -396,6 +423,21 @@ def _tracking_uid(group: Dataset) -> str:
     return next(str(i.UID) for i in group.ContentSequence if i.ValueType == "UIDREF")
 
 
+def _findings(groups: list[Dataset]) -> list[tuple[str, str]]:
+    """(finding meaning, tracking UID) of each group."""
+    return [
+        (
+            next(
+                str(i.ConceptCodeSequence[0].CodeMeaning)
+                for i in g.ContentSequence
+                if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "121071"
+            ),
+            _tracking_uid(g),
+        )
+        for g in groups
+    ]
+
+
 def test_the_pixel_check_fails_for_a_box_drawn_elsewhere(rig: OhifRig, browser: Any) -> None:
     """The check of `test_ohif_shows_the_sr_encoded_as_ohif_needs` can fail: OHIF draws the
     first box 150 pixels to the right of where the node found it, and checking it at the
@@ -403,11 +445,13 @@ def test_the_pixel_check_fails_for_a_box_drawn_elsewhere(rig: OhifRig, browser: 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sources, result, sr, _ = store_node_answer(rig, seed=9, sr_for_pacs=first_box_moved)
     open_study(browser, rig, result.study_instance_uid, str(sources[0].SOPInstanceUID))
-    drawn_at = box_findings(sr)[:1]
-    titles = show_sr_measurements(browser, "moved", 3, [])
-    assert titles[0] == drawn_at[0][0]
-    finding, uid, points = drawn_at[0]
-    node_place = [(finding, uid, shifted(points, -MOVE[0], -MOVE[1]))]
+    located = box_findings(sr)
+    row = next(k for k, (finding, _, _) in enumerate(located) if finding != ABNORMALITY)
+    finding, uid, points = located[row]
+    drawn_at = [(row, finding, uid, points)]
+    titles = show_sr_measurements(browser, "moved", len(located), [])
+    assert titles[row] == finding
+    node_place = [(row, finding, uid, shifted(points, -MOVE[0], -MOVE[1]))]
     with pytest.raises(AssertionError, match="sides"):
         check_boxes_drawn(browser, "moved-at-the-node-place", node_place, {}, timeout=5)
     check_boxes_drawn(browser, "moved", drawn_at, {})
@@ -465,19 +509,77 @@ def test_ohif_shows_the_secondary_capture_with_its_burned_in_boxes(
     assert_only_loopback(browser, rig)
 
 
-def test_the_encoding_ohif_needs_is_valid_dicom(tmp_path: Path) -> None:
-    """The re-encoding ``docs/viewers.md`` asks of the node (`ohif_ready`) stays a valid TID
-    1500 report: dciodvfy finds no error, PixelMed's DicomSRValidator no error (only the
-    warning the node's SR already has: geometric purpose not in TID 1410)."""
-    sources = make_study(11, Variant())
-    built = build_outputs(
-        sources, abnormal_result(sources), make_settings(sr=True, gsps=False), job_key="k11"
+def screen_points(driver: Any, uid: str, points: list[float]) -> list[tuple[float, float]]:
+    """Image points (flat x, y list) of SOP Instance ``uid`` on the screen."""
+    pairs = [[points[i], points[i + 1]] for i in range(0, len(points), 2)]
+    mapping = driver.execute_script(MAP_JS, uid, pairs)
+    assert mapping is not None, f"{uid} is not shown"
+    return [tuple(p) for p in mapping["points"]]
+
+
+def svg_labels(driver: Any) -> list[str]:
+    """The text of every annotation label Cornerstone has drawn (its SVG layer)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('svg text')].map(t => t.textContent)"
     )
-    path = write_object(ohif_ready(built[0].dataset), tmp_path / "sr.dcm")
-    errors, _ = dciodvfy_errors(path)
-    assert errors == []
-    report = pixelmed_sr_report([path], tmp_path)[path]
-    assert "Found Root Template TID_1500 (MeasurementReport)" in report, report
-    assert [ln for ln in report if ln.startswith("Error")] == [], report
-    warnings = [ln for ln in report if ln.startswith("Warning")]
-    assert all("Geometric purpose of region" in ln for ln in warnings), warnings
+
+
+def test_ohif_shows_the_vertebral_analysis(rig: OhifRig, browser: Any) -> None:
+    """The vertebral fracture analysis of the lateral image as OHIF's SR viewport shows it
+    without tracking ("No" to the prompt): stepping through the SR's measurements with the
+    viewport's arrows reaches the lateral image, where each vertebra's outline is drawn where
+    the SR puts it, labelled with its three heights in mm, its Genant index and its score,
+    and the image's summary frame is labelled with the lowest Genant index. (OHIF does not
+    track the outlines: no Cornerstone adapter takes a 7-point polyline; ``docs/viewers.md``.)
+    """
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sources, result, sr, _ = store_node_answer(rig, seed=12, vertebrae=True)
+    lateral = str(sources[0].SOPInstanceUID)
+    open_study(browser, rig, result.study_instance_uid, str(sources[1].SOPInstanceUID))
+    ActionChains(browser).double_click(series_entry(browser, "SR")).perform()
+    no = wait_until(
+        lambda: browser.find_elements(By.XPATH, "//button[normalize-space()='No']"),
+        "the SR's hydration prompt",
+        timeout=45,
+    )
+    no[0].click()
+
+    wait_until(lambda: image_shown(browser, lateral), "the lateral image in the SR viewport", 30)
+    analysis = result.images[0].vertebrae
+    vertebrae = analysis.vertebrae
+    expected = [
+        "".join(
+            [
+                *(f"Height: {h:.2f} mm" for h in v.heights_mm),
+                f"Genant index: {v.genant_index:.2f} {{ratio}}",
+                f"Detection confidence score: {v.score:.2f} 1",
+            ]
+        )
+        for v in vertebrae
+    ]
+    lowest = f"Genant index: {analysis.lowest_genant:.2f} {{ratio}}"
+    outlines = [points for finding, uid, points in box_findings(sr) if finding == "Vertebra"]
+    assert len(outlines) == len(vertebrae) == 5
+    seen: dict[str, Any] = {}
+
+    def all_drawn() -> bool:
+        labels = svg_labels(browser)
+        png = browser.get_screenshot_as_png()
+        mask = annotation_mask(png)
+        sides = [edge_coverage(mask, screen_points(browser, lateral, p[:-2])) for p in outlines]
+        seen.update(labels=labels, png=png, sides=sides)
+        return (
+            all(text in labels for text in expected)
+            and any(label.startswith(lowest) for label in labels)
+            and all(min(s) >= 0.5 for s in sides)
+        )
+
+    try:
+        wait_until(all_drawn, "the vertebrae drawn and labelled", timeout=30)
+    finally:
+        if "png" in seen:
+            (ARTIFACTS / "ohif-vertebrae-lateral.png").write_bytes(seen["png"])
+    assert_only_loopback(browser, rig)

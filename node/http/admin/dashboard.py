@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from spinexr.node.admin.jobs import status as job_status
+from spinexr.node.admin.viewers import destinations_view
 from spinexr.node.db.models import AuditEvent, ExportAttempt, Instance, Job, Study, utcnow
 from spinexr.node.db.states import ExportStatus, JobState, StudyStatus
 from spinexr.node.settings import Settings
@@ -319,7 +320,9 @@ def overview(
     -------
     dict
         ``queue_depths``, ``jobs`` (per state), ``oldest_waiting``, ``activity``,
-        ``disk``, ``workers``, ``bundle``, ``warnings``, ``generated_at``.
+        ``disk``, ``workers``, ``bundle``, ``destinations`` (what each receives and what
+        each viewer family shows of it, `spinexr.node.admin.viewers`), ``warnings``,
+        ``generated_at``.
     """
     jobs = job_status(sessions)
     depths = queue_depths_quick(settings)
@@ -336,6 +339,7 @@ def overview(
         "disk": space,
         "workers": workers_seen(settings, sessions, jobs["workers_seen_last_hour"]),
         "bundle": bundle,
+        "destinations": destinations_view(settings),
         "warnings": warnings(
             settings, bundle, jobs["jobs"], act["dead_export_attempts"], space, depths
         ),

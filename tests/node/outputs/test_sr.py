@@ -55,7 +55,41 @@ def _groups(sr: Dataset) -> list[Dataset]:
 
 
 def _roi_groups(sr: Dataset) -> list[Dataset]:
-    return [g for g in _groups(sr) if _child(g, "111030") is not None]
+    """The planar ROI groups of the boxes (not the frames of the abnormality groups)."""
+    return [
+        g
+        for g in _groups(sr)
+        if _child(g, "111030") is not None and _finding(g) != ("SPINE_XR_ABN", "99SPINEXR")
+    ]
+
+
+def _finding(group: Dataset) -> tuple[str, str]:
+    finding = _child(group, "121071")
+    assert finding is not None
+    code = finding.ConceptCodeSequence[0]
+    return str(code.CodeValue), str(code.CodingSchemeDesignator)
+
+
+def _tracking_uid(group: Dataset) -> str:
+    uid = _child(group, "112040")
+    assert uid is not None
+    return str(uid.UID)
+
+
+def _figures(sr: Dataset, roi: Dataset) -> Dataset:
+    """The TID 1501 group paired with a planar ROI group (same tracking UID, right after)."""
+    groups = _groups(sr)
+    after = groups[groups.index(roi) + 1]
+    assert str(after.ContentTemplateSequence[0].TemplateIdentifier) == "1501"
+    assert _tracking_uid(after) == _tracking_uid(roi)
+    return after
+
+
+def _inferred_from(num: Dataset) -> np.ndarray:
+    """The points of the SCOORD a NUM is INFERRED FROM."""
+    (scoord,) = [i for i in num.ContentSequence if i.RelationshipType == "INFERRED FROM"]
+    assert scoord.ValueType == "SCOORD"
+    return np.asarray(scoord.GraphicData, dtype=float).reshape(-1, 2)
 
 
 def _qualitative(sr: Dataset) -> Dataset:
@@ -111,14 +145,6 @@ def test_every_sr_passes_dciodvfy(written: dict[str, Path]) -> None:
         assert all("Unrecognized defined term = <99SPINEXR>" in w for w in warnings), warnings
 
 
-# pixelmed (20220618) checks TID 1500's measurement groups against TID 1410 when exactly
-# one group holds an Image Region SCOORD, so with one box the TID 1501 groups (study and
-# images) are reported as missing TID 1410's region: these two errors, at those groups only.
-_KNOWN_1410_ON_1501 = re.compile(
-    r"^Error: Template 1410 PlanarROIMeasurements/\[Row 1\] CONTAINER \(125007,DCM,"
-    r'"Measurement Group"\)/\[Row (5\] SCOORD \(111030|7\] IMAGE \(121214),DCM,"[^"]+"\): '
-    r"within 1\.\d+\.(?P<group>\d+): .*Missing conditional content item$"
-)
 # Its TID 1501 has no qualitative-evaluation rows (our decision CODE), and with several boxes
 # it checks TID 1410 groups against TID 1501 (which has no geometric purpose row).
 _KNOWN_WARNINGS = re.compile(
@@ -136,15 +162,7 @@ def test_every_sr_passes_pixelmed_template_validation(
         lines = report[path]
         assert any("Found Root Template TID_1500" in ln for ln in lines), (name, lines)
         errors = [ln for ln in lines if ln.startswith("Error")]
-        if name == "single_box":
-            # study group + 2 image groups = the first three groups of the container
-            assert errors, "pixelmed no longer mixes up 1410/1501: drop the exception"
-            for line in errors:
-                match = _KNOWN_1410_ON_1501.match(line)
-                assert match is not None, line
-                assert int(match.group("group")) <= 3, line
-        else:
-            assert errors == [], (name, errors)
+        assert errors == [], (name, errors)
         warnings = [ln for ln in lines if ln.startswith("Warning")]
         assert all(_KNOWN_WARNINGS.match(w) for w in warnings), (name, warnings)
 
@@ -186,30 +204,55 @@ def test_one_planar_roi_per_displayed_box_with_its_coordinates(
         np.testing.assert_allclose(points, expected_points, atol=1e-3)
         (image,) = region.ContentSequence
         assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == tracking.sop_instance_uid
-        score = next(
-            i for i in group.ContentSequence if _name(i) == ("DETECTION_SCORE", "99SPINEXR")
-        )
+        # OHIF takes a planar ROI group's region from its first NUM: the score is in the
+        # TID 1501 group paired with it, inferred from a copy of the region.
+        assert all(i.ValueType != "NUM" for i in group.ContentSequence)
+        figures = _figures(sr, group)
+        assert _finding(figures) == _finding(group)
+        score = _child(figures, "DETECTION_SCORE", "99SPINEXR")
+        assert score is not None
         assert float(score.MeasuredValueSequence[0].NumericValue) == pytest.approx(box.score)
+        np.testing.assert_allclose(_inferred_from(score), expected_points, atol=1e-3)
 
 
 def test_image_and_study_groups_carry_probability_threshold_and_decision(
     written: dict[str, Path],
 ) -> None:
     sr = pydicom.dcmread(written["abnormal"])
-    plain = [g for g in _groups(sr) if _child(g, "111030") is None]
+    frames = [
+        g
+        for g in _groups(sr)
+        if _child(g, "111030") is not None and _finding(g) == ("SPINE_XR_ABN", "99SPINEXR")
+    ]
+    plain = [_figures(sr, frame) for frame in frames]
     assert [_child(g, "112039").TextValue for g in plain] == [  # type: ignore[union-attr]
         "study abnormality",
         "image 1 abnormality",
         "image 2 abnormality",
     ]
+    sources = make_study(3, Variant(photometric="MONOCHROME1", sop_class="DX"))
+    image_1, image_2 = (str(ds.SOPInstanceUID) for ds in sources)
+    # The study's probability is image 1's (the maximum): its frame is on image 1.
+    drawn_on = [image_1, image_1, image_2]
     expected = [(0.91, "373066001"), (0.91, "373066001"), (0.40, "373067005")]
-    for group, (probability, decision) in zip(plain, expected, strict=True):
-        assert str(group.ContentTemplateSequence[0].TemplateIdentifier) == "1501"
+    for frame, group, (probability, decision), image in zip(
+        frames, plain, expected, drawn_on, strict=True
+    ):
+        region = _child(frame, "111030")
+        assert region is not None
+        (ref,) = region.ContentSequence
+        assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == image
+        whole = [[0, 0], [384, 0], [384, 512], [0, 512], [0, 0]]
+        np.testing.assert_allclose(
+            np.asarray(region.GraphicData, dtype=float).reshape(-1, 2), whole
+        )
+        assert all(i.ValueType != "NUM" for i in frame.ContentSequence)
         num = _child(group, "ABN_PROBABILITY", "99SPINEXR")
         threshold = _child(group, "DECISION_THRESH", "99SPINEXR")
         code = _child(group, "ABN_DECISION", "99SPINEXR")
         assert num is not None and threshold is not None and code is not None
         assert float(num.MeasuredValueSequence[0].NumericValue) == pytest.approx(probability)
+        np.testing.assert_allclose(_inferred_from(num), whole)
         unit = num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
         assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("{probability}", "UCUM")
         assert float(threshold.MeasuredValueSequence[0].NumericValue) == pytest.approx(0.5)
@@ -264,7 +307,10 @@ def test_no_finding_sr_says_so_and_lists_its_predecessor(written: dict[str, Path
 
 def test_failed_sr_says_why_and_still_references_the_sources(written: dict[str, Path]) -> None:
     sr = pydicom.dcmread(written["failed"])
-    assert len(_groups(sr)) == 1  # the study group, with its finding only
+    # The study's frame on the first image, with its finding only (nothing to pair it with).
+    (group,) = _groups(sr)
+    assert str(group.ContentTemplateSequence[0].TemplateIdentifier) == "1410"
+    assert _finding(group) == ("SPINE_XR_ABN", "99SPINEXR")
     qualitative = _qualitative(sr)
     outcome = _child(qualitative, "111017")
     assert outcome is not None and outcome.ConceptCodeSequence[0].CodeValue == "111245"

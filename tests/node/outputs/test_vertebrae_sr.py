@@ -126,14 +126,6 @@ def test_every_vertebral_sr_passes_dciodvfy(written: dict[str, Path]) -> None:
         )
 
 
-# pixelmed (20220618) checks TID 1500's measurement groups against TID 1410 when exactly one
-# group holds an Image Region (here: one vertebra, no box), so it reports the TID 1501 groups
-# (study, images, vertebral summaries, heights) as missing TID 1410's region.
-_KNOWN_1410_ON_1501 = re.compile(
-    r"^Error: Template 1410 PlanarROIMeasurements/\[Row 1\] CONTAINER \(125007,DCM,"
-    r'"Measurement Group"\)/\[Row (5\] SCOORD \(111030|7\] IMAGE \(121214),DCM,"[^"]+"\): '
-    r"within 1\.\d+\.(?P<group>\d+): .*Missing conditional content item$"
-)
 # Its TID 1501 has no qualitative-evaluation rows, and with several ROI groups it checks the
 # TID 1410 groups against TID 1501: every coded evaluation is "not in template".
 _EVALUATIONS = (
@@ -171,15 +163,7 @@ def test_every_vertebral_sr_passes_pixelmed_template_validation(
         lines = report[path]
         assert any("Found Root Template TID_1500" in ln for ln in lines), (name, lines)
         errors = [ln for ln in lines if ln.startswith("Error")]
-        if name == "one_vertebra":
-            roi = [i for i, g in enumerate(_groups(pydicom.dcmread(path)), 1) if _is_roi(g)]
-            assert errors, "pixelmed no longer mixes up 1410/1501: drop the exception"
-            for line in errors:
-                match = _KNOWN_1410_ON_1501.match(line)
-                assert match is not None, line
-                assert int(match.group("group")) not in roi, line
-        else:
-            assert errors == [], (name, errors)
+        assert errors == [], (name, errors)
         warnings = [ln for ln in lines if ln.startswith("Warning")]
         assert all(_known_warning(w) for w in warnings), (name, warnings)
 
@@ -187,13 +171,6 @@ def test_every_vertebral_sr_passes_pixelmed_template_validation(
 def _groups(sr: Dataset) -> list[Dataset]:
     (measurements,) = _named(sr, Code("126010", "DCM", "Imaging Measurements"))
     return list(measurements.ContentSequence)
-
-
-def _is_roi(group: Dataset) -> bool:
-    return any(
-        "ConceptNameCodeSequence" in i and i.ConceptNameCodeSequence[0].CodeValue == "111030"
-        for i in group.ContentSequence
-    )
 
 
 # ----------------------------------------------------------------------------- read back
