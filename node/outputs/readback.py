@@ -268,7 +268,7 @@ Point = tuple[float, float]
 
 @dataclass(frozen=True)
 class ReportedVertebra:
-    """One vertebra an SR reports: its planar ROI group joined with its heights group.
+    """One vertebra an SR reports (its TID 1501 group).
 
     Attributes
     ----------
@@ -356,7 +356,7 @@ def read_vertebrae(sr: Dataset) -> list[ReportedVertebra]:
     Returns
     -------
     list of ReportedVertebra
-        One per vertebra planar ROI group, in document order (image order, top to bottom).
+        One per vertebra group, in document order (image order, top to bottom).
 
     Raises
     ------
@@ -366,16 +366,16 @@ def read_vertebrae(sr: Dataset) -> list[ReportedVertebra]:
     """
     report = _report(sr)
     out: list[ReportedVertebra] = []
-    for group in report.get_planar_roi_measurement_groups(finding_type=codes.VERTEBRA):
+    for group in report.get_image_measurement_groups(finding_type=codes.VERTEBRA):
         uid = str(group.tracking_uid or "")
-        region = group.roi
-        genant = _located_measurement(report, group, codes.GENANT_INDEX)
-        if region is None or genant is None:
+        found = group.get_measurements(name=codes.GENANT_INDEX)
+        regions = found[0].referenced_coordinates if found else []
+        if not regions:
             raise ValueError(f"vertebra group {uid} has no outline or no Genant index")
+        region = regions[0]
         outline = np.asarray(region.value, dtype=np.float64).reshape(-1, 2)
-        figures = report.get_image_measurement_groups(tracking_uid=uid, finding_type=codes.VERTEBRA)
-        found = _heights(figures[0]) if figures else None
-        lengths, lines = found if found is not None else (None, _outline_lines(outline))
+        heights = _heights(group)
+        lengths, lines = heights if heights is not None else (None, _outline_lines(outline))
         identifier = str(group.tracking_identifier or "")
         out.append(
             ReportedVertebra(
@@ -384,10 +384,10 @@ def read_vertebrae(sr: Dataset) -> list[ReportedVertebra]:
                 tracking_uid=uid,
                 number=identifier_number(identifier),
                 level=_level(group.finding_sites),
-                genant_index=genant,
+                genant_index=float(found[0].value),
                 grade=GenantGrade(_evaluation(group, codes.GENANT_GRADE, codes.GRADE_CODES)),
                 deformity=Deformity(_evaluation(group, codes.DEFORMITY, codes.DEFORMITY_CODES)),
-                score=_located_measurement(report, group, codes.DETECTION_SCORE),
+                score=_measurement(group, codes.DETECTION_SCORE),
                 spacing=_evaluation(group, codes.SPACING_BASIS, codes.SPACING_CODES),
                 heights_mm=lengths,
                 height_lines=lines,
@@ -489,7 +489,7 @@ def _findings(report: MeasurementReport) -> list[Finding]:
         if finding is None:
             raise ValueError(f"ROI group {group.tracking_identifier!r} has no finding code")
         if any(_is(finding, code) for code in _NOT_LESIONS):
-            continue  # a vertebra, or where an abnormality or vertebral summary is drawn
+            continue  # where an abnormality or a vertebral summary is drawn
         region = group.roi
         if region is None:
             raise ValueError(f"ROI group {group.tracking_identifier!r} has no image region")
@@ -511,6 +511,7 @@ def _findings(report: MeasurementReport) -> list[Finding]:
 
 
 _NOT_LESIONS = (codes.VERTEBRA, codes.SPINE_RADIOGRAPH_ABNORMALITY, codes.VERTEBRAL_ANALYSIS)
+# (Vertebra: the planar ROI groups of output format 1.)
 """Finding types of the planar ROI groups that are not lesion boxes."""
 
 

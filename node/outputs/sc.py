@@ -34,6 +34,8 @@ from spinexr.node.outputs.provenance import (
     series_description,
 )
 from spinexr.node.outputs.source import analysed_image, ascii_text, copy_body_part
+from spinexr.node.outputs.vertebrae_gsps import GRADE_COLOURS, label_box, vertebra_label
+from spinexr.node.outputs.vertebrae_tracking import height_lines, vertebra_trackings
 from spinexr.node.settings import Settings
 from spinexr.pipeline.display import display_pixels
 from spinexr.pipeline.preprocess import decode_pixels
@@ -110,7 +112,7 @@ def build_sc(
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = ascii_text(summary_text(image, result))[:10240]
-    sc.DerivationDescription = "AI finding boxes burned into the source image"
+    sc.DerivationDescription = "AI findings (boxes, vertebral heights) burned into the source image"
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
@@ -124,7 +126,7 @@ def build_sc(
 def render(
     source: Dataset, image: ImageResult, result: StudyResult, settings: Settings
 ) -> npt.NDArray[np.uint8]:
-    """Render a source image with its displayed boxes, labels and the AI banner.
+    """Render a source image with its displayed boxes, vertebrae, labels and the AI banner.
 
     Parameters
     ----------
@@ -181,7 +183,38 @@ def render(
             (label_x, label_y, label_x + width + 2, label_y + text_height + 2), fill=(0, 0, 0)
         )
         draw.text((label_x + 1, label_y), text, fill=colour, font=font)
+    _draw_vertebrae(draw, image, result, settings, rows, cols, line)
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def _draw_vertebrae(
+    draw: ImageDraw.ImageDraw,
+    image: ImageResult,
+    result: StudyResult,
+    settings: Settings,
+    rows: int,
+    cols: int,
+    line: int,
+) -> None:
+    """Burn in each vertebra as its GSPS draws it.
+
+    The three height lines in its grade's colour and its label (``"L1 G 0.68 moderate
+    wedge"``) beside the anterior height.
+    """
+    for tracking in vertebra_trackings(result, settings.node.uid_root):
+        if tracking.sop_instance_uid != image.sop_instance_uid:
+            continue
+        vertebra = tracking.vertebra
+        colour = GRADE_COLOURS[vertebra.grade]
+        for points in height_lines(vertebra, rows, cols):
+            draw.line([(float(x), float(y)) for x, y in points], fill=colour, width=line)
+        left, top, _, bottom = label_box(vertebra, rows, cols)
+        font = ImageFont.load_default(size=max(_MIN_FONT, round(bottom - top)))
+        text = vertebra_label(vertebra)
+        _, _, width, height = draw.textbbox((0, 0), text, font=font)
+        left = min(max(0.0, left), max(0.0, cols - width - 2))
+        draw.rectangle((left, top, left + width + 2, top + height + 2), fill=(0, 0, 0))
+        draw.text((left + 1, top), text, fill=colour, font=font)
 
 
 def _text_height(draw: ImageDraw.ImageDraw, text: str, font: _Font) -> int:

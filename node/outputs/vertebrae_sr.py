@@ -4,14 +4,15 @@
 after the lesion boxes, and `vertebral_notes` the TEXT items it adds to the ``Qualitative
 Evaluations`` container. Codes: `spinexr.node.outputs.codes` (section "vertebrae").
 
-Per image with a vertebral analysis (`ImageResult.vertebrae` not None), in image order, pairs
-of groups as `spinexr.node.outputs.located` writes them (a TID 1410 planar ROI group holding
-the region, then a TID 1501 group with the same tracking identifier and UID holding the
-figures, each ``INFERRED FROM`` its coordinates):
+Per image with a vertebral analysis (`ImageResult.vertebrae` not None), in image order, groups
+whose every number is located on the image:
 
-- the summary (finding type ``Vertebral fracture analysis``, tracking identifier ``"image N
-  vertebral fracture analysis"``, region = the rectangle around the vertebrae found, or the
-  whole image when none was (`column_region`), the TID 1501 group referencing the image):
+- the summary, a pair as `spinexr.node.outputs.located` writes it (a TID 1410 planar ROI
+  group holding the region, then a TID 1501 group with the same tracking identifier and UID
+  holding the figures, each ``INFERRED FROM`` the region): finding type ``Vertebral
+  fracture analysis``, tracking identifier ``"image N vertebral fracture analysis"``, region
+  = the rectangle around the vertebrae found, or the whole image when none was
+  (`column_region`), the TID 1501 group referencing the image;
   ``Vertebral fracture analysis status`` (analysed, or why not: not a lateral view, no
   vertebrae found, image too small, no keypoint model, failed). Only an analysed
   image has more: the lowest Genant index (derivation ``Minimum``), the number of vertebrae
@@ -19,22 +20,22 @@ figures, each ``INFERRED FROM`` its coordinates):
   from the top with the level not established), the spacing basis and, when it divided
   Imager Pixel Spacing, the estimated radiographic magnification factor. An image not
   analysed never carries a grade.
-- per vertebra (top to bottom): tracking identifier and UID
+- per vertebra (top to bottom), one TID 1501 group: tracking identifier and UID
   (`spinexr.node.outputs.vertebrae_tracking`; the GSPS uses the same), finding type SCT
   ``Vertebra`` (SCT "Vertebral body" is not in pydicom's dictionary), finding site = the CID
   7603 level code when the level is established (T1-T12, L1-L5; no finding site otherwise,
-  or for a level outside that table). The planar ROI group: Image Region = the vertebral
-  body's outline (closed SCOORD POLYLINE through the six keypoints), qualitative evaluations
-  ``Genant grade`` (SCT Normal / Mild / Moderate / Severe), ``Vertebral deformity type``
-  (project codes none / wedge / biconcave / crush) and ``Pixel spacing used for heights``.
-  The TID 1501 group: with a pixel spacing, three ``Height`` (DCM 121207) measurements in
-  ``mm``, told apart by their finding site's topographical modifier (SCT Anterior, NCIt
-  Middle, SCT Posterior, CID 212) on the level code (SCT ``Vertebra`` when the level is not
-  established), each INFERRED FROM its own SCOORD POLYLINE of two points (top and bottom
-  keypoint) on the source image, so that a viewer draws them as lengths; then ``Genant
-  index`` (UCUM ``{ratio}``) and ``Detection confidence score`` inferred from the outline.
-  Without a pixel spacing there are no heights; the spacing evaluation is ``No pixel
-  spacing`` and a note says so.
+  or for a level outside that table), the source image; ``Genant index`` (UCUM
+  ``{ratio}``) and ``Detection confidence score``, each INFERRED FROM the vertebral body's
+  outline (closed SCOORD POLYLINE through the six keypoints); with a pixel spacing, three
+  ``Height`` (DCM 121207) measurements in ``mm``, told apart by their finding site's
+  topographical modifier (SCT Anterior, NCIt Middle, SCT Posterior, CID 212) on the level
+  code (SCT ``Vertebra`` when the level is not established), each INFERRED FROM its own
+  SCOORD POLYLINE of two points (top and bottom keypoint); qualitative evaluations ``Genant
+  grade`` (SCT Normal / Mild / Moderate / Severe), ``Vertebral deformity type`` (project
+  codes none / wedge / biconcave / crush) and ``Pixel spacing used for heights``. One group,
+  not a planar ROI pair: a viewer that draws the SCOORDs under a group's NUMs (OHIF) draws
+  the outline and the three height lines with one label; without a pixel spacing there are
+  no heights, the spacing evaluation is ``No pixel spacing`` and a note says so.
 
 Grades use SCT qualifiers rather than RadElement RDES150: their codes are in pydicom's
 dictionary and read as Genant's terms under the concept name ``Genant grade``.
@@ -57,10 +58,13 @@ from highdicom.sr import (
     FindingSite,
     GraphicTypeValues,
     Measurement,
+    MeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     RelationshipTypeValues,
+    SourceImageForMeasurementGroup,
     SourceImageForRegion,
     TextContentItem,
+    TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
@@ -275,7 +279,7 @@ def vertebra_group(
     source: Dataset,
     algorithm: AlgorithmIdentification | None,
 ) -> list[Group]:
-    """Return the groups of one vertebra: its outline, then heights, G and score.
+    """Return the TID 1501 group of one vertebra, every number located by its own SCOORD.
 
     Parameters
     ----------
@@ -291,40 +295,57 @@ def vertebra_group(
     Returns
     -------
     list
-        The TID 1410 group (outline, level, grade, deformity, spacing basis) and the TID 1501
-        group (the three heights in mm, each on its own line, when there is a spacing; the
-        Genant index and the detection score on the outline).
+        One group: Genant index and detection score ``INFERRED FROM`` the body's outline,
+        then (with a pixel spacing) the three heights in mm each ``INFERRED FROM`` its line;
+        level as finding site; grade, deformity and spacing basis as evaluations.
     """
     vertebra = tracking.vertebra
     site = level_code(vertebra.level)
+    region = outline(vertebra, int(source.Rows), int(source.Columns))
+    on_outline = [
+        Measurement(
+            name=figure.name,
+            value=figure.value,
+            unit=figure.unit,
+            referenced_coordinates=[
+                CoordinatesForMeasurement(
+                    graphic_type=GraphicTypeValues.POLYLINE,
+                    graphic_data=region,
+                    source_image=SourceImageForRegion.from_source_image(source),
+                )
+            ],
+        )
+        for figure in (
+            Figure(codes.GENANT_INDEX, vertebra.genant_index, codes.RATIO_UNIT),
+            Figure(codes.DETECTION_SCORE, vertebra.score, codes.NO_UNITS),
+        )
+    ]
     heights = (
         []
         if vertebra.heights_mm is None
         else _height_measurements(vertebra, source, site or codes.VERTEBRA)
     )
-    return located_groups(
-        tracking_uid=tracking.uid,
-        tracking_id=tracking.identifier,
-        region=outline(vertebra, int(source.Rows), int(source.Columns)),
-        source=source,
-        finding=codes.VERTEBRA,
-        algorithm=algorithm,
-        measurements=heights,
-        figures=[
-            Figure(codes.GENANT_INDEX, vertebra.genant_index, codes.RATIO_UNIT),
-            Figure(codes.DETECTION_SCORE, vertebra.score, codes.NO_UNITS),
-        ],
-        region_evaluations=[
-            QualitativeEvaluation(
-                name=codes.GENANT_GRADE, value=codes.GRADE_CODES[vertebra.grade.value]
+    return [
+        MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(
+                uid=tracking.uid, identifier=tracking.identifier
             ),
-            QualitativeEvaluation(
-                name=codes.DEFORMITY, value=codes.DEFORMITY_CODES[vertebra.deformity.value]
-            ),
-            _spacing_evaluation(analysis),
-        ],
-        finding_sites=None if site is None else [FindingSite(anatomic_location=site)],
-    )
+            finding_type=codes.VERTEBRA,
+            finding_sites=None if site is None else [FindingSite(anatomic_location=site)],
+            algorithm_id=algorithm,
+            measurements=[*on_outline, *heights],
+            qualitative_evaluations=[
+                QualitativeEvaluation(
+                    name=codes.GENANT_GRADE, value=codes.GRADE_CODES[vertebra.grade.value]
+                ),
+                QualitativeEvaluation(
+                    name=codes.DEFORMITY, value=codes.DEFORMITY_CODES[vertebra.deformity.value]
+                ),
+                _spacing_evaluation(analysis),
+            ],
+            source_images=[SourceImageForMeasurementGroup.from_source_image(source)],
+        )
+    ]
 
 
 def column_region(analysis: VertebralAnalysis, source: Dataset) -> npt.NDArray[np.float64]:

@@ -59,6 +59,7 @@ from vertebrae_outputs_support import AP_NOT_LATERAL, lateral_analysis, with_ver
 
 from spinexr.node.outputs.boxes import CLASS_COLOURS
 from spinexr.node.outputs.build import build_outputs
+from spinexr.node.outputs.readback import read_vertebrae
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -551,25 +552,25 @@ def test_ohif_shows_the_vertebral_analysis(rig: OhifRig, browser: Any) -> None:
     analysis = result.images[0].vertebrae
     vertebrae = analysis.vertebrae
     expected = [
-        "".join(
-            [
-                *(f"Height: {h:.2f} mm" for h in v.heights_mm),
-                f"Genant index: {v.genant_index:.2f} {{ratio}}",
-                f"Detection confidence score: {v.score:.2f} 1",
-            ]
-        )
+        f"Genant index: {v.genant_index:.2f} {{ratio}}"
+        f"Detection confidence score: {v.score:.2f} 1"
+        + "".join(f"Height: {h:.2f} mm" for h in v.heights_mm)
         for v in vertebrae
     ]
     lowest = f"Genant index: {analysis.lowest_genant:.2f} {{ratio}}"
-    outlines = [points for finding, uid, points in box_findings(sr) if finding == "Vertebra"]
-    assert len(outlines) == len(vertebrae) == 5
+    # Where the SR puts them (read back from the SR as stored).
+    reported = read_vertebrae(sr)
+    outlines = [[c for point in v.outline[:-1] for c in point] for v in reported]
+    lines = [[c for point in line for c in point] for v in reported for line in v.height_lines]
+    assert len(outlines) == 5 and len(lines) == 15
     seen: dict[str, Any] = {}
 
     def all_drawn() -> bool:
         labels = svg_labels(browser)
         png = browser.get_screenshot_as_png()
         mask = annotation_mask(png)
-        sides = [edge_coverage(mask, screen_points(browser, lateral, p[:-2])) for p in outlines]
+        shapes = outlines + lines
+        sides = [edge_coverage(mask, screen_points(browser, lateral, p)) for p in shapes]
         seen.update(labels=labels, png=png, sides=sides)
         return (
             all(text in labels for text in expected)
@@ -579,6 +580,10 @@ def test_ohif_shows_the_vertebral_analysis(rig: OhifRig, browser: Any) -> None:
 
     try:
         wait_until(all_drawn, "the vertebrae drawn and labelled", timeout=30)
+    except AssertionError as error:
+        missing = [text for text in expected if text not in seen.get("labels", [])]
+        sides = seen.get("sides")
+        raise AssertionError(f"{error}: labels missing {missing}, sides {sides}") from None
     finally:
         if "png" in seen:
             (ARTIFACTS / "ohif-vertebrae-lateral.png").write_bytes(seen["png"])

@@ -17,6 +17,7 @@ from outputs_support import (
     write_object,
 )
 from pydicom.dataset import Dataset
+from vertebrae_outputs_support import lateral_analysis, with_vertebrae
 
 from spinexr.node import MANUFACTURER
 from spinexr.node.ingest.header import read_header
@@ -25,6 +26,8 @@ from spinexr.node.outputs import BuiltObject, SupersededReport, build_outputs
 from spinexr.node.outputs.boxes import CLASS_COLOURS
 from spinexr.node.outputs.provenance import DEMO_WARNING
 from spinexr.node.outputs.sc import grayscale_8bit
+from spinexr.node.outputs.vertebrae_gsps import GRADE_COLOURS, label_box
+from spinexr.node.outputs.vertebrae_tracking import height_lines
 from spinexr.node.sopclasses import COMPREHENSIVE_SR, GSPS, KOS, SECONDARY_CAPTURE
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.results import StudyResult
@@ -197,6 +200,26 @@ def test_secondary_capture_burns_in_boxes_and_banner() -> None:
     assert (region[..., 0] == region[..., 1]).all() and (region[..., 1] == region[..., 2]).all()
     banner = pixels[:8, :]
     assert (banner == 0).mean() > 0.5  # black banner with text
+
+
+def test_secondary_capture_burns_in_vertebral_heights_and_labels() -> None:
+    sources = make_study(48, Variant())
+    lateral = sources[1]
+    result = with_vertebrae(abnormal_result(sources), [None, lateral_analysis(lateral)])
+    _, capture = _sc(sources, result)
+    pixels = capture.pixel_array.astype(int)
+    rows, cols = int(lateral.Rows), int(lateral.Columns)
+    for vertebra in result.images[1].vertebrae.vertebrae:
+        colour = GRADE_COLOURS[vertebra.grade]
+        for (x0, y0), (x1, y1) in height_lines(vertebra, rows, cols):
+            x, y = round((x0 + x1) / 2), round((y0 + y1) / 2)  # the middle of the line
+            window = pixels[y - 1 : y + 2, x - 1 : x + 2]
+            assert (np.abs(window - colour).sum(axis=-1) == 0).any(), (vertebra.label, colour)
+        left, top, right, bottom = label_box(vertebra, rows, cols)
+        label = pixels[round(top) : round(bottom), round(left) : round(right)]
+        # Anti-aliased text: pixels near the grade's colour.
+        assert (np.abs(label - colour).sum(axis=-1) < 90).sum() > 5, vertebra.label
+    assert "vertebral heights" in capture.DerivationDescription
 
 
 def test_rendering_handles_monochrome1_and_each_voi() -> None:

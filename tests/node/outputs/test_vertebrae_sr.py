@@ -300,8 +300,18 @@ def test_heights_carry_mm_a_site_modifier_and_their_own_two_point_line(
         (modifier,) = site.ContentSequence
         modifiers.append(modifier.ConceptCodeSequence[0].CodeMeaning)
     assert modifiers == ["Anterior", "Middle", "Posterior"] * 5
-    regions = [i for i in _named(sr, dcm_codes.DCM.ImageRegion) if len(i.GraphicData) == 14]
-    assert len(regions) == 5  # the outlines: 7 points each
+    # Genant index and score each inferred from the outline (7 points), in the vertebra's group.
+    for name in (codes.GENANT_INDEX, codes.DETECTION_SCORE):
+        per_vertebra = [
+            item
+            for item in _named(sr, name)
+            if any(
+                len(c.GraphicData) == 14
+                for c in item.get("ContentSequence", [])
+                if c.ValueType == "SCOORD"
+            )
+        ]
+        assert len(per_vertebra) == 5
 
 
 def test_without_spacing_there_are_no_mm_and_a_note_says_so(written: dict[str, Path]) -> None:
@@ -334,7 +344,7 @@ def test_not_analysed_image_says_why_and_has_no_grade(written: dict[str, Path]) 
     assert len(_named(sr, codes.WORST_GENANT_GRADE)) == 1  # only the analysed image
 
 
-def test_tracking_uids_are_deterministic_and_shared_by_the_two_groups_of_a_vertebra(
+def test_tracking_uids_are_deterministic_one_group_per_vertebra(
     cases: dict[str, tuple[list[Dataset], StudyResult]], written: dict[str, Path]
 ) -> None:
     _, result = cases["levels_mm"]
@@ -344,7 +354,7 @@ def test_tracking_uids_are_deterministic_and_shared_by_the_two_groups_of_a_verte
     sr = pydicom.dcmread(written["levels_mm"])
     uids = [i.UID for i in _named(sr, dcm_codes.DCM.TrackingUniqueIdentifier)]
     for tracking in first:
-        assert uids.count(tracking.uid) == 2  # planar ROI group and heights group
+        assert uids.count(tracking.uid) == 1  # the vertebra's one group
 
 
 def test_algorithm_identification_of_the_keypoint_model(
