@@ -41,8 +41,8 @@ VIEWER_FAMILIES: tuple[ViewerFamily, ...] = (
         "OHIF v3",
         frozenset({"sr", "sc"}),
         ("sr", "sc"),
-        "checked in a browser (tests/viewers): boxes, abnormality and vertebral outlines from "
-        "the SR; GSPS not applied; the capture shows height lines and grades",
+        "checked in a browser (tests/viewers): boxes, abnormality, vertebral outlines and "
+        "height lines from the SR; GSPS not applied; the capture adds grades and levels",
     ),
     ViewerFamily(
         "PACS viewers with GSPS (IHE CPI), Weasis",

@@ -57,6 +57,8 @@ class CtRefusal(enum.StrEnum):
     """Pixel data cannot be decoded."""
     NO_ELIGIBLE_SERIES = "no_eligible_series"
     """No series of the study passes the selection rules."""
+    NO_SPINE = "no_spine"
+    """The localiser finds no vertebral column in the volume (e.g. a head CT)."""
 
 
 class UnsupportedSeriesError(PipelineError):

@@ -107,6 +107,39 @@ def test_known_centre_offsets_give_the_error_in_mm() -> None:
     assert m.centre_error_sd_mm == pytest.approx(np.std([e1, e2], ddof=1))
 
 
+def test_heights_and_centres_measured_elsewhere_replace_the_2d_ones() -> None:
+    """On CT, heights and centres come from 3D: they override the 2D keypoints' figures."""
+    truth, pred = column(2), column(2)  # identical in 2D
+    base = image(truth, pred)
+    three_d = ImageKeypoints(
+        study="s1",
+        image="i1",
+        spacing_mm=(0.5, 0.5),
+        truth=base.truth,
+        predicted=base.predicted,
+        scores=base.scores,
+        truth_heights_mm=np.array([[10.0, 10.0, 10.0], [7.0, 10.0, 10.0]]),
+        predicted_heights_mm=np.array([[10.0, 10.0, 10.0], [10.0, 10.0, 10.0]]),
+        truth_centres_mm=np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 30.0]]),
+        predicted_centres_mm=np.array([[1.0, 2.0, 2.0], [0.0, 0.0, 30.0]]),
+    )
+    m = keypoint_metrics([three_d], n_resamples=0)
+    assert m.localisation["centre_error_mm"].point == pytest.approx((3.0 + 0.0) / 2)
+    assert m.height_mae_mm["overall"].point == pytest.approx(0.5)  # 1 of 6 heights off by 3 mm
+    table = match_images([three_d])
+    assert table.truth_g.tolist() == pytest.approx([1.0, 0.7])
+    with pytest.raises(ValueError, match="three heights"):
+        ImageKeypoints(
+            study="s",
+            image="i",
+            spacing_mm=None,
+            truth=base.truth,
+            predicted=base.predicted,
+            scores=base.scores,
+            truth_heights_mm=np.zeros((2, 2)),
+        )
+
+
 def test_images_without_spacing_count_for_detection_not_for_mm() -> None:
     truth = column(3)
     with_mm = image(truth, [t + np.array([2.0, 0.0]) for t in truth], name="a", spacing=(0.5, 0.5))

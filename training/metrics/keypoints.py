@@ -100,6 +100,13 @@ class ImageKeypoints:
     predicted_levels : sequence of str or None, optional
         Level the level naming gave each predicted vertebra (None where not established);
         None when no level naming ran.
+    truth_heights_mm, predicted_heights_mm : array_like, optional
+        ``(N, 3)`` / ``(M, 3)`` heights in mm measured elsewhere (on CT: in 3D, between
+        the keypoints mapped back to the patient); they replace the heights from the 2D
+        keypoints and the spacing for G and the height figures.
+    truth_centres_mm, predicted_centres_mm : array_like, optional
+        ``(N, D)`` / ``(M, D)`` centres in mm in any common frame (on CT: LPS); they replace
+        the 2D centres for the localisation error.
     """
 
     study: str
@@ -110,6 +117,10 @@ class ImageKeypoints:
     scores: FloatArray
     truth_levels: tuple[str | None, ...] = ()
     predicted_levels: tuple[str | None, ...] | None = None
+    truth_heights_mm: FloatArray | None = None
+    predicted_heights_mm: FloatArray | None = None
+    truth_centres_mm: FloatArray | None = None
+    predicted_centres_mm: FloatArray | None = None
 
     def __post_init__(self) -> None:
         truth = _keypoint_stack(self.truth, f"image {self.image}: truth")
@@ -136,6 +147,19 @@ class ImageKeypoints:
         object.__setattr__(self, "truth", truth)
         object.__setattr__(self, "predicted", predicted)
         object.__setattr__(self, "scores", scores)
+        for name, n in (
+            ("truth_heights_mm", len(truth)),
+            ("predicted_heights_mm", len(predicted)),
+            ("truth_centres_mm", len(truth)),
+            ("predicted_centres_mm", len(predicted)),
+        ):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            array = np.asarray(value, dtype=np.float64).reshape(n, -1)
+            if name.endswith("heights_mm") and array.shape[1] != 3:
+                raise ValueError(f"image {self.image}: {name} needs three heights per vertebra")
+            object.__setattr__(self, name, array)
         object.__setattr__(self, "truth_levels", levels)
         if self.predicted_levels is not None:
             object.__setattr__(self, "predicted_levels", tuple(self.predicted_levels))
@@ -333,8 +357,16 @@ def match_images(
         im_levels.append(
             im.predicted_levels is not None and any(v is not None for v in im.predicted_levels)
         )
-        h_true = [heights(kp, im.spacing_mm) for kp in im.truth]
-        h_pred = [heights(kp, im.spacing_mm) for kp in im.predicted]
+        h_true = (
+            [tuple(h) for h in im.truth_heights_mm]
+            if im.truth_heights_mm is not None
+            else [heights(kp, im.spacing_mm) for kp in im.truth]
+        )
+        h_pred = (
+            [tuple(h) for h in im.predicted_heights_mm]
+            if im.predicted_heights_mm is not None
+            else [heights(kp, im.spacing_mm) for kp in im.predicted]
+        )
         g_true = [genant_index(h) for h in h_true]
         g_pred = [genant_index(h) for h in h_pred]
         matches = match_vertebrae(im.truth, im.predicted, iou_threshold=iou_threshold)
@@ -347,7 +379,10 @@ def match_images(
         p_g += g_pred
         p_matched += [i in matched_p for i in range(len(im.predicted))]
         for t, p in matches:
-            if im.spacing_mm is None:
+            if im.truth_centres_mm is not None and im.predicted_centres_mm is not None:
+                err = float(np.linalg.norm(im.truth_centres_mm[t] - im.predicted_centres_mm[p]))
+                ht, hp = h_true[t], h_pred[p]
+            elif im.spacing_mm is None:
                 err, ht, hp = math.nan, nan3, nan3
             else:
                 err = centre_error_mm(im.truth[t], im.predicted[p], im.spacing_mm)

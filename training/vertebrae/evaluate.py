@@ -24,6 +24,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,12 +205,97 @@ def evaluate_keypoints(
     if not records:
         raise ValueError("no images to evaluate")
     started = time.monotonic()
-    results: dict[str, KeypointMetrics] = {}
-    model_json: dict[str, Any] = {}
+    predictions = {}
     for name, model in models.items():
         images, rules, per_image = predict_images(
             model, records, level_namer=level_namer, progress=progress, label=name
         )
+        predictions[name] = ModelPredictions(model.name, images, rules, per_image)
+    return keypoint_report(
+        predictions,
+        out_dir,
+        splits=dict(Counter(r.split for r in records)),
+        seed=seed,
+        n_bootstrap=n_bootstrap,
+        progress=progress,
+        cutoffs=cutoffs,
+        iou_threshold=iou_threshold,
+        levels=level_namer is not None,
+        started=started,
+    )
+
+
+@dataclass(frozen=True)
+class ModelPredictions:
+    """One model's predictions on the evaluated images, paired with the annotations.
+
+    Attributes
+    ----------
+    algorithm : str
+        The model's name and version.
+    images : list of ImageKeypoints
+        Per image, annotated and predicted vertebrae.
+    rules : collections.Counter
+        How often each level rule was used.
+    seconds_per_image : float
+        Inference time per image.
+    """
+
+    algorithm: str
+    images: list[ImageKeypoints]
+    rules: Counter[str]
+    seconds_per_image: float
+
+
+def keypoint_report(
+    predictions: Mapping[str, ModelPredictions],
+    out_dir: Path | None,
+    *,
+    splits: Mapping[str, int],
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    progress: bool = True,
+    cutoffs: GenantCutoffs = DEFAULT_CUTOFFS,
+    iou_threshold: float = IOU_THRESHOLD,
+    levels: bool = True,
+    started: float | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compute the figures of each model's predictions and write the report.
+
+    Parameters
+    ----------
+    predictions : mapping of str to ModelPredictions
+        Display name to predictions (every model on the same images).
+    out_dir : pathlib.Path or None
+        Folder for the JSON report and the plots (created); None writes nothing.
+    splits : mapping of str to int
+        Images per split (for the report).
+    seed, n_bootstrap : int, optional
+        Bootstrap over studies.
+    progress : bool, optional
+        Print the report tables (stdout).
+    cutoffs : GenantCutoffs, optional
+        Grade bounds.
+    iou_threshold : float, optional
+        Keypoint-box IoU a match must exceed.
+    levels : bool, optional
+        Whether levels were named.
+    started : float, optional
+        ``time.monotonic()`` when the evaluation began (for ``seconds``).
+    settings : mapping, optional
+        More entries for the report's ``settings`` (e.g. how CT heights were measured).
+
+    Returns
+    -------
+    dict
+        The report (as `evaluate_keypoints` returns it).
+    """
+    started = time.monotonic() if started is None else started
+    results: dict[str, KeypointMetrics] = {}
+    model_json: dict[str, Any] = {}
+    for name, predicted in predictions.items():
+        images, rules, per_image = predicted.images, predicted.rules, predicted.seconds_per_image
         metrics = keypoint_metrics(
             images,
             iou_threshold=iou_threshold,
@@ -218,7 +304,11 @@ def evaluate_keypoints(
             seed=seed,
         )
         results[name] = metrics
-        entry = {"algorithm": model.name, "seconds_per_image": per_image, **metrics.as_dict()}
+        entry = {
+            "algorithm": predicted.algorithm,
+            "seconds_per_image": per_image,
+            **metrics.as_dict(),
+        }
         if entry["levels"] is not None:
             entry["levels"]["rules"] = dict(rules)
         model_json[name] = entry
@@ -230,7 +320,7 @@ def evaluate_keypoints(
             "images_without_spacing": first.counts["images_without_spacing"],
             "annotated_vertebrae": first.counts["annotated_vertebrae"],
             "annotated_fractured_vertebrae": first.counts["annotated_fractured_vertebrae"],
-            "splits": dict(Counter(r.split for r in records)),
+            "splits": dict(splits),
         },
         "settings": {
             "matching": (
@@ -251,7 +341,8 @@ def evaluate_keypoints(
                 "seed": seed,
                 "confidence": 0.95,
             },
-            "levels": level_namer is not None,
+            "levels": levels,
+            **(settings or {}),
         },
         "models": model_json,
         "paper_reference": PAPER_REFERENCE,

@@ -1,0 +1,195 @@
+"""The six-keypoint vertebra detector for CT, trained on straightened reformats of CT phantoms.
+
+Pisov et al. (``method.md`` §8, step 2) run the same keypoint detector as on lateral
+radiographs on the straightened mid-sagittal image of the CT. This module turns CT phantoms
+(`spinexr.training.phantoms.ct`) into `KeypointRecord` objects on that image, exactly as the
+pipeline will make it (`spinexr.pipeline.ct.reformat`): the phantom's true vertebral-body
+centre line with in-plane noise of `CENTRELINE_JITTER_MM` per slice (the localiser's held-out
+error is about 1.3 mm), fitted and straightened, windowed for bone; the six keypoints of
+every fully visible vertebra projected onto the image. The partly visible vertebrae at both
+ends of the field of view are not annotated (their keypoints are not all in the volume).
+
+The records then go through the radiograph trainers and evaluation unchanged
+(`train_keypointrcnn`, `evaluate_keypoints`): the image has anterior on the left and bone
+bright, like a lateral radiograph facing left.
+
+``python -m spinexr.training.ct.keypoints`` trains a Keypoint R-CNN (`KRCNNConfig.cpu`) on
+``--phantoms`` phantoms, prints the held-out 2D figures (recall, precision, centre error,
+Genant grades) and writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from spinexr.pipeline.ct.reformat import (
+    REFORMAT_SPACING_MM,
+    reformat_display,
+    sagittal_reformat,
+)
+from spinexr.pipeline.vertebrae.krcnn import KRCNNConfig
+from spinexr.pipeline.vertebrae.objects import ObjectKind
+from spinexr.training.phantoms.ct import CtPhantom, make_ct_phantom
+from spinexr.training.progress import RateProgress
+from spinexr.training.vertebrae.records import AnnotatedObject, KeypointRecord
+
+CENTRELINE_JITTER_MM: Final = 1.3
+"""Standard deviation of the in-plane noise added to each slice's true centre point."""
+
+HELD_OUT_SEED_OFFSET: Final = 1_000_003
+"""Seed offset of the held-out phantoms (no overlap with any training seed)."""
+
+
+def ct_keypoint_record(
+    phantom: CtPhantom,
+    *,
+    split: str = "train",
+    rng: np.random.Generator | None = None,
+    jitter_mm: float = CENTRELINE_JITTER_MM,
+) -> KeypointRecord:
+    """Return a CT phantom's straightened reformat and its vertebrae's keypoints.
+
+    Parameters
+    ----------
+    phantom : CtPhantom
+        A chest or abdomen phantom.
+    split : str
+        ``"train"`` or ``"test"``.
+    rng : numpy.random.Generator, optional
+        Draws the centre-line noise (none without one).
+    jitter_mm : float
+        Its standard deviation (left-right and anterior-posterior, per slice).
+
+    Returns
+    -------
+    KeypointRecord
+        ``display`` the windowed reformat, ``spacing_mm`` the reformat's, one object per
+        fully visible vertebra (keypoints ``(x, y)`` with the origin at the top-left corner
+        of the top-left pixel).
+
+    Raises
+    ------
+    ValueError
+        For a phantom without vertebrae (a head).
+    """
+    if not phantom.vertebrae:
+        raise ValueError("the phantom has no vertebrae")
+    points = np.array(phantom.centreline, dtype=np.float64)
+    if rng is not None and jitter_mm > 0:
+        points[:, :2] += rng.normal(0.0, jitter_mm, size=(len(points), 2))
+    image = sagittal_reformat(phantom.hu, phantom.grid.affine(), points)
+    rows, columns = image.image.shape
+    objects = []
+    for vertebra in phantom.vertebrae:
+        if not vertebra.complete:
+            continue
+        rc = image.from_patient(vertebra.keypoints)
+        xy = np.stack([rc[:, 1] + 0.5, rc[:, 0] + 0.5], axis=1)
+        inside = (xy[:, 0] >= 0) & (xy[:, 0] <= columns) & (xy[:, 1] >= 0) & (xy[:, 1] <= rows)
+        if not inside.all():
+            continue
+        objects.append(AnnotatedObject(ObjectKind.VERTEBRA, vertebra.level, xy))
+    uid = f"ct-phantom-{phantom.seed}"
+    return KeypointRecord(
+        study=uid,
+        series=uid,
+        image=uid,
+        display=reformat_display(image.image),
+        spacing_mm=(REFORMAT_SPACING_MM, REFORMAT_SPACING_MM),
+        objects=objects,
+        split=split,
+    )
+
+
+def generate_ct_keypoint_records(
+    n: int,
+    seed: int,
+    *,
+    split: str = "train",
+    jitter_mm: float = CENTRELINE_JITTER_MM,
+    progress: bool = True,
+) -> list[KeypointRecord]:
+    """Make ``n`` CT phantom records (small acquisitions, random fractures and scoliosis).
+
+    Parameters
+    ----------
+    n : int
+        Number of phantoms.
+    seed : int
+        Seed of the set (phantom ``i`` and its centre-line noise use child ``i``).
+    split : str
+        Split of every record.
+    jitter_mm : float
+        Centre-line noise (`ct_keypoint_record`).
+    progress : bool
+        Print progress lines (rate, ETA) to stderr.
+
+    Returns
+    -------
+    list of KeypointRecord
+        In phantom order.
+    """
+    bar = RateProgress(n, "CT reformats", prefix="ct-keypoints") if progress else None
+    out = []
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(n), start=1):
+        phantom_seed, noise_seed = child.spawn(2)
+        phantom = make_ct_phantom(phantom_seed, size="small")
+        out.append(
+            ct_keypoint_record(
+                phantom,
+                split=split,
+                rng=np.random.default_rng(noise_seed),
+                jitter_mm=jitter_mm,
+            )
+        )
+        if bar is not None:
+            bar.update(i)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train on CT reformats, print held-out figures, write the checkpoint."""
+    from spinexr.pipeline.vertebrae.loader import load_keypoint_model
+    from spinexr.training.vertebrae.evaluate import evaluate_keypoints
+    from spinexr.training.vertebrae.krcnn_train import train_keypointrcnn
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--phantoms", type=int, default=300)
+    p.add_argument("--test", type=int, default=60, help="held-out phantoms (other seeds)")
+    p.add_argument("--iterations", type=int, default=600)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("var/ct-keypoints"))
+    args = p.parse_args(argv)
+    started = time.monotonic()
+    train = generate_ct_keypoint_records(args.phantoms, args.seed)
+    test = generate_ct_keypoint_records(args.test, args.seed + HELD_OUT_SEED_OFFSET, split="test")
+    checkpoint = train_keypointrcnn(
+        train,
+        args.out,
+        seed=args.seed,
+        iterations=args.iterations,
+        batch_size=args.batch,
+        lr=args.lr,
+        config=KRCNNConfig.cpu(),
+        threads=args.threads,
+    )
+    seconds = time.monotonic() - started
+    model = load_keypoint_model("keypointrcnn", checkpoint, "cpu")
+    # Prints the report tables (stdout) and writes keypoints-report.json beside the model.
+    evaluate_keypoints({"keypoint-rcnn-ct": model}, test, args.out, level_namer=None)
+    print(f"[ct-keypoints] trained in {seconds:.0f} s -> {checkpoint}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
