@@ -14,8 +14,9 @@ The records then go through the radiograph trainers and evaluation unchanged
 bright, like a lateral radiograph facing left.
 
 ``python -m spinexr.training.ct.keypoints`` trains a Keypoint R-CNN (`KRCNNConfig.cpu`) on
-``--phantoms`` phantoms, prints the held-out 2D figures (recall, precision, centre error,
-Genant grades) and writes the checkpoint.
+``--phantoms`` phantoms (or, with ``--annotations`` and ``--dicom``, on Pisov et al.'s
+annotated MosMedData series: `spinexr.training.ct.pisov_annotations`), prints the held-out
+2D figures (recall, precision, centre error, Genant grades) and writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
 from spinexr.pipeline.ct.reformat import (
     REFORMAT_SPACING_MM,
@@ -84,19 +86,57 @@ def ct_keypoint_record(
     points = np.array(phantom.centreline, dtype=np.float64)
     if rng is not None and jitter_mm > 0:
         points[:, :2] += rng.normal(0.0, jitter_mm, size=(len(points), 2))
-    image = sagittal_reformat(phantom.hu, phantom.grid.affine(), points)
+    return record_on_reformat(
+        phantom.hu,
+        phantom.grid.affine(),
+        points,
+        [(v.level, v.keypoints) for v in phantom.vertebrae if v.complete],
+        uid=f"ct-phantom-{phantom.seed}",
+        split=split,
+    )
+
+
+def record_on_reformat(
+    volume_hu: npt.NDArray[np.generic],
+    affine: npt.ArrayLike,
+    centre_points: npt.ArrayLike,
+    vertebrae: Sequence[tuple[str | None, npt.ArrayLike]],
+    *,
+    uid: str,
+    split: str = "train",
+) -> KeypointRecord:
+    """Return the reformat along given centre points with the vertebrae projected onto it.
+
+    Parameters
+    ----------
+    volume_hu : numpy.ndarray
+        ``(slices, rows, columns)`` HU.
+    affine : array-like
+        Index → LPS mm.
+    centre_points : array-like
+        ``(N, 3)`` LPS points of the centre line (per slice or per vertebra; at least five).
+    vertebrae : sequence of (str or None, array-like)
+        Level (None when not annotated) and ``(6, 3)`` LPS keypoints of each vertebra.
+    uid : str
+        Study, series and image identifier of the record.
+    split : str
+        Its split.
+
+    Returns
+    -------
+    KeypointRecord
+        ``display`` the windowed reformat, ``spacing_mm`` its spacing; a vertebra whose
+        keypoints do not all fall inside the image is left out.
+    """
+    image = sagittal_reformat(volume_hu, affine, centre_points)
     rows, columns = image.image.shape
     objects = []
-    for vertebra in phantom.vertebrae:
-        if not vertebra.complete:
-            continue
-        rc = image.from_patient(vertebra.keypoints)
+    for level, keypoints in vertebrae:
+        rc = image.from_patient(np.asarray(keypoints, dtype=np.float64).reshape(6, 3))
         xy = np.stack([rc[:, 1] + 0.5, rc[:, 0] + 0.5], axis=1)
         inside = (xy[:, 0] >= 0) & (xy[:, 0] <= columns) & (xy[:, 1] >= 0) & (xy[:, 1] <= rows)
-        if not inside.all():
-            continue
-        objects.append(AnnotatedObject(ObjectKind.VERTEBRA, vertebra.level, xy))
-    uid = f"ct-phantom-{phantom.seed}"
+        if inside.all():
+            objects.append(AnnotatedObject(ObjectKind.VERTEBRA, level, xy))
     return KeypointRecord(
         study=uid,
         series=uid,
@@ -154,6 +194,42 @@ def generate_ct_keypoint_records(
     return out
 
 
+def annotated_records(
+    annotations: Path, dicom: Path, test_fraction: float, seed: int
+) -> list[KeypointRecord]:
+    """Return the records of Pisov et al.'s annotated MosMedData series, split by series.
+
+    Parameters
+    ----------
+    annotations : pathlib.Path
+        The folder of JSON files (`spinexr.training.ct.pisov_annotations`).
+    dicom : pathlib.Path
+        The dataset's DICOM folder (one subfolder per study, named as the files' ``Folder``).
+    test_fraction : float
+        Share of series in the ``test`` split (drawn with ``seed``).
+    seed : int
+        Seed of the split.
+
+    Returns
+    -------
+    list of KeypointRecord
+        One per annotated series, file name order.
+    """
+    from spinexr.training.ct.pisov_annotations import annotated_record, read_annotation
+
+    paths = sorted(Path(annotations).glob("*.json"))
+    rng = np.random.default_rng(seed)
+    test = set(rng.choice(len(paths), size=round(len(paths) * test_fraction), replace=False))
+    bar = RateProgress(len(paths), "annotated CT series", prefix="ct-keypoints")
+    out = []
+    for i, path in enumerate(paths):
+        annotation = read_annotation(path)
+        files = [f for f in (Path(dicom) / annotation.folder).rglob("*") if f.is_file()]
+        out.append(annotated_record(annotation, files, split="test" if i in test else "train"))
+        bar.update(i + 1)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Train on CT reformats, print held-out figures, write the checkpoint."""
     from spinexr.pipeline.vertebrae.loader import load_keypoint_model
@@ -169,10 +245,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("var/ct-keypoints"))
+    p.add_argument(
+        "--annotations",
+        type=Path,
+        help="Pisov et al.'s annotation folder (JSON per series) instead of phantoms",
+    )
+    p.add_argument("--dicom", type=Path, help="with --annotations: the dataset's Dicom folder")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="with --annotations")
     args = p.parse_args(argv)
     started = time.monotonic()
-    train = generate_ct_keypoint_records(args.phantoms, args.seed)
-    test = generate_ct_keypoint_records(args.test, args.seed + HELD_OUT_SEED_OFFSET, split="test")
+    if args.annotations is not None:
+        if args.dicom is None:
+            p.error("--annotations needs --dicom")
+        records = annotated_records(args.annotations, args.dicom, args.test_fraction, args.seed)
+        train = [r for r in records if r.split == "train"]
+        test = [r for r in records if r.split == "test"]
+    else:
+        train = generate_ct_keypoint_records(args.phantoms, args.seed)
+        test = generate_ct_keypoint_records(
+            args.test, args.seed + HELD_OUT_SEED_OFFSET, split="test"
+        )
     checkpoint = train_keypointrcnn(
         train,
         args.out,
