@@ -12,7 +12,9 @@
    `KeypointModel`), each keypoint mapped back to patient coordinates (LPS mm); the three
    heights are measured **in 3D** between the mapped points (`StraightMap.distance_mm`, free
    of the straightening's distortion), then the Genant index, grade and deformity follow
-   exactly as on radiographs (`spinexr.pipeline.vertebrae.genant`).
+   exactly as on radiographs (`spinexr.pipeline.vertebrae.genant`). A vertebra cut by the
+   first or last slice (a keypoint within `EDGE_MARGIN_MM` of the field of view's end) is
+   left out (`within_volume`): the reformat's fill would make up its heights.
 
 Levels are not named here (the field of view of a chest or abdomen CT rarely fixes the
 count); vertebrae are numbered from the top.
@@ -21,7 +23,7 @@ count); vertebrae are numbered from the top.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
@@ -42,6 +44,9 @@ MIN_SPINE_CONFIDENCE: Final = 0.5
 
 MIN_SPINE_SLICES: Final = 5
 """Fewest slices with spine for a centre line (`fit_centreline` needs five points)."""
+
+EDGE_MARGIN_MM: Final = 3.0
+"""A vertebra's keypoints must lie this far inside the first and last scanned slices."""
 
 HEIGHT_PAIRS: Final = ((0, 1), (2, 3), (4, 5))
 """Keypoint indices (top, bottom) of the anterior, middle and posterior heights."""
@@ -187,10 +192,9 @@ def analyse_ct_volume(
     spacing = reformat.spacing_mm
     found = [o for o in keypoints.predict(display, spacing) if o.kind is ObjectKind.VERTEBRA]
     found.sort(key=lambda o: float(o.keypoints[:, 1].mean()))
-    vertebrae = tuple(
-        _vertebra(number, obj.keypoints, obj.score, reformat, cutoffs)
-        for number, obj in enumerate(found, start=1)
-    )
+    measured = [_vertebra(0, obj.keypoints, obj.score, reformat, cutoffs) for obj in found]
+    inside = [v for v in measured if within_volume(v.keypoints_lps, volume_hu.shape, affine)]
+    vertebrae = tuple(replace(v, number=number) for number, v in enumerate(inside, start=1))
     seconds["detection"] = time.perf_counter() - started
     return CtVertebralAnalysis(
         reformat=reformat,
@@ -199,6 +203,42 @@ def analyse_ct_volume(
         centre_points=kept,
         seconds=seconds,
     )
+
+
+def within_volume(
+    points_lps: npt.ArrayLike,
+    shape: tuple[int, ...],
+    affine: npt.ArrayLike,
+    margin_mm: float = EDGE_MARGIN_MM,
+) -> bool:
+    """Return whether points lie inside the scanned slices, ``margin_mm`` from either end.
+
+    A vertebra cut by (or ending at) the first or last slice of the field of view is not
+    measured: its keypoints would sit on the cut, and its heights would be made up by the
+    reformat's fill beyond the volume.
+
+    Parameters
+    ----------
+    points_lps : array-like
+        ``(N, 3)`` LPS mm.
+    shape : tuple of int
+        The volume's shape ``(slices, rows, columns)``.
+    affine : array-like
+        Index → LPS mm.
+    margin_mm : float
+        Distance the points must keep from the outer slices' edges (half a slice beyond
+        their centres).
+
+    Returns
+    -------
+    bool
+        True when every point is at least ``margin_mm`` inside.
+    """
+    a = np.asarray(affine, dtype=np.float64)
+    pts = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
+    k = (np.c_[pts, np.ones(len(pts))] @ np.linalg.inv(a).T)[:, 0]
+    margin = margin_mm / float(np.linalg.norm(a[:3, 0]))  # in slices
+    return bool(((k >= -0.5 + margin) & (k <= shape[0] - 0.5 - margin)).all())
 
 
 def measure_vertebra(

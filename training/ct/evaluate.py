@@ -2,14 +2,14 @@
 
 Each phantom goes through `spinexr.pipeline.ct.vertebrae.analyse_ct_volume` exactly as the
 node will run it: the localiser's centre line (not the truth's), the reformat along it, the
-CT keypoint detector, heights in 3D. The phantom's fully visible vertebrae are projected onto
-that same reformat for the 2D matching (Hungarian, keypoint-box IoU > 0.5, as on
-radiographs: Table 1's detection recall and precision); the localisation error is the 3D
-distance between the predicted and true body centres (mean of the six keypoints, LPS mm);
-Genant indices on both sides come from heights in mm measured in 3D (the truth's from the
-phantom's geometry), so Table 2 is free of the straightening's distortion. Figures,
-bootstrap intervals and the paper's values beside them: `spinexr.training.vertebrae.
-evaluate.keypoint_report`.
+CT keypoint detector, heights in 3D. The phantom's vertebrae whose keypoints lie within the
+scanned slices (`gradable`) are projected onto that same reformat for the 2D matching
+(Hungarian, keypoint-box IoU > 0.5, as on radiographs: Table 1's detection recall and
+precision). The localisation error is the 3D distance between the predicted and true body
+centres (mean of the six keypoints, LPS mm). Genant indices on both sides come from heights
+in mm measured in 3D (the truth's from the phantom's geometry), so Table 2 is free of the
+straightening's distortion. Figures, bootstrap intervals and the paper's values beside
+them: `spinexr.training.vertebrae.evaluate.keypoint_report`.
 
 ``python -m spinexr.training.ct.evaluate --localiser L.pt --keypoints K.pt`` prints the
 tables for ``--phantoms`` held-out phantoms and the mean time per step.
@@ -29,7 +29,7 @@ import numpy as np
 from spinexr.pipeline.ct.localise import LocaliserNet, load_localiser
 from spinexr.pipeline.ct.vertebrae import analyse_ct_volume
 from spinexr.pipeline.vertebrae.objects import KeypointModel
-from spinexr.training.ct.keypoints import HELD_OUT_SEED_OFFSET
+from spinexr.training.ct.keypoints import HELD_OUT_SEED_OFFSET, gradable
 from spinexr.training.metrics.keypoints import ImageKeypoints
 from spinexr.training.phantoms.ct import CtPhantom, make_ct_phantom
 from spinexr.training.progress import RateProgress
@@ -60,14 +60,14 @@ def ct_image_keypoints(
     Returns
     -------
     images : ImageKeypoints
-        The phantom's fully visible vertebrae (projected onto the reformat; 3D heights and
+        The phantom's gradable vertebrae (projected onto the reformat; 3D heights and
         centres) and the predicted ones.
     seconds : dict of str to float
         Time per step.
     """
     analysis = analyse_ct_volume(phantom.hu, phantom.grid.affine(), localiser, model)
     reformat = analysis.reformat
-    truth = [v for v in phantom.vertebrae if v.complete]
+    truth = gradable(phantom)
     projected = [reformat.from_patient(v.keypoints) for v in truth]
     truth_xy = np.array([np.stack([rc[:, 1] + 0.5, rc[:, 0] + 0.5], axis=1) for rc in projected])
     found = analysis.vertebrae

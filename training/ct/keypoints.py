@@ -6,8 +6,8 @@ radiographs on the straightened mid-sagittal image of the CT. This module turns 
 pipeline will make it (`spinexr.pipeline.ct.reformat`): the phantom's true vertebral-body
 centre line with in-plane noise of `CENTRELINE_JITTER_MM` per slice (the localiser's held-out
 error is about 1.3 mm), fitted and straightened, windowed for bone; the six keypoints of
-every fully visible vertebra projected onto the image. The partly visible vertebrae at both
-ends of the field of view are not annotated (their keypoints are not all in the volume).
+every vertebra whose keypoints lie within the scanned slices projected onto the image (the
+rule the pipeline applies to its detections: `gradable`).
 
 The records then go through the radiograph trainers and evaluation unchanged
 (`train_keypointrcnn`, `evaluate_keypoints`): the image has anterior on the left and bone
@@ -36,9 +36,10 @@ from spinexr.pipeline.ct.reformat import (
     reformat_display,
     sagittal_reformat,
 )
+from spinexr.pipeline.ct.vertebrae import within_volume
 from spinexr.pipeline.vertebrae.krcnn import KRCNNConfig
 from spinexr.pipeline.vertebrae.objects import ObjectKind
-from spinexr.training.phantoms.ct import CtPhantom, make_ct_phantom
+from spinexr.training.phantoms.ct import CtPhantom, CtVertebraTruth, make_ct_phantom
 from spinexr.training.progress import RateProgress
 from spinexr.training.vertebrae.records import AnnotatedObject, KeypointRecord
 
@@ -73,7 +74,7 @@ def ct_keypoint_record(
     -------
     KeypointRecord
         ``display`` the windowed reformat, ``spacing_mm`` the reformat's, one object per
-        fully visible vertebra (keypoints ``(x, y)`` with the origin at the top-left corner
+        `gradable` vertebra (keypoints ``(x, y)`` with the origin at the top-left corner
         of the top-left pixel).
 
     Raises
@@ -90,10 +91,31 @@ def ct_keypoint_record(
         phantom.hu,
         phantom.grid.affine(),
         points,
-        [(v.level, v.keypoints) for v in phantom.vertebrae if v.complete],
+        [(v.level, v.keypoints) for v in gradable(phantom)],
         uid=f"ct-phantom-{phantom.seed}",
         split=split,
     )
+
+
+def gradable(phantom: CtPhantom) -> list[CtVertebraTruth]:
+    """Return the phantom's vertebrae the method is to find.
+
+    Those whose six keypoints lie within the scanned slices
+    (`spinexr.pipeline.ct.vertebrae.within_volume`), including end vertebrae whose body is
+    in view while another part of them is not.
+
+    Parameters
+    ----------
+    phantom : CtPhantom
+        The phantom.
+
+    Returns
+    -------
+    list of CtVertebraTruth
+        Top to bottom.
+    """
+    shape, affine = phantom.hu.shape, phantom.grid.affine()
+    return [v for v in phantom.vertebrae if within_volume(v.keypoints, shape, affine)]
 
 
 def record_on_reformat(

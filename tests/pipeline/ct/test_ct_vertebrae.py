@@ -82,3 +82,15 @@ def test_too_few_spine_slices_is_refused() -> None:
         )
     assert info.value.refusal is CtRefusal.NO_SPINE
     assert info.value.series_instance_uid == "1.2.3"
+
+
+def test_a_vertebra_cut_by_the_field_of_view_is_not_measured() -> None:
+    from spinexr.pipeline.ct.vertebrae import within_volume
+
+    phantom = make_ct_phantom(23, size="small")
+    affine, shape = phantom.grid.affine(), phantom.hu.shape
+    complete = [v for v in phantom.vertebrae if v.complete]
+    partial = [v for v in phantom.vertebrae if not v.complete]
+    assert all(within_volume(v.keypoints, shape, affine) for v in complete)
+    # The phantom's partly visible end vertebrae reach beyond the first or last slice.
+    assert partial and not any(within_volume(v.keypoints, shape, affine) for v in partial)

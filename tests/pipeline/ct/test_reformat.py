@@ -13,7 +13,7 @@ from spinexr.pipeline.ct.reformat import (
     sagittal_reformat,
 )
 from spinexr.pipeline.vertebrae import genant
-from spinexr.training.ct.keypoints import ct_keypoint_record
+from spinexr.training.ct.keypoints import ct_keypoint_record, gradable
 from spinexr.training.phantoms.ct import make_ct_phantom
 
 
@@ -48,10 +48,10 @@ def test_reformat_shows_every_vertebra_anterior_left(phantom) -> None:
         assert np.linalg.norm(back - vertebra.keypoints, axis=1).max() < 2.5, vertebra.level
 
 
-def test_records_annotate_the_complete_vertebrae_with_their_heights(phantom) -> None:
+def test_records_annotate_the_gradable_vertebrae_with_their_heights(phantom) -> None:
     record = ct_keypoint_record(phantom, rng=np.random.default_rng(0))
     complete = [v for v in phantom.vertebrae if v.complete]
-    assert [o.level for o in record.objects] == [v.level for v in complete]
+    assert [o.level for o in record.objects] == [v.level for v in gradable(phantom)]
     assert record.spacing_mm == (REFORMAT_SPACING_MM, REFORMAT_SPACING_MM)
     assert record.display.dtype == np.uint8
     for obj, truth in zip(record.objects, complete, strict=True):
