@@ -34,7 +34,8 @@ HANDLED_BY_PYNETDICOM = re.compile(
     r'|pynetdicom/utils\.py", line \d+, in decode_bytes'
     r'|pynetdicom/dimse\.py", line \d+, in receive_primitive'
 )
-"""First frame of a traceback pynetdicom logs itself: a broken PDU its reader handles (it
+"""First frame of a traceback pynetdicom logs itself (of the outermost exception of a chain:
+`_handled_by_pynetdicom`): a broken PDU its reader handles (it
 aborts or closes the association), or an action of its state machine that failed (logged,
 then re-raised into the association thread, which the node's thread hook turns into an
 A-ABORT with a one-line warning), a non-ASCII AE title it decodes with its fallback
@@ -220,8 +221,7 @@ class LiveNode:
         for i, line in enumerate(lines):
             if not PROBLEM_LINES.search(line):
                 continue
-            first_frame = lines[i + 1] if i + 1 < len(lines) else ""
-            if line.startswith("Traceback") and HANDLED_BY_PYNETDICOM.search(first_frame):
+            if line.startswith("Traceback") and _handled_by_pynetdicom(lines, i):
                 continue
             problems.append(line)
         return problems
@@ -270,3 +270,24 @@ class LiveNode:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+_LOG_RECORD = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+
+
+def _handled_by_pynetdicom(lines: list[str], start: int) -> bool:
+    """Whether the traceback at ``lines[start]`` is one pynetdicom logged and handled.
+
+    A chained exception ("During handling of the above exception, another exception
+    occurred", "The above exception was the direct cause of ...") is printed as several
+    tracebacks, innermost first; what was raised, and logged, is the last one, so its first
+    frame decides (e.g. pydicom failing to decode a command set inside pynetdicom's
+    ``fsm.do_action``, which logs it and aborts the association).
+    """
+    end = start + 1
+    while end < len(lines) and not _LOG_RECORD.match(lines[end]):
+        end += 1
+    headers = [i for i in range(start, end) if lines[i].startswith("Traceback")]
+    last = headers[-1]
+    first_frame = lines[last + 1] if last + 1 < len(lines) else ""
+    return bool(HANDLED_BY_PYNETDICOM.search(first_frame))

@@ -109,6 +109,42 @@ def test_node_log_problems_are_findings(tmp_path: Path) -> None:
     assert len(problems) == 4, problems  # not pynetdicom's handled-and-logged broken PDU
 
 
+def test_a_chained_traceback_pynetdicom_logged_is_not_a_finding(tmp_path: Path) -> None:
+    """Seen in the 100,000-input campaign (seed 20): pydicom could not decode a command set
+    inside pynetdicom's state machine, which logged the chained exception and aborted the
+    association; the first traceback of the chain is pydicom's, the raised one pynetdicom's."""
+    node = LiveNode(tmp_path)
+    node.log_path.write_text(
+        "2026-01-01 00:00:00,000 ERROR   pynetdicom.fsm: State Machine received an exception\n"
+        "Traceback (most recent call last):\n"
+        '  File "/v/site-packages/pydicom/hooks.py", line 246, in raw_element_value\n'
+        "pydicom.errors.BytesLengthException: Expected total bytes ...\n"
+        "\n"
+        "During handling of the above exception, another exception occurred:\n"
+        "\n"
+        "Traceback (most recent call last):\n"
+        '  File "/v/site-packages/pynetdicom/fsm.py", line 91, in do_action\n'
+        "pydicom.errors.BytesLengthException: Expected total bytes ...\n"
+        "2026-01-01 00:00:01,000 ERROR   spinexr.node.worker: internal error\n"
+        "Traceback (most recent call last):\n"
+        '  File "/v/site-packages/pynetdicom/fsm.py", line 91, in do_action\n'
+        "ValueError\n"
+        "\n"
+        "The above exception was the direct cause of the following exception:\n"
+        "\n"
+        "Traceback (most recent call last):\n"
+        '  File "/v/spinexr/node/worker.py", line 10, in run\n'
+        "RuntimeError\n"
+    )
+    problems = node.log_problems()
+    # Only the second record: "internal error" and its chain's tracebacks (raised by ours).
+    assert problems == [
+        "2026-01-01 00:00:01,000 ERROR   spinexr.node.worker: internal error",
+        "Traceback (most recent call last):",
+        "Traceback (most recent call last):",
+    ], problems
+
+
 def test_mutations_are_seeded_and_each_applies() -> None:
     seeds = make_seeds(0)
     assert all(scan(s.data).complete for s in seeds)
