@@ -89,6 +89,43 @@ def whole_image(source: Dataset) -> npt.NDArray[np.float64]:
     )
 
 
+def inferred_from(
+    figures: Sequence[Figure], region: npt.NDArray[np.float64], source: Dataset
+) -> list[Measurement]:
+    """Return measurements each ``INFERRED FROM`` a copy of one region.
+
+    Parameters
+    ----------
+    figures : sequence of Figure
+        The numbers.
+    region : numpy.ndarray
+        ``(n, 2)`` (column, row) points of a POLYLINE on ``source``.
+    source : pydicom.dataset.Dataset
+        The image the region is drawn on.
+
+    Returns
+    -------
+    list of highdicom.sr.Measurement
+        One per figure, in order.
+    """
+    return [
+        Measurement(
+            name=figure.name,
+            value=figure.value,
+            unit=figure.unit,
+            derivation=figure.derivation,
+            referenced_coordinates=[
+                CoordinatesForMeasurement(
+                    graphic_type=GraphicTypeValues.POLYLINE,
+                    graphic_data=region,
+                    source_image=SourceImageForRegion.from_source_image(source),
+                )
+            ],
+        )
+        for figure in figures
+    ]
+
+
 def located_groups(
     *,
     tracking_uid: str,
@@ -156,22 +193,7 @@ def located_groups(
     )
     if not (figures or measurements or evaluations):
         return [roi]
-    inferred = [
-        Measurement(
-            name=figure.name,
-            value=figure.value,
-            unit=figure.unit,
-            derivation=figure.derivation,
-            referenced_coordinates=[
-                CoordinatesForMeasurement(
-                    graphic_type=GraphicTypeValues.POLYLINE,
-                    graphic_data=region,
-                    source_image=SourceImageForRegion.from_source_image(source),
-                )
-            ],
-        )
-        for figure in figures
-    ]
+    inferred = inferred_from(figures, region, source)
     numbers = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=tracking_uid, identifier=tracking_id),
         finding_type=finding,

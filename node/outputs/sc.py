@@ -176,13 +176,9 @@ def render(
         x0, y0, x1, y1 = box_corners(tracking.box, rows, cols)
         draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=colour, width=line)
         text = box_label(tracking)
-        _, _, width, text_height = draw.textbbox((0, 0), text, font=font)
+        text_height = _text_height(draw, text, font)
         label_y = y0 - text_height - line - 2 if y0 - text_height - line - 2 >= 0 else y1 + line
-        label_x = min(x0, max(0.0, cols - width - 2))
-        draw.rectangle(
-            (label_x, label_y, label_x + width + 2, label_y + text_height + 2), fill=(0, 0, 0)
-        )
-        draw.text((label_x + 1, label_y), text, fill=colour, font=font)
+        _draw_label(draw, text, font, colour, x0, label_y, cols)
     _draw_vertebrae(draw, image, result, settings, rows, cols, line)
     return np.asarray(canvas, dtype=np.uint8)
 
@@ -210,11 +206,23 @@ def _draw_vertebrae(
             draw.line([(float(x), float(y)) for x, y in points], fill=colour, width=line)
         left, top, _, bottom = label_box(vertebra, rows, cols)
         font = ImageFont.load_default(size=max(_MIN_FONT, round(bottom - top)))
-        text = vertebra_label(vertebra)
-        _, _, width, height = draw.textbbox((0, 0), text, font=font)
-        left = min(max(0.0, left), max(0.0, cols - width - 2))
-        draw.rectangle((left, top, left + width + 2, top + height + 2), fill=(0, 0, 0))
-        draw.text((left + 1, top), text, fill=colour, font=font)
+        _draw_label(draw, vertebra_label(vertebra), font, colour, left, top, cols)
+
+
+def _draw_label(
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    font: _Font,
+    colour: tuple[int, int, int],
+    left: float,
+    top: float,
+    cols: int,
+) -> None:
+    """Draw a label on a black background at ``(left, top)``, moved left to fit the image."""
+    _, _, width, height = draw.textbbox((0, 0), text, font=font)
+    left = min(max(0.0, left), max(0.0, cols - width - 2))
+    draw.rectangle((left, top, left + width + 2, top + height + 2), fill=(0, 0, 0))
+    draw.text((left + 1, top), text, fill=colour, font=font)
 
 
 def _text_height(draw: ImageDraw.ImageDraw, text: str, font: _Font) -> int:

@@ -70,7 +70,13 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from spinexr.node.outputs import codes
-from spinexr.node.outputs.located import Figure, Group, located_groups, whole_image
+from spinexr.node.outputs.located import (
+    Figure,
+    Group,
+    inferred_from,
+    located_groups,
+    whole_image,
+)
 from spinexr.node.outputs.provenance import OUTPUT_FORMAT_VERSION, output_uid
 from spinexr.node.outputs.source import ascii_text
 from spinexr.node.outputs.vertebrae_tracking import (
@@ -302,24 +308,14 @@ def vertebra_group(
     vertebra = tracking.vertebra
     site = level_code(vertebra.level)
     region = outline(vertebra, int(source.Rows), int(source.Columns))
-    on_outline = [
-        Measurement(
-            name=figure.name,
-            value=figure.value,
-            unit=figure.unit,
-            referenced_coordinates=[
-                CoordinatesForMeasurement(
-                    graphic_type=GraphicTypeValues.POLYLINE,
-                    graphic_data=region,
-                    source_image=SourceImageForRegion.from_source_image(source),
-                )
-            ],
-        )
-        for figure in (
+    on_outline = inferred_from(
+        [
             Figure(codes.GENANT_INDEX, vertebra.genant_index, codes.RATIO_UNIT),
             Figure(codes.DETECTION_SCORE, vertebra.score, codes.NO_UNITS),
-        )
-    ]
+        ],
+        region,
+        source,
+    )
     heights = (
         []
         if vertebra.heights_mm is None
