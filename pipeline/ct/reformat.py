@@ -109,3 +109,40 @@ def reformat_display(image_hu: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]
     low = centre - width / 2.0
     scaled = (np.asarray(image_hu, dtype=np.float64) - low) * (255.0 / width)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def project_xy(reformat: Straightened, points_lps: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Return patient points projected onto a reformat as keypoint ``(x, y)``.
+
+    Parameters
+    ----------
+    reformat : Straightened
+        The reformat.
+    points_lps : array-like
+        ``(N, 3)`` LPS mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 2)`` ``(x, y)`` with the origin at the top-left corner of the top-left pixel
+        (the keypoints' convention), from the reformat's ``(row, column)`` pixel centres.
+    """
+    rc = reformat.from_patient(np.asarray(points_lps, dtype=np.float64).reshape(-1, 3))
+    return np.stack([rc[:, 1] + 0.5, rc[:, 0] + 0.5], axis=1)
+
+
+def xy_to_rc(points_xy: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Return keypoint ``(x, y)`` as the reformat's ``(row, column)`` (inverse of `project_xy`).
+
+    Parameters
+    ----------
+    points_xy : array-like
+        ``(N, 2)`` ``(x, y)``, origin at the top-left corner of the top-left pixel.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 2)`` ``(row, column)``, pixel centres at integers.
+    """
+    xy = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    return np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5], axis=1)

@@ -31,7 +31,12 @@ import numpy.typing as npt
 
 from spinexr.pipeline.ct.errors import CtRefusal, UnsupportedSeriesError
 from spinexr.pipeline.ct.localise import LocaliserNet, localise
-from spinexr.pipeline.ct.reformat import centreline_of, reformat_display, sagittal_reformat
+from spinexr.pipeline.ct.reformat import (
+    centreline_of,
+    reformat_display,
+    sagittal_reformat,
+    xy_to_rc,
+)
 from spinexr.pipeline.vertebrae import genant
 from spinexr.pipeline.vertebrae.genant import DEFAULT_CUTOFFS, Deformity, GenantCutoffs, GenantGrade
 from spinexr.pipeline.vertebrae.objects import KeypointModel, ObjectKind
@@ -260,8 +265,7 @@ def measure_vertebra(
     heights_mm : tuple of float
         ``(h_a, h_m, h_p)``.
     """
-    xy = np.asarray(keypoints_xy, dtype=np.float64).reshape(6, 2)
-    rc = np.stack([xy[:, 1] - 0.5, xy[:, 0] - 0.5], axis=1)
+    rc = xy_to_rc(keypoints_xy)
     lps = reformat.to_patient(rc)
     tops, bottoms = [t for t, _ in HEIGHT_PAIRS], [b for _, b in HEIGHT_PAIRS]
     h = reformat.map.distance_mm(rc[tops], rc[bottoms])

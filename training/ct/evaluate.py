@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from spinexr.pipeline.ct.localise import LocaliserNet, load_localiser
+from spinexr.pipeline.ct.reformat import project_xy
 from spinexr.pipeline.ct.vertebrae import analyse_ct_volume
 from spinexr.pipeline.vertebrae.objects import KeypointModel
 from spinexr.training.ct.keypoints import HELD_OUT_SEED_OFFSET, gradable
@@ -68,8 +69,7 @@ def ct_image_keypoints(
     analysis = analyse_ct_volume(phantom.hu, phantom.grid.affine(), localiser, model)
     reformat = analysis.reformat
     truth = gradable(phantom)
-    projected = [reformat.from_patient(v.keypoints) for v in truth]
-    truth_xy = np.array([np.stack([rc[:, 1] + 0.5, rc[:, 0] + 0.5], axis=1) for rc in projected])
+    truth_xy = np.array([project_xy(reformat, v.keypoints) for v in truth])
     found = analysis.vertebrae
     uid = f"ct-phantom-{phantom.seed}"
     image = ImageKeypoints(

@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from spinexr.pipeline.ct.reformat import (
     REFORMAT_SPACING_MM,
+    project_xy,
     reformat_display,
     sagittal_reformat,
 )
@@ -154,8 +155,7 @@ def record_on_reformat(
     rows, columns = image.image.shape
     objects = []
     for level, keypoints in vertebrae:
-        rc = image.from_patient(np.asarray(keypoints, dtype=np.float64).reshape(6, 3))
-        xy = np.stack([rc[:, 1] + 0.5, rc[:, 0] + 0.5], axis=1)
+        xy = project_xy(image, keypoints)
         inside = (xy[:, 0] >= 0) & (xy[:, 0] <= columns) & (xy[:, 1] >= 0) & (xy[:, 1] <= rows)
         if inside.all():
             objects.append(AnnotatedObject(ObjectKind.VERTEBRA, level, xy))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from spinexr.pipeline.ct.errors import CtRefusal, UnsupportedSeriesError
-from spinexr.pipeline.ct.reformat import sagittal_reformat
+from spinexr.pipeline.ct.reformat import project_xy, sagittal_reformat
 from spinexr.pipeline.ct.vertebrae import analyse_ct_volume
 from spinexr.pipeline.vertebrae.genant import Deformity, GenantGrade
 from spinexr.pipeline.vertebrae.objects import DetectedObject, ObjectKind
@@ -35,8 +35,7 @@ class PerfectDetector:
         for v in self.phantom.vertebrae:
             if not v.complete:
                 continue
-            rc = self.reformat.from_patient(v.keypoints)
-            xy = np.stack([rc[:, 1] + 0.5, rc[:, 0] + 0.5], axis=1)
+            xy = project_xy(self.reformat, v.keypoints)
             out.append(DetectedObject(kind=ObjectKind.VERTEBRA, score=0.9, keypoints=xy))
         return out
 
