@@ -28,8 +28,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -50,6 +49,7 @@ from spinexr.pipeline.ct.localise import (
     save_localiser,
     soft_argmax_per_slice,
 )
+from spinexr.training.determinism import reproducible_torch
 from spinexr.training.phantoms.ct import CtPhantom, make_ct_phantom, make_head_phantom
 
 FloatArray = npt.NDArray[np.float64]
@@ -279,22 +279,6 @@ def localiser_loss(
     return mae + presence_weight * bce, mae.detach()
 
 
-@contextmanager
-def _reproducible(threads: int | None) -> Iterator[None]:
-    """Fix the thread count and ask for deterministic algorithms; restore both afterwards."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
-
-
 def train_localiser(
     recipe: LocaliserRecipe,
     data: Sequence[PreparedPhantom] | None = None,
@@ -326,7 +310,7 @@ def train_localiser(
     if not data:
         raise ValueError("no training phantoms")
     losses: list[float] = []
-    with _reproducible(recipe.threads):
+    with reproducible_torch(recipe.threads):
         torch.manual_seed(recipe.seed)
         rng = np.random.default_rng(np.random.SeedSequence([recipe.seed, 0x10CA1]))
         model = build_localiser(recipe.config)

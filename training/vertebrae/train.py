@@ -37,7 +37,6 @@ import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,7 @@ from spinexr.pipeline.vertebrae.detector import (
 from spinexr.pipeline.vertebrae.genant import genant_index, heights
 from spinexr.pipeline.vertebrae.net import PisovNet, PisovOutput
 from spinexr.pipeline.vertebrae.objects import DetectedObject, ObjectKind
+from spinexr.training.determinism import reproducible_torch
 from spinexr.training.progress import RateProgress
 from spinexr.training.vertebrae.augment import (
     AugmentConfig,
@@ -329,22 +329,6 @@ def reference_size_mm(records: Sequence[KeypointRecord]) -> float:
     return float(np.median(sizes)) if sizes else REFERENCE_SIZE_MM
 
 
-@contextmanager
-def _reproducible(threads: int | None) -> Iterator[None]:
-    """Fix the thread count and ask for deterministic algorithms; restore both afterwards."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
-
-
 def _order(n: int, rng: np.random.Generator) -> Iterator[int]:
     """Record indices: a new permutation every pass through the data."""
     while True:
@@ -405,7 +389,7 @@ def train_pisov(
         logger.info("skipping %d records without spacing", len(records) - len(usable))
     hyper = replace(recipe.hyper, reference_size_mm=reference_size_mm(usable))
     torch_device = resolve_device(device)
-    with _reproducible(recipe.threads):
+    with reproducible_torch(recipe.threads):
         prepared = [prepare_record(r, hyper.model_spacing_mm) for r in usable]
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
