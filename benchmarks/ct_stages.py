@@ -4,17 +4,22 @@ A chest-abdomen CT phantom (512 × 512, 0.7 mm pixels, 1 mm slices, T4-L3: about
 is written as a DICOM study with a localizer and a thick reformat beside the thin axial
 series, in a child process. This process then runs the stages the node will run, each timed:
 
-- ``assembly``: read every header (``stop_before_pixels``) and choose the series
-  (`spinexr.pipeline.ct.series.select_series`);
+- ``headers`` and ``selection``: read every header (``stop_before_pixels``) and choose the
+  series (`spinexr.pipeline.ct.series.select_series`), as the worker's CT stage does
+  (`spinexr.pipeline.ct.stage.CtStage`, which runs every stage below);
 - ``volume``: read the chosen series into a HU volume (`spinexr.pipeline.ct.volume.
   load_volume`, highdicom); the reference, measured in the same run, is the plain way:
   ``pydicom.dcmread`` every file, sort by Image Position, ``numpy.stack`` the rescaled pixels;
 - ``localisation``, ``straightening``, ``detection``: `spinexr.pipeline.ct.vertebrae.
-  analyse_ct_volume` with the given models.
+  analyse_ct_volume` with the given models;
+- ``outputs``: the headers the SR references (`spinexr.node.jobs.sources.ct_evidence`) and
+  the objects the node sends (`spinexr.node.outputs.build.build_outputs`: Comprehensive 3D SR,
+  the reformat's Secondary Capture and its GSPS).
 
-Figures: min / median / max over ``--repeats`` runs, the volume stage as a ratio to the
-reference, and the process's peak resident memory (``ru_maxrss``; the phantom is made in the
-child, so it is not counted). The output objects are not built yet (no CT stage in ``serve``).
+The study's assembly in the node (the completion timer, the job) is measured by
+``benchmarks/ct_ingest.py``. Figures: min / median / max over ``--repeats`` runs, the volume
+stage as a ratio to the reference, and the process's peak resident memory (``ru_maxrss``; the
+phantom is made in the child, so it is not counted).
 
     .venv/bin/python benchmarks/ct_stages.py --localiser runs/ct/localiser.pt \\
         --keypoints runs/ct/kp/keypointrcnn.pt --repeats 3
@@ -61,10 +66,15 @@ def _plain_stack(paths: list[Path]) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the figures."""
+    import datetime as dt
+
+    from spinexr.node.jobs.sources import ct_evidence
+    from spinexr.node.outputs.build import build_outputs
+    from spinexr.node.settings import Settings
     from spinexr.pipeline.ct.localise import load_localiser
-    from spinexr.pipeline.ct.series import select_series
-    from spinexr.pipeline.ct.vertebrae import analyse_ct_volume
-    from spinexr.pipeline.ct.volume import load_volume
+    from spinexr.pipeline.ct.stage import CtStage
+    from spinexr.pipeline.fusion import summarise_study
+    from spinexr.pipeline.results import FusionMode, Provenance, StudyResult
     from spinexr.pipeline.vertebrae.loader import load_keypoint_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,35 +100,62 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         times: dict[str, list[float]] = {}
-        slices = 0
-        found = 0
+        slices = found = objects = 0
+        stage = CtStage(localiser, model, model_name="benchmark")
+        provenance = Provenance(
+            bundle_name="benchmark",
+            bundle_version="0",
+            device_uid="2.25.1",
+            weights_digest="0" * 64,
+            demo=True,
+            software_version="0",
+            torch_device="cpu",
+        )
         for repeat in range(args.repeats):
-            t = time.perf_counter()
-            headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-            choice = select_series(headers).require()
-            times.setdefault("assembly", []).append(time.perf_counter() - t)
+            outcome = stage.analyse(files)
+            ct = outcome.analysis
+            if not ct.analysed or outcome.reformat is None:
+                print(f"the CT was not analysed: {ct.reason}: {ct.message}", file=sys.stderr)
+                return 1
+            for step, seconds in ct.timings.items():
+                times.setdefault(step, []).append(seconds)
             chosen = [
                 f
-                for f, ds in zip(files, headers, strict=True)
-                if str(ds.SeriesInstanceUID) == choice
+                for f in files
+                if str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID)
+                == ct.series_instance_uid
             ]
-            t = time.perf_counter()
-            volume = load_volume(chosen, max_bytes=4 << 30)
-            times.setdefault("volume", []).append(time.perf_counter() - t)
             t = time.perf_counter()
             _plain_stack(chosen)
             times.setdefault("volume reference (pydicom + numpy.stack)", []).append(
                 time.perf_counter() - t
             )
-            analysis = analyse_ct_volume(volume.array, volume.affine, localiser, model)
-            for step, seconds in analysis.seconds.items():
-                times.setdefault(step, []).append(seconds)
-            slices, found = volume.array.shape[0], len(analysis.vertebrae)
+            t = time.perf_counter()
+            summary = summarise_study([], 0.5, ct)
+            result = StudyResult(
+                study_instance_uid=str(pydicom.dcmread(files[0]).StudyInstanceUID),
+                outcome=summary.outcome,
+                threshold=0.5,
+                display_threshold=0.3,
+                fusion_mode=FusionMode.PAPER,
+                ct=ct,
+                provenance=provenance,
+                analysed_at=dt.datetime.now(dt.UTC),
+            )
+            built = build_outputs(
+                ct_evidence(files, result),
+                result,
+                Settings(),
+                job_key=f"bench-{repeat}",
+                ct_reformat=outcome.reformat,
+            )
+            times.setdefault("outputs", []).append(time.perf_counter() - t)
+            slices, found, objects = ct.slices or 0, len(ct.vertebrae), len(built)
             print(f"[ct-bench] repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"CT study: {len(files)} files, chosen series {slices} slices of 512 x 512; "
-        f"{found} vertebrae found"
+        f"{found} vertebrae found; {objects} output objects"
     )
     print("| stage | min s | median s | max s |")
     print("|---|---|---|---|")

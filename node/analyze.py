@@ -6,7 +6,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,10 @@ from pydicom.errors import InvalidDicomError
 
 from spinexr.node.dimse.scu import expand_paths
 from spinexr.node.ingest.spool import safe_component
+from spinexr.node.jobs.sources import ct_evidence
 from spinexr.node.settings import Settings
+from spinexr.pipeline.ct.series import CT_SOP_CLASSES
+from spinexr.pipeline.ct.stage import CtReformat
 from spinexr.pipeline.results import StudyResult
 
 logger = logging.getLogger(__name__)
@@ -23,10 +26,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StudyFiles:
-    """The files of one study found under the given paths."""
+    """The files of one study found under the given paths (CT images apart)."""
 
     study_instance_uid: str
     files: list[Path]
+    ct_files: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ def group_by_study(paths: Sequence[Path]) -> tuple[list[StudyFiles], list[Skippe
         Studies in first-seen order, and the files that were skipped with a reason.
     """
     groups: dict[str, list[Path]] = defaultdict(list)
+    ct: dict[str, list[Path]] = defaultdict(list)
     skipped: list[Skipped] = []
     for path in expand_paths(paths):
         try:
@@ -64,8 +69,12 @@ def group_by_study(paths: Sequence[Path]) -> tuple[list[StudyFiles], list[Skippe
         if not uid:
             skipped.append(Skipped(path, "no Study Instance UID"))
             continue
-        groups[uid].append(path)
-    return [StudyFiles(uid, files) for uid, files in groups.items()], skipped
+        if str(ds.get("SOPClassUID", "")) in CT_SOP_CLASSES:
+            ct[uid].append(path)
+            groups.setdefault(uid, [])
+        else:
+            groups[uid].append(path)
+    return [StudyFiles(uid, files, ct[uid]) for uid, files in groups.items()], skipped
 
 
 def result_path(out_dir: Path, study_uid: str) -> Path:
@@ -74,7 +83,12 @@ def result_path(out_dir: Path, study_uid: str) -> Path:
 
 
 def write_outputs(
-    datasets: Sequence[pydicom.Dataset], result: StudyResult, settings: Settings, folder: Path
+    datasets: Sequence[pydicom.Dataset],
+    result: StudyResult,
+    settings: Settings,
+    folder: Path,
+    *,
+    ct_reformat: CtReformat | None = None,
 ) -> list[Path]:
     """Build the study's output objects and write them into ``folder``.
 
@@ -96,7 +110,7 @@ def write_outputs(
         ]
     )
     paths = []
-    for obj in build_outputs(datasets, result, settings, job_key=key):
+    for obj in build_outputs(datasets, result, settings, job_key=key, ct_reformat=ct_reformat):
         path = folder / f"{obj.kind}-{safe_component(obj.sop_instance_uid)}.dcm"
         obj.dataset.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -148,19 +162,27 @@ def analyze_paths(
         kwargs = {
             "vertebrae": settings.vertebrae.enabled,
             "genant_cutoffs": genant_cutoffs(settings),
+            "ct": settings.ct.enabled,
+            "ct_body_parts": settings.ct.body_parts,
         }
     pipeline = Pipeline.from_directory(bundle_dir, device=device, **kwargs)
     logger.info("pipeline loaded in %.1f s", time.perf_counter() - start)
     results: list[StudyResult] = []
     for study in studies:
         datasets = [pydicom.dcmread(f) for f in study.files]
-        result = pipeline.analyze_study(datasets, study_instance_uid=study.study_instance_uid)
+        analysis = pipeline.analyze(
+            datasets, ct_files=study.ct_files, study_instance_uid=study.study_instance_uid
+        )
+        result = analysis.result
         target = result_path(out_dir, study.study_instance_uid)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(result.to_json(indent=2), encoding="utf-8")
         if settings is not None:
-            write_outputs(datasets, result, settings, target.parent)
+            headers = [*datasets, *ct_evidence(study.ct_files, result)]
+            write_outputs(
+                headers, result, settings, target.parent, ct_reformat=analysis.ct_reformat
+            )
         results.append(result)
         if on_study is not None:
-            on_study(result, len(study.files))
+            on_study(result, len(study.files) + len(study.ct_files))
     return results, skipped

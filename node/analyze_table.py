@@ -121,4 +121,40 @@ def vertebrae_table(result: StudyResult) -> list[str]:
     for image in result.images:
         if image.vertebrae is not None:
             lines.extend(image_table(image.sop_instance_uid, image.vertebrae))
+    lines.extend(ct_table(result))
+    return lines
+
+
+def ct_table(result: StudyResult) -> list[str]:
+    """Return the lines of the study's CT analysis (empty without CT).
+
+    Parameters
+    ----------
+    result : StudyResult
+        The study's result.
+
+    Returns
+    -------
+    list of str
+        ``CT series <uid> (<n> slices)`` with the per-vertebra rows (heights in mm measured in
+        3D, numbered from the top) and the worst grade, or the reason it was not analysed;
+        then one line per other series with why it was not used.
+    """
+    ct = result.ct
+    if ct is None:
+        return []
+    if ct.analysed:
+        lines = image_table(f"CT series {ct.series_instance_uid}", ct.on_reformat())
+        lines[0] = (
+            f"{INDENT}CT series {ct.series_instance_uid} ({ct.slices} slices)  heights in 3D  "
+            f"levels: {_levels(ct.on_reformat())}"
+        )
+    else:
+        lines = [f"{INDENT}CT not analysed for vertebral fractures: {ct.reason}: {ct.message}"]
+    for series in ct.series:
+        if not series.chosen:
+            lines.append(
+                f"{INDENT}  series {series.series_instance_uid} not used: "
+                + "; ".join(series.reasons or ["-"])
+            )
     return lines

@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from spinexr.node.errors import ConfigError
 from spinexr.node.sopclasses import ANALYSABLE_SOP_CLASSES
+from spinexr.pipeline.ct.series import ALLOWED_BODY_PARTS
 
 ENV_PREFIX = "SPINEXR_"
 ENV_CONFIG_FILE = "SPINEXR_CONFIG"
@@ -274,9 +275,12 @@ class StudySection(_Section):
     )
     accepted_sop_classes: list[str] = Field(
         default_factory=lambda: [str(u) for u in ANALYSABLE_SOP_CLASSES],
-        description="SOP classes that are analysed (CR, DX For Presentation/Processing).",
+        description=(
+            "SOP classes that are analysed (CR, DX For Presentation/Processing, CT, Enhanced "
+            "CT, Legacy Converted Enhanced CT)."
+        ),
     )
-    accepted_modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
+    accepted_modalities: list[str] = Field(default_factory=lambda: ["CR", "DX", "CT"])
     body_parts: BodyParts = Field(
         default=BodyParts.SPINE,
         description=(
@@ -356,6 +360,61 @@ class VertebraeSection(_Section):
         return self
 
 
+_NOT_ALNUM = re.compile(r"[^A-Z0-9]+")
+
+
+def compact_body_part(value: str) -> str:
+    """Return a Body Part Examined value compacted: upper case, letters and digits only.
+
+    The compaction of the CT series selection (`spinexr.pipeline.ct.series`): ``"Chest
+    Abdomen"``, ``"CHEST_ABDOMEN"`` and ``"chest-abdomen"`` all give ``"CHESTABDOMEN"``.
+
+    Parameters
+    ----------
+    value : str
+        The value as written.
+
+    Returns
+    -------
+    str
+        The compacted value (empty for one with no letter or digit).
+    """
+    return _NOT_ALNUM.sub("", value.upper())
+
+
+class CtSection(_Section):
+    """The CT analysis (vertebral fractures on CT series)."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Analyse CT series for vertebral fractures when the bundle has CT models; when "
+            "false, CT instances are stored as 'not for analysis: CT analysis disabled'."
+        ),
+    )
+    body_parts: list[str] = Field(
+        default_factory=lambda: sorted(ALLOWED_BODY_PARTS),
+        min_length=1,
+        description=(
+            "Body Part Examined values (compacted: upper case, no spaces, hyphens or "
+            "underscores) under which a CT series is analysed; a CT instance without Body "
+            "Part Examined is analysed (the series selection decides)."
+        ),
+    )
+
+    @field_validator("body_parts")
+    @classmethod
+    def _compacted(cls, value: list[str]) -> list[str]:
+        out: list[str] = []
+        for item in value:
+            compact = compact_body_part(item)
+            if not compact:
+                raise ValueError(f"{item!r} is not a body part (no letter or digit)")
+            if compact not in out:
+                out.append(compact)
+        return out
+
+
 class OutputSection(_Section):
     """Which objects the node builds for each analysed study (the site profile)."""
 
@@ -375,8 +434,10 @@ class OutputSection(_Section):
     )
 
 
-ObjectKind = Literal["sr", "gsps", "kos", "sc"]
-_DEFAULT_OBJECTS: tuple[ObjectKind, ...] = ("sr", "gsps")
+ObjectKind = Literal["sr", "gsps", "kos", "sc", "reformat"]
+_DEFAULT_OBJECTS: tuple[ObjectKind, ...] = ("sr", "gsps", "reformat")
+"""By default a destination gets the SR, the GSPS of every analysed radiograph, and a CT
+study's straightened reformat with its GSPS ("reformat")."""
 
 
 class Destination(_Section):
@@ -430,6 +491,7 @@ class Settings(BaseSettings):
     study: StudySection = Field(default_factory=StudySection)
     models: ModelsSection = Field(default_factory=ModelsSection)
     vertebrae: VertebraeSection = Field(default_factory=VertebraeSection)
+    ct: CtSection = Field(default_factory=CtSection)
     output: OutputSection = Field(default_factory=OutputSection)
     destinations: list[Destination] = Field(default_factory=list)
 

@@ -1,4 +1,8 @@
-"""SOP classes and transfer syntaxes the node accepts (pydicom's constants, grouped)."""
+"""SOP classes and transfer syntaxes the node accepts (pydicom's constants, grouped).
+
+The CT image classes are the CT pipeline's (`spinexr.pipeline.ct.series.CT_SOP_CLASSES`:
+what ingest accepts is what the worker's series selection calls CT).
+"""
 
 from __future__ import annotations
 
@@ -28,18 +32,27 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
+from spinexr.pipeline.ct.series import CT_SOP_CLASSES
+
 # The classes of the objects the node builds, by the short names its builders use.
 COMPREHENSIVE_SR = ComprehensiveSRStorage
 GSPS = GrayscaleSoftcopyPresentationStateStorage
 KOS = KeyObjectSelectionDocumentStorage
 SECONDARY_CAPTURE = SecondaryCaptureImageStorage
 
-ANALYSABLE_SOP_CLASSES: tuple[UID, ...] = (
+RADIOGRAPH_SOP_CLASSES: tuple[UID, ...] = (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
 )
-"""Image classes the method runs on."""
+"""The radiograph classes (CR, DX For Presentation and For Processing)."""
+
+CT_IMAGE_SOP_CLASSES: tuple[UID, ...] = tuple(UID(uid) for uid in sorted(CT_SOP_CLASSES))
+"""The CT image classes: CT Image Storage, Enhanced CT Image Storage and Legacy Converted
+Enhanced CT Image Storage (the CT pipeline's `CT_SOP_CLASSES`, in UID order)."""
+
+ANALYSABLE_SOP_CLASSES: tuple[UID, ...] = (*RADIOGRAPH_SOP_CLASSES, *CT_IMAGE_SOP_CLASSES)
+"""Image classes the methods run on: the radiographs, then CT."""
 
 OUTPUT_LIKE_SOP_CLASSES: tuple[UID, ...] = (
     BasicTextSRStorage,

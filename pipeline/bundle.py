@@ -6,8 +6,9 @@ threshold c* and how it was fitted, the display threshold, the metrics the bundl
 validated with, the training data, whether it is a demo bundle (trained on synthetic
 phantoms) and the SHA-256 of every file. `verify_bundle` checks all of it against the code's
 constants before a model is built, with a distinct error per problem. An optional ``anatomy``
-entry adds the image check (`spinexr.pipeline.anatomy`: spine AP, spine lateral or other);
-bundles without it stay valid.
+entry adds the image check (`spinexr.pipeline.anatomy`: spine AP, spine lateral or other), an
+optional ``vertebrae`` entry the keypoint model of lateral radiographs and an optional ``ct``
+entry the CT localiser and CT keypoint model; bundles without them stay valid.
 
 The bundle's DICOM device UID is ``2.25.<int of the first 128 bits of the weights digest>``,
 where the weights digest is the SHA-256 of the sorted file hashes: it changes exactly when a
@@ -177,6 +178,32 @@ class VertebraeEntry(_Model):
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
+class CtEntry(_Model):
+    """The optional vertebral fracture analysis of CT series (`spinexr.pipeline.ct`).
+
+    Attributes
+    ----------
+    localiser : str
+        Checkpoint of the centre-line network (`spinexr.pipeline.ct.localise`), relative to
+        the bundle folder.
+    keypoint_model : str
+        Architecture of the keypoint model trained on straightened CT reformats:
+        ``"pisov"`` or ``"keypointrcnn"``.
+    keypoint_checkpoint : str
+        Its checkpoint, relative to the bundle folder.
+    score_threshold : float
+        Lowest detection score of a vertebra that is reported.
+    metrics : dict
+        How both were validated (free form: held-out localisation error, recall...).
+    """
+
+    localiser: RelPath
+    keypoint_model: Literal["pisov", "keypointrcnn"]
+    keypoint_checkpoint: RelPath
+    score_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, allow_inf_nan=False)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
 class Manifest(_Model):
     """Contents of ``manifest.json`` (validated on construction).
 
@@ -219,6 +246,9 @@ class Manifest(_Model):
     vertebrae : VertebraeEntry or None
         The vertebral fracture keypoint model; optional: without it, lateral views get the
         lesion analysis only and say "not analysed for vertebral fractures".
+    ct : CtEntry or None
+        The CT models (localiser and keypoint model); optional: without them, CT series are
+        reported "not analysed: the bundle has no CT model".
     """
 
     schema_version: int = Field(ge=MANIFEST_SCHEMA_VERSION, le=MANIFEST_SCHEMA_VERSION)
@@ -239,6 +269,7 @@ class Manifest(_Model):
     files: dict[RelPath, Sha256] = Field(min_length=1)
     anatomy: AnatomyEntry | None = None
     vertebrae: VertebraeEntry | None = None
+    ct: CtEntry | None = None
 
     @model_validator(mode="after")
     def _references_listed(self) -> Self:
@@ -251,6 +282,8 @@ class Manifest(_Model):
             referenced.append(self.anatomy.weights)
         if self.vertebrae is not None:
             referenced.append(self.vertebrae.checkpoint)
+        if self.ct is not None:
+            referenced += [self.ct.localiser, self.ct.keypoint_checkpoint]
         unlisted = [p for p in referenced if p not in self.files]
         if unlisted:
             raise ValueError(f"files referenced but not listed in 'files': {unlisted}")
@@ -344,6 +377,23 @@ class Bundle:
         """Absolute path of the keypoint model's checkpoint, when the bundle has one."""
         entry = self.manifest.vertebrae
         return None if entry is None else self.directory / entry.checkpoint
+
+    @property
+    def ct(self) -> CtEntry | None:
+        """The CT models' manifest entry, when the bundle has one."""
+        return self.manifest.ct
+
+    @property
+    def ct_localiser(self) -> Path | None:
+        """Absolute path of the CT localiser's checkpoint, when the bundle has one."""
+        entry = self.manifest.ct
+        return None if entry is None else self.directory / entry.localiser
+
+    @property
+    def ct_keypoint_checkpoint(self) -> Path | None:
+        """Absolute path of the CT keypoint model's checkpoint, when the bundle has one."""
+        entry = self.manifest.ct
+        return None if entry is None else self.directory / entry.keypoint_checkpoint
 
     @property
     def weights_digest(self) -> str:

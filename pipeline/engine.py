@@ -22,6 +22,12 @@ After the lesion models, every analysed image goes through the vertebral fractur
 injected): lateral views get six keypoints per vertebra, heights and Genant grades; other
 views say why they were not analysed for fractures. Images whose header names no view are
 shown to the bundle's anatomy model, whose lateral/AP scores decide.
+
+A study's CT images are not decoded with the radiographs: `Pipeline.analyze` takes their
+files and hands them to the CT stage (`spinexr.pipeline.ct.stage`, when the bundle has CT
+models or they are injected), which chooses one series, builds its volume within a memory
+bound and grades its vertebrae; the result's ``ct`` says what it found or why not, and the
+reformat it read comes back beside the result for the derived-image outputs.
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+import pydicom
 import torch
 from pydicom.dataset import Dataset
 
@@ -45,6 +53,8 @@ from spinexr.pipeline.bodypart import TagAnatomy, dataset_tag_verdict
 from spinexr.pipeline.bundle import Bundle, verify_bundle
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.classifier import ClassifierEnsemble, images_to_batch
+from spinexr.pipeline.ct.localise import LocaliserNet
+from spinexr.pipeline.ct.stage import CtOutcome, CtReformat, CtStage
 from spinexr.pipeline.devices import resolve_device
 from spinexr.pipeline.errors import ImageRefusal, UnsupportedImageError
 from spinexr.pipeline.fusion import fuse_image, summarise_study
@@ -100,6 +110,23 @@ class DetectorLike(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class StudyAnalysis:
+    """What `Pipeline.analyze` returns: the result, and the CT reformat it was read on.
+
+    Attributes
+    ----------
+    result : StudyResult
+        The typed, serialisable result.
+    ct_reformat : CtReformat or None
+        The straightened mid-sagittal image of the CT series analysed (for the Secondary
+        Capture and its GSPS); None without an analysed CT series.
+    """
+
+    result: StudyResult
+    ct_reformat: CtReformat | None = None
+
+
 class Pipeline:
     """Classifier ensemble + detector + fusion, loaded once.
 
@@ -132,6 +159,14 @@ class Pipeline:
         Run the vertebral fracture stage (when a keypoint model is available).
     genant_cutoffs : genant.GenantCutoffs, optional
         Site override of the grade bounds.
+    ct : bool
+        Analyse CT series (when the bundle has CT models or they are injected).
+    ct_localiser : LocaliserNet, optional
+        A CT localiser to use instead of the bundle's (tests).
+    ct_keypoints : KeypointModel, optional
+        A CT keypoint model to use instead of the bundle's (tests).
+    ct_body_parts : collection of str, optional
+        Body Part Examined values a CT series may have (the selection's default otherwise).
     """
 
     def __init__(
@@ -150,6 +185,10 @@ class Pipeline:
         keypoints: KeypointModel | None = None,
         vertebrae: bool = True,
         genant_cutoffs: GenantCutoffs | None = None,
+        ct: bool = True,
+        ct_localiser: LocaliserNet | None = None,
+        ct_keypoints: KeypointModel | None = None,
+        ct_body_parts: Sequence[str] | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
@@ -178,6 +217,13 @@ class Pipeline:
             if self.anatomy is None and self.vertebral is not None:
                 # The view decision needs the image model even where the spine check is off.
                 self.anatomy = anatomy if anatomy is not None else self._build_anatomy()
+        self.ct_stage = self._build_ct(
+            ct,
+            ct_localiser,
+            ct_keypoints,
+            genant_cutoffs or DEFAULT_CUTOFFS,
+            ct_body_parts,
+        )
         self.spine_check = (
             SpineCheck.OFF
             if not spine_check
@@ -245,6 +291,47 @@ class Pipeline:
             cutoffs=cutoffs,
         )
 
+    def _build_ct(
+        self,
+        enabled: bool,
+        localiser: LocaliserNet | None,
+        keypoints: KeypointModel | None,
+        cutoffs: GenantCutoffs,
+        body_parts: Sequence[str] | None,
+    ) -> CtStage:
+        """Build the CT stage from the bundle's CT models (or injected ones); none: "no model"."""
+        entry = self.bundle.ct
+        names = []
+        if enabled and entry is not None:
+            if localiser is None and self.bundle.ct_localiser is not None:
+                from spinexr.pipeline.ct.localise import load_localiser
+
+                localiser = load_localiser(self.bundle.ct_localiser)[0].to(self.device)
+            if keypoints is None and self.bundle.ct_keypoint_checkpoint is not None:
+                from spinexr.pipeline.vertebrae.loader import load_keypoint_model
+
+                keypoints = load_keypoint_model(
+                    entry.keypoint_model, self.bundle.ct_keypoint_checkpoint, self.device
+                )
+        if not enabled:
+            localiser = keypoints = None
+        if localiser is not None:
+            names.append("ct-localiser")
+        if keypoints is not None:
+            names.append(keypoints.name)
+        extra: dict[str, Any] = {}
+        if body_parts is not None:
+            extra["allowed_body_parts"] = tuple(body_parts)
+        return CtStage(
+            localiser=localiser,
+            keypoints=keypoints,
+            model_name=" + ".join(names),
+            cutoffs=cutoffs,
+            score_threshold=0.5 if entry is None else entry.score_threshold,
+            device=self.device,
+            **extra,
+        )
+
     @property
     def provenance(self) -> Provenance:
         """Bundle identity, software version and device, as written into results."""
@@ -271,7 +358,7 @@ class Pipeline:
     def analyze_study(
         self, datasets: Sequence[Dataset], *, study_instance_uid: str | None = None
     ) -> StudyResult:
-        """Analyse the images of one study.
+        """Analyse the radiographs of one study (`analyze` without CT files).
 
         Parameters
         ----------
@@ -283,19 +370,52 @@ class Pipeline:
         Returns
         -------
         StudyResult
-            Per-image results, study-level conclusion, provenance and timings. The outcome
-            is ``FAILED`` (with the reasons) when no image could be analysed.
+            As `analyze` returns it.
+        """
+        return self.analyze(datasets, study_instance_uid=study_instance_uid).result
+
+    def analyze(
+        self,
+        datasets: Sequence[Dataset],
+        *,
+        ct_files: Sequence[Path] = (),
+        study_instance_uid: str | None = None,
+    ) -> StudyAnalysis:
+        """Analyse the images of one study: radiographs as datasets, CT images as files.
+
+        Parameters
+        ----------
+        datasets : sequence of pydicom.dataset.Dataset
+            The study's radiographs (with file meta); order is kept in the result.
+        ct_files : sequence of pathlib.Path
+            The study's CT files (every series; the CT stage reads and chooses).
+        study_instance_uid : str, optional
+            Defaults to the datasets' (or the CT files') Study Instance UID.
+
+        Returns
+        -------
+        StudyAnalysis
+            The result (per-image results, the CT analysis, the study-level conclusion,
+            provenance and timings; ``FAILED`` with the reasons when nothing could be
+            analysed) and the CT reformat.
         """
         start = time.perf_counter()
-        study_uid = study_instance_uid or _study_uid(datasets)
+        study_uid = study_instance_uid or _study_uid(datasets) or _ct_study_uid(ct_files)
         timings: defaultdict[str, float] = defaultdict(float)
         results: list[ImageResult] = []
         with torch.inference_mode():
             for first in range(0, len(datasets), self.chunk_size):
                 chunk = datasets[first : first + self.chunk_size]
                 results.extend(self._analyze_chunk(chunk, timings))
+        ct: CtOutcome | None = None
+        if ct_files:
+            t = time.perf_counter()
+            with torch.inference_mode():
+                ct = self.ct_stage.analyse(ct_files)
+            timings["ct"] = time.perf_counter() - t
+        ct_analysis = None if ct is None else ct.analysis
         t = time.perf_counter()
-        summary = summarise_study(results, self.threshold)
+        summary = summarise_study(results, self.threshold, ct_analysis)
         timings["fusion"] += time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         result = StudyResult(
@@ -309,6 +429,7 @@ class Pipeline:
             fusion_mode=self.fusion_mode,
             flagged_classes=summary.flagged_classes,
             images=results,
+            ct=ct_analysis,
             provenance=self.provenance,
             timings=dict(timings),
             analysed_at=dt.datetime.now(dt.UTC),
@@ -324,7 +445,7 @@ class Pipeline:
         )
         if result.outcome is Outcome.FAILED:
             logger.warning("study %s failed: %s", study_uid, result.failure_reason)
-        return result
+        return StudyAnalysis(result, None if ct is None else ct.reformat)
 
     def _analyze_chunk(
         self, datasets: Sequence[Dataset], timings: defaultdict[str, float]
@@ -580,6 +701,13 @@ def _study_uid(datasets: Sequence[Dataset]) -> str:
             "datasets of one analysis belong to %d studies; using %s", len(uids), uids[0]
         )
     return uids[0] if uids else ""
+
+
+def _ct_study_uid(files: Sequence[Path]) -> str:
+    if not files:
+        return ""
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+    return str(ds.get("StudyInstanceUID") or "")
 
 
 def _sop_uid(ds: Dataset) -> str:

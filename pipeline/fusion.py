@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from spinexr.pipeline.classes import LesionClass
+from spinexr.pipeline.ct.findings import CtAnalysis
 from spinexr.pipeline.results import Box, FusionMode, ImageResult, Outcome
 
 BOX_KEEP_SCORE: Final = 0.5
@@ -177,18 +178,24 @@ def fuse_image(
     )
 
 
-def summarise_study(images: Sequence[ImageResult], threshold: float) -> StudySummary:
-    """Conclude at study level from the image results.
+def summarise_study(
+    images: Sequence[ImageResult], threshold: float, ct: CtAnalysis | None = None
+) -> StudySummary:
+    """Conclude at study level from the image results and the CT analysis.
 
     The study is ``ABNORMAL`` when the decision is positive, a box is displayed, or a
-    vertebra is graded mild or worse (Genant grade ≥ 1 is a fracture).
+    vertebra (on a radiograph or on the CT) is graded mild or worse (Genant grade ≥ 1 is a
+    fracture). It is ``FAILED`` only when neither a radiograph nor a CT series could be
+    analysed; the probability and decision are the radiographs' (None without one).
 
     Parameters
     ----------
     images : sequence of ImageResult
-        All images of the study, failed ones included.
+        All radiographs of the study, failed ones included.
     threshold : float
         c*.
+    ct : CtAnalysis, optional
+        The study's CT analysis (None without CT images).
 
     Returns
     -------
@@ -196,15 +203,24 @@ def summarise_study(images: Sequence[ImageResult], threshold: float) -> StudySum
         Outcome, max probability, decision and flagged classes.
     """
     analysed = [im for im in images if im.probability is not None]
-    if not analysed:
+    ct_analysed = ct is not None and ct.analysed
+    if not analysed and not ct_analysed:
         reasons = sorted({im.error.reason for im in images if im.error is not None})
-        detail = ", ".join(reasons) if reasons else "the study has no images"
-        return StudySummary(Outcome.FAILED, None, None, [], f"no image could be analysed: {detail}")
-    probability = max(float(im.probability) for im in analysed if im.probability is not None)
-    decision = probability >= threshold
+        parts = [f"no image could be analysed: {', '.join(reasons)}"] if reasons else []
+        if ct is not None:
+            parts.append(f"CT not analysed: {ct.reason}: {ct.message}")
+        none = "no image could be analysed: the study has no images"
+        detail = "; ".join(parts) if parts else none
+        return StudySummary(Outcome.FAILED, None, None, [], detail)
+    probability = (
+        max(float(im.probability) for im in analysed if im.probability is not None)
+        if analysed
+        else None
+    )
+    decision = None if probability is None else probability >= threshold
     flagged = sorted({b.label for im in analysed for b in im.displayed_boxes})
     fractured = any(
         v.fractured for im in analysed if im.vertebrae is not None for v in im.vertebrae.vertebrae
-    )
+    ) or (ct is not None and ct.fractured)
     outcome = Outcome.ABNORMAL if decision or flagged or fractured else Outcome.NO_FINDING
     return StudySummary(outcome, probability, decision, flagged, None)

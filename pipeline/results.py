@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from spinexr.pipeline.classes import LesionClass
+from spinexr.pipeline.ct.findings import CtAnalysis
 from spinexr.pipeline.spacing import SpacingBasis
 from spinexr.pipeline.vertebrae.findings import VertebralAnalysis
 
@@ -257,12 +258,14 @@ class StudyResult(_Model):
     study_instance_uid : str
         The study.
     outcome : Outcome
-        ``ABNORMAL`` when the study decision is positive or any box is displayed,
-        ``NO_FINDING`` otherwise, ``FAILED`` when no image could be analysed.
+        ``ABNORMAL`` when the study decision is positive, any box is displayed or a vertebra
+        (radiograph or CT) is graded mild or worse, ``NO_FINDING`` otherwise, ``FAILED``
+        when neither a radiograph nor a CT series could be analysed.
     failure_reason : str or None
         Why the study failed (set exactly when the outcome is ``FAILED``).
     probability : float or None
-        Max of the analysed images' probabilities.
+        Max of the analysed radiographs' probabilities (None when none was analysed: a
+        failed study, or a CT study without radiographs).
     decision : bool or None
         ``probability ≥ threshold``.
     threshold : float
@@ -274,7 +277,9 @@ class StudyResult(_Model):
     flagged_classes : list of LesionClass
         Classes with at least one displayed box, in class-id order.
     images : list of ImageResult
-        One per input image, in input order.
+        One per input radiograph, in input order.
+    ct : CtAnalysis or None
+        The vertebral fracture analysis of the study's CT (None when it has no CT image).
     provenance : Provenance
         Model and software.
     timings : dict of str to float
@@ -295,6 +300,7 @@ class StudyResult(_Model):
     fusion_mode: FusionMode
     flagged_classes: list[LesionLabel] = Field(default_factory=list)
     images: list[ImageResult] = Field(default_factory=list)
+    ct: CtAnalysis | None = None
     provenance: Provenance
     timings: Seconds = Field(default_factory=dict)
     analysed_at: dt.datetime
@@ -304,10 +310,15 @@ class StudyResult(_Model):
         failed = self.outcome is Outcome.FAILED
         if failed != (self.failure_reason is not None):
             raise ValueError("failure_reason is set exactly when the outcome is FAILED")
-        if failed == (self.probability is not None) or (self.probability is None) != (
-            self.decision is None
-        ):
-            raise ValueError("a study has a probability and a decision unless it FAILED")
+        if (self.probability is None) != (self.decision is None):
+            raise ValueError("a study has a probability exactly when it has a decision")
+        radiographs = any(im.probability is not None for im in self.images)
+        if failed and self.probability is not None:
+            raise ValueError("a FAILED study has no probability")
+        if not failed and radiographs != (self.probability is not None):
+            raise ValueError("a study has a probability exactly when a radiograph was analysed")
+        if not failed and not radiographs and (self.ct is None or not self.ct.analysed):
+            raise ValueError("a study that did not fail analysed a radiograph or a CT series")
         return self
 
     @property

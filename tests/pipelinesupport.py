@@ -118,3 +118,17 @@ class NoBoxes:
     def predict(self, images: Sequence[np.ndarray], transforms: Sequence[object]) -> list[object]:
         self.calls.append(len(images))
         return [_NoDetections() for _ in images]
+
+
+class RadiographsOnly:
+    """Mixin for pipeline test doubles that implement ``analyze_study``: the runner's ``analyze``.
+
+    The doubles stand in for the radiograph models; a study with CT files is not theirs.
+    """
+
+    def analyze(self, sources, *, ct_files=(), study_instance_uid=None):
+        from spinexr.pipeline.engine import StudyAnalysis
+
+        assert not ct_files, "a radiograph test double got CT files"
+        result = self.analyze_study(sources, study_instance_uid=study_instance_uid)  # type: ignore[attr-defined]
+        return StudyAnalysis(result)

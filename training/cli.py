@@ -421,5 +421,8 @@ def bundle_demo(out: Path | None, work: Path | None, force: bool, quick: bool) -
 
     recipe = QUICK_RECIPE if quick else DEMO_RECIPE
     target = out if out is not None else default_demo_dir(recipe)
-    built = demo(target, recipe, work=work, force=force, say=_say)
+    from spinexr.training.ct.bundle import DEMO_CT_RECIPE
+
+    ct = None if quick else DEMO_CT_RECIPE
+    built = demo(target, recipe, work=work, force=force, say=_say, ct=ct)
     click.echo(str(built.directory))

@@ -39,27 +39,33 @@ class ViewerFamily:
 VIEWER_FAMILIES: tuple[ViewerFamily, ...] = (
     ViewerFamily(
         "OHIF v3",
-        frozenset({"sr", "sc"}),
+        frozenset({"sr", "sc", "reformat"}),
         ("sr", "sc"),
         "checked in a browser (tests/viewers): boxes, abnormality, vertebral outlines and "
         "height lines from the SR; GSPS not applied; the capture adds grades and levels",
     ),
     ViewerFamily(
         "PACS viewers with GSPS (IHE CPI), Weasis",
-        frozenset({"gsps", "sc", "kos"}),
+        frozenset({"gsps", "sc", "kos", "reformat"}),
         ("sr", "gsps"),
         "documented by the products, not checked here",
     ),
     ViewerFamily(
         "viewers without GSPS or SR display",
-        frozenset({"sc"}),
+        frozenset({"sc", "reformat"}),
         ("sr", "sc"),
         "any viewer shows a Secondary Capture",
     ),
 )
 """The families of ``docs/viewers.md``'s profile table."""
 
-OBJECT_NAMES = {"sr": "SR", "gsps": "GSPS", "kos": "KOS", "sc": "Secondary Capture"}
+OBJECT_NAMES = {
+    "sr": "SR",
+    "gsps": "GSPS",
+    "kos": "KOS",
+    "sc": "Secondary Capture",
+    "reformat": "CT reformat",
+}
 
 
 def built_objects(settings: Settings) -> list[str]:
@@ -73,10 +79,17 @@ def built_objects(settings: Settings) -> list[str]:
     Returns
     -------
     list of str
-        Among ``sr``, ``gsps``, ``kos``, ``sc``.
+        Among ``sr``, ``gsps``, ``kos``, ``sc``, and ``reformat`` (a CT study's straightened
+        reformat and its GSPS, built whenever a CT series is analysed).
     """
     out = settings.output
-    flags = {"sr": out.sr, "gsps": out.gsps, "kos": out.kos, "sc": out.secondary_capture}
+    flags = {
+        "sr": out.sr,
+        "gsps": out.gsps,
+        "kos": out.kos,
+        "sc": out.secondary_capture,
+        "reformat": True,
+    }
     return [kind for kind, on in flags.items() if on]
 
 

@@ -106,6 +106,7 @@ class OutputKind(enum.StrEnum):
     GSPS = "gsps"
     KOS = "kos"
     SC = "sc"
+    REFORMAT = "reformat"
 
 
 class Priority(enum.IntEnum):

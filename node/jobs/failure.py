@@ -21,6 +21,8 @@ from pydicom.errors import InvalidDicomError
 
 from spinexr.node import __version__
 from spinexr.node.outputs.provenance import output_uid
+from spinexr.pipeline.ct.findings import CtAnalysis, CtSeriesVerdict, CtStatus
+from spinexr.pipeline.ct.series import CT_SOP_CLASSES
 from spinexr.pipeline.results import (
     FusionMode,
     ImageError,
@@ -110,12 +112,14 @@ def failed_study_result(
     Returns
     -------
     StudyResult
-        Outcome ``FAILED`` with ``reason``, every image marked ``analysis_failed``.
+        Outcome ``FAILED`` with ``reason``, every radiograph marked ``analysis_failed``; CT
+        headers give a CT analysis ``failed`` naming their series.
     """
     provenance, engine = _provenance(pipeline, uid_root)
     threshold = float(getattr(engine, "threshold", 0.5))
     display = float(getattr(engine, "display_threshold", threshold))
     fusion = getattr(engine, "fusion_mode", FusionMode.PAPER)
+    ct_headers = [ds for ds in headers if str(ds.get("SOPClassUID", "")) in CT_SOP_CLASSES]
     images = [
         ImageResult(
             sop_instance_uid=str(ds.SOPInstanceUID),
@@ -123,7 +127,22 @@ def failed_study_result(
             error=ImageError(reason=ANALYSIS_FAILED, message=reason),
         )
         for ds in headers
+        if str(ds.get("SOPClassUID", "")) not in CT_SOP_CLASSES
     ]
+    ct = None
+    if ct_headers:
+        ct = CtAnalysis(
+            status=CtStatus.FAILED,
+            reason=ANALYSIS_FAILED,
+            message=reason[:300],
+            series=[
+                CtSeriesVerdict(
+                    series_instance_uid=uid,
+                    instances=sum(1 for ds in ct_headers if ds.get("SeriesInstanceUID") == uid),
+                )
+                for uid in dict.fromkeys(str(ds.get("SeriesInstanceUID", "")) for ds in ct_headers)
+            ],
+        )
     return StudyResult(
         study_instance_uid=study_instance_uid,
         outcome=Outcome.FAILED,
@@ -132,6 +151,7 @@ def failed_study_result(
         display_threshold=display,
         fusion_mode=fusion,
         images=images,
+        ct=ct,
         provenance=provenance,
         analysed_at=dt.datetime.now(dt.UTC),
     )

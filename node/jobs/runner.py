@@ -16,6 +16,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -30,11 +31,13 @@ from spinexr.node.db.timeline import record, transition
 from spinexr.node.ingest.rules import ANALYSE
 from spinexr.node.jobs.conform import conform_header
 from spinexr.node.jobs.failure import failed_study_result, readable_headers
+from spinexr.node.jobs.sources import ct_evidence, one_per_ct_series
 from spinexr.node.jobs.supersede import lineage
 from spinexr.node.outputs.build import BuiltObject, build_outputs
 from spinexr.node.outputs.persist import save_outputs
 from spinexr.node.outputs.sr import SupersededReport
 from spinexr.node.settings import Settings
+from spinexr.pipeline.ct.series import CT_SOP_CLASSES
 from spinexr.pipeline.results import StudyResult
 
 logger = logging.getLogger(__name__)
@@ -201,17 +204,29 @@ class JobRunner:
             latest.setdefault(row.sop_instance_uid, row)
         return list(latest.values())
 
-    def _sources(self, session: Session, job: Job) -> list[pydicom.Dataset]:
+    def _sources(self, session: Session, job: Job) -> tuple[list[pydicom.Dataset], list[Path]]:
+        """Read the study's radiographs whole; list its CT files (the CT stage reads them).
+
+        A CT study has hundreds of instances: their pixels are decoded once, into the
+        volume, never held as datasets.
+        """
         spool = self.settings.storage.spool_dir
         sources: list[pydicom.Dataset] = []
+        ct_files: list[Path] = []
         for r in self._latest(session, job, analysable=True):
+            path = spool / r.path
+            if r.sop_class_uid in CT_SOP_CLASSES:
+                if not path.is_file():
+                    raise RuntimeError(f"instance {r.sop_instance_uid} is missing from the spool")
+                ct_files.append(path)
+                continue
             try:
-                sources.append(pydicom.dcmread(spool / r.path))
+                sources.append(pydicom.dcmread(path))
             except FileNotFoundError:
                 raise RuntimeError(
                     f"instance {r.sop_instance_uid} is missing from the spool"
                 ) from None
-        return sources
+        return sources, ct_files
 
     def _predecessor(self, session: Session, job: Job) -> tuple[SupersededReport | None, int]:
         # The SR the PACS really has (a cancelled job's SR that never got out is skipped),
@@ -265,23 +280,29 @@ class JobRunner:
                     raise WorkerLostError(
                         f"the worker was lost in each of {job.attempts - 1} attempts"
                     )
-                sources = self._sources(session, job)
-                values = phi.identifying_values(sources)
+                sources, ct_files = self._sources(session, job)
+                values = phi.identifying_values([*sources, *readable_headers(ct_files[:1])])
                 _conform(job_id, sources)
                 predecessor, revision = self._predecessor(session, job)
                 key = job.idempotency_key
                 study_uid = job.study.study_instance_uid
-            if not sources:
+            if not sources and not ct_files:
                 raise RuntimeError("no analysable instance is left in the spool")
             with self.lease_kept(job_id):
-                result = self.pipeline().analyze_study(sources, study_instance_uid=study_uid)
+                analysis = self.pipeline().analyze(
+                    sources, ct_files=ct_files, study_instance_uid=study_uid
+                )
+                result = analysis.result
+                ct_headers = ct_evidence(ct_files, result)
+                _conform(job_id, ct_headers)
                 built = build_outputs(
-                    sources,
+                    [*sources, *ct_headers],
                     result,
                     self.settings,
                     job_key=key,
                     predecessor=predecessor,
                     revision=revision,
+                    ct_reformat=analysis.ct_reformat,
                 )
             with self.sessions() as session:
                 job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
@@ -392,7 +413,7 @@ class JobRunner:
         latest = self._latest(session, job, analysable=False)
         analysable = [spool / r.path for r in latest if r.decision == ANALYSE]
         others = [spool / r.path for r in latest if r.decision != ANALYSE]
-        headers = readable_headers(analysable) or readable_headers(others)[:1]
+        headers = one_per_ct_series(readable_headers(analysable)) or readable_headers(others)[:1]
         _conform(job.id, headers)
         reason = f"analysis failed after {job.attempts} attempts ({error.split(':', 1)[0]})"
         try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from spinexr.node.outputs.ct_reformat import build_reformat_gsps, build_reformat_sc
 from spinexr.node.outputs.gsps import build_gsps
 from spinexr.node.outputs.kos import build_kos, flagged_images
 from spinexr.node.outputs.provenance import (
@@ -34,6 +35,7 @@ from spinexr.node.outputs.provenance import (
 from spinexr.node.outputs.sc import build_sc
 from spinexr.node.outputs.sr import SupersededReport, build_sr
 from spinexr.node.settings import Settings
+from spinexr.pipeline.ct.stage import CtReformat
 from spinexr.pipeline.results import StudyResult
 
 logger = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ def build_outputs(
     job_key: str,
     predecessor: SupersededReport | None = None,
     revision: int = 1,
+    ct_reformat: CtReformat | None = None,
 ) -> list[BuiltObject]:
     """Build every object the site profile asks for.
 
@@ -134,11 +137,16 @@ def build_outputs(
     revision : int
         Which result set of the study this is at the PACS (1 = the first); from 2 on, the
         objects say that they replace the previous one (`mark_revision`).
+    ct_reformat : CtReformat, optional
+        The straightened reformat of the CT series analysed: with an analysed CT, its
+        Secondary Capture and the GSPS drawing the grades on it are built (kind
+        ``reformat``; `spinexr.node.outputs.ct_reformat`), whatever the site profile (a
+        destination's ``objects`` decide whether they are sent).
 
     Returns
     -------
     list of BuiltObject
-        SR first, then per-image GSPS, KOS, then per-image SC.
+        SR first, then per-image GSPS, KOS, per-image SC, then the CT reformat and its GSPS.
     """
     profile = settings.output
     root = settings.node.uid_root
@@ -199,6 +207,24 @@ def build_outputs(
                 instance_number=number,
             )
             add("sc", sc, image.sop_instance_uid)
+    if ct_reformat is not None and result.ct is not None and result.ct.analysed:
+        sc = build_reformat_sc(
+            sources,
+            ct_reformat,
+            result,
+            settings,
+            series_uid=series_uid_for(root, job_key, "reformat"),
+            sop_uid=instance_uid_for(root, job_key, "reformat"),
+        )
+        add("reformat", sc, None)
+        gsps = build_reformat_gsps(
+            sc,
+            result,
+            settings,
+            series_uid=output_uid(root, "series", OUTPUT_FORMAT_VERSION, job_key, "reformat-pr"),
+            sop_uid=instance_uid_for(root, job_key, "reformat", "presentation state"),
+        )
+        add("reformat", gsps, str(sc.SOPInstanceUID))
     logger.info(
         "built %d output objects for study %s (job %s)",
         len(out),

@@ -312,6 +312,36 @@ VERTEBRAL_NOTE = _project("VERT_FX_NOTE", "Vertebral fracture analysis note")
 """TEXT in ``Qualitative Evaluations``: per image, what the vertebral analysis concluded, why
 an image was not analysed for vertebral fractures, or that its spacing was absent."""
 
+# ============================================================================= CT
+# Vertebral fractures on CT (issue 17; encoding in `spinexr.node.outputs.ct_sr`).
+
+CT_VERTEBRAL_ANALYSIS = _project("CT_VERT_FX", "CT vertebral fracture analysis")
+"""Finding type of the CT summary group."""
+
+CT_STATUS_CODES: MappingProxyType[str, Code] = MappingProxyType(
+    {
+        "analysed": _project("CT_ANALYSED", "Analysed for vertebral fractures on CT"),
+        "no_eligible_series": _project("CT_NO_SERIES", "Not analysed: no suitable CT series"),
+        "no_spine": _project("CT_NO_SPINE", "Not analysed: no vertebral column found"),
+        "no_vertebrae": _project("CT_NONE_FOUND", "Not analysed: no vertebra measurable"),
+        "no_model": _project("CT_NO_MODEL", "Not analysed: no CT model"),
+        "failed": _project("CT_FAILED", "Not analysed: CT analysis failed"),
+        "refused": _project("CT_REFUSED", "Not analysed: CT series refused"),
+    }
+)
+"""CT outcome → code: ``analysed``, the refusal codes named here, ``refused`` for every
+other `spinexr.pipeline.ct.errors.CtRefusal` (a gapped, tilted, undecodable... series; the
+note says which)."""
+
+CT_NOTE = _project("CT_VERT_NOTE", "CT vertebral fracture analysis note")
+"""TEXT in ``Qualitative Evaluations``: the CT series analysed (or why none was) and why each
+other series of the study was not."""
+
+HEIGHTS_IN_3D = _project("HEIGHTS_3D", "Heights measured in 3D between mapped keypoints")
+"""Method of a CT vertebra's heights: measured in the patient between the keypoints found
+on the straightened reformat and mapped back, free of the straightening's distortion."""
+
+
 VERTEBRA_STANDARD_CODES: tuple[Code, ...] = (
     VERTEBRA,
     *VERTEBRA_LEVELS.values(),

@@ -32,14 +32,21 @@ from spinexr.pipeline.results import Box, Provenance, StudyResult
 
 logger = logging.getLogger(__name__)
 
-OutputKind = Literal["sr", "gsps", "kos", "sc"]
-"""The object kinds the node builds (the same names as `Destination.objects`)."""
+OutputKind = Literal["sr", "gsps", "kos", "sc", "reformat"]
+"""The object kinds the node builds (the same names as `Destination.objects`); ``reformat``
+is a CT study's straightened mid-sagittal Secondary Capture and the GSPS drawn on it."""
 
 OUTPUT_FORMAT_VERSION = "2"
 """Part of every derived UID: bump when the objects' layout changes incompatibly, so that a
 changed object never reuses an old SOP Instance UID."""
 
-SERIES_NUMBERS: dict[OutputKind, int] = {"sr": 9901, "gsps": 9902, "kos": 9903, "sc": 9904}
+SERIES_NUMBERS: dict[OutputKind, int] = {
+    "sr": 9901,
+    "gsps": 9902,
+    "kos": 9903,
+    "sc": 9904,
+    "reformat": 9905,
+}
 """Series Number of each kind of output series (high, to sort after acquired series)."""
 
 SERIES_LABELS: dict[OutputKind, str] = {
@@ -47,7 +54,11 @@ SERIES_LABELS: dict[OutputKind, str] = {
     "gsps": "annotations",
     "kos": "key images",
     "sc": "burned-in boxes",
+    "reformat": "CT spine reformat",
 }
+
+REFORMAT_GSPS_SERIES_NUMBER = 9906
+"""Series Number of the GSPS drawn on the CT reformat (its own series: modality PR)."""
 
 DEMO_WARNING = "DEMO - NOT FOR CLINICAL USE"
 """Added to descriptions when the bundle is a demo (ASCII: survives every character set)."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from highdicom.sr import (
+    Comprehensive3DSR,
     ComprehensiveSR,
     MeasurementReport,
     SourceImageForRegion,
@@ -33,6 +34,7 @@ from highdicom.sr import (
 from highdicom.sr.utils import find_content_items
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
+from pydicom.uid import Comprehensive3DSRStorage
 
 from spinexr.node.outputs import codes
 from spinexr.node.outputs.vertebrae_tracking import HEIGHT_PAIRS, OUTLINE_ORDER, identifier_number
@@ -264,6 +266,7 @@ def read_report(sr: Dataset) -> ReportContents:
 
 
 Point = tuple[float, float]
+Point3 = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -373,6 +376,8 @@ def read_vertebrae(sr: Dataset) -> list[ReportedVertebra]:
         if not regions:
             raise ValueError(f"vertebra group {uid} has no outline or no Genant index")
         region = regions[0]
+        if region.value_type == ValueTypeValues.SCOORD3D:
+            continue  # a CT vertebra (read_ct_vertebrae)
         outline = np.asarray(region.value, dtype=np.float64).reshape(-1, 2)
         heights = _heights(group)
         lengths, lines = heights if heights is not None else (None, _outline_lines(outline))
@@ -449,6 +454,166 @@ def read_vertebral_analyses(sr: Dataset) -> list[ReportedVertebralAnalysis]:
     return out
 
 
+@dataclass(frozen=True)
+class ReportedCtVertebra:
+    """One CT vertebra an SR reports (its TID 1501 group with SCOORD3D).
+
+    Attributes
+    ----------
+    tracking_id, tracking_uid : str
+        Tracking Identifier and UID (the reformat's GSPS lines carry the same).
+    number : int or None
+        Number from the top.
+    genant_index : float
+        ``Genant index``.
+    grade : GenantGrade
+        ``Genant grade``.
+    deformity : Deformity
+        ``Vertebral deformity type``.
+    score : float or None
+        ``Detection confidence score``.
+    heights_mm : tuple of float
+        ``(h_a, h_m, h_p)``.
+    height_lines : tuple
+        Three ``(top, bottom)`` LPS points (mm), anterior, middle, posterior.
+    outline : tuple of (float, float, float)
+        The closed outline's seven LPS points.
+    frame_of_reference_uid : str
+        The frame of reference of every point.
+    """
+
+    tracking_id: str
+    tracking_uid: str
+    number: int | None
+    genant_index: float
+    grade: GenantGrade
+    deformity: Deformity
+    score: float | None
+    heights_mm: tuple[float, float, float]
+    height_lines: tuple[tuple[Point3, Point3], ...]
+    outline: tuple[Point3, ...]
+    frame_of_reference_uid: str
+
+    @property
+    def centre(self) -> Point3:
+        """The mean of the six keypoints (LPS mm)."""
+        pts = np.asarray(self.outline[:-1], dtype=np.float64)
+        x, y, z = pts.mean(axis=0)
+        return float(x), float(y), float(z)
+
+
+@dataclass(frozen=True)
+class ReportedCtAnalysis:
+    """The SR's CT summary group and note.
+
+    Attributes
+    ----------
+    status : str
+        A `codes.CT_STATUS_CODES` key (``analysed``, ``no_eligible_series``...).
+    worst_grade : GenantGrade or None
+        For an analysed series.
+    lowest_genant : float or None
+        For an analysed series.
+    note : str
+        The ``CT vertebral fracture analysis note``.
+    """
+
+    status: str
+    worst_grade: GenantGrade | None
+    lowest_genant: float | None
+    note: str
+
+
+def read_ct_vertebrae(sr: Dataset) -> list[ReportedCtVertebra]:
+    """Return the CT vertebrae an SR reports, in document order (top to bottom).
+
+    Parameters
+    ----------
+    sr : pydicom.dataset.Dataset
+        A (Comprehensive 3D) SR written by `spinexr.node.outputs.sr.build_sr`.
+
+    Returns
+    -------
+    list of ReportedCtVertebra
+        One per CT vertebra group.
+    """
+    out: list[ReportedCtVertebra] = []
+    for group in _report(sr).get_image_measurement_groups(finding_type=codes.VERTEBRA):
+        found = group.get_measurements(name=codes.GENANT_INDEX)
+        regions = found[0].referenced_coordinates if found else []
+        if not regions or regions[0].value_type != ValueTypeValues.SCOORD3D:
+            continue
+        outline = np.asarray(regions[0].value, dtype=np.float64).reshape(-1, 3)
+        heights: dict[str, tuple[float, tuple[Point3, Point3]]] = {}
+        for measurement in group.get_measurements(name=codes.HEIGHT):
+            modifiers = [s.topographical_modifier for s in measurement.finding_sites]
+            name = _key(next(m for m in modifiers if m is not None), codes.HEIGHT_SITE_MODIFIERS)
+            (scoord,) = measurement.referenced_coordinates
+            top, bottom = (_point3(p) for p in np.asarray(scoord.value).reshape(2, 3))
+            heights[name] = (float(measurement.value), (top, bottom))
+        if set(heights) != set(HEIGHT_NAMES):
+            raise ValueError(f"CT vertebra {group.tracking_uid} has heights {sorted(heights)}")
+        identifier = str(group.tracking_identifier or "")
+        a, m, p = (heights[n] for n in HEIGHT_NAMES)
+        out.append(
+            ReportedCtVertebra(
+                tracking_id=identifier,
+                tracking_uid=str(group.tracking_uid or ""),
+                number=identifier_number(identifier),
+                genant_index=float(found[0].value),
+                grade=GenantGrade(_evaluation(group, codes.GENANT_GRADE, codes.GRADE_CODES)),
+                deformity=Deformity(_evaluation(group, codes.DEFORMITY, codes.DEFORMITY_CODES)),
+                score=_measurement(group, codes.DETECTION_SCORE),
+                heights_mm=(a[0], m[0], p[0]),
+                height_lines=(a[1], m[1], p[1]),
+                outline=tuple(_point3(q) for q in outline),
+                frame_of_reference_uid=str(regions[0].ReferencedFrameOfReferenceUID),
+            )
+        )
+    return out
+
+
+def read_ct_analysis(sr: Dataset) -> ReportedCtAnalysis | None:
+    """Return the SR's CT summary (None when the study had no CT).
+
+    Parameters
+    ----------
+    sr : pydicom.dataset.Dataset
+        An SR written by `spinexr.node.outputs.sr.build_sr`.
+
+    Returns
+    -------
+    ReportedCtAnalysis or None
+        Status, worst grade, lowest G and the note.
+    """
+    report = _report(sr)
+    groups = report.get_image_measurement_groups(finding_type=codes.CT_VERTEBRAL_ANALYSIS)
+    if not groups:
+        return None
+    group = groups[0]
+    status = _evaluation(group, codes.VERTEBRAL_STATUS, codes.CT_STATUS_CODES)
+    analysed = status == "analysed"
+    notes = [
+        str(item.TextValue)
+        for item in find_content_items(
+            sr, name=codes.CT_NOTE, value_type=ValueTypeValues.TEXT, recursive=True
+        )
+    ]
+    return ReportedCtAnalysis(
+        status=status,
+        worst_grade=GenantGrade(_evaluation(group, codes.WORST_GENANT_GRADE, codes.GRADE_CODES))
+        if analysed
+        else None,
+        lowest_genant=_measurement(group, codes.GENANT_INDEX),
+        note=notes[0] if notes else "",
+    )
+
+
+def _point3(values: Any) -> Point3:
+    x, y, z = (float(v) for v in values)
+    return x, y, z
+
+
 def lesion_class(value: str, scheme: str) -> LesionClass:
     """Return the lesion class of a finding code.
 
@@ -478,7 +643,8 @@ def lesion_class(value: str, scheme: str) -> LesionClass:
 
 def _report(sr: Dataset) -> MeasurementReport:
     # copy=True: highdicom would otherwise turn the caller's dataset into its own class.
-    document = ComprehensiveSR.from_dataset(sr, copy=True)
+    three_d = str(sr.get("SOPClassUID", "")) == str(Comprehensive3DSRStorage)
+    document = (Comprehensive3DSR if three_d else ComprehensiveSR).from_dataset(sr, copy=True)
     return MeasurementReport.from_sequence(document.content, copy=False)
 
 

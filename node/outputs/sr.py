@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from highdicom.sr import (
     AlgorithmIdentification,
     CodeContentItem,
+    Comprehensive3DSR,
     ComprehensiveSR,
     ContainerContentItem,
     ContentSequence,
@@ -71,6 +72,7 @@ from pydicom.sr.coding import Code
 
 from spinexr.node.outputs import codes
 from spinexr.node.outputs.boxes import closed_rectangle
+from spinexr.node.outputs.ct_sr import ct_groups, ct_notes, ct_outcome_text, has_3d_content
 from spinexr.node.outputs.located import Figure, Group, located_groups, whole_image
 from spinexr.node.outputs.provenance import (
     DEMO_WARNING,
@@ -88,6 +90,7 @@ from spinexr.node.outputs.source import ascii_text
 from spinexr.node.outputs.vertebrae_sr import vertebral_groups, vertebral_notes
 from spinexr.node.settings import Settings
 from spinexr.node.sopclasses import COMPREHENSIVE_SR
+from spinexr.pipeline.ct.series import CT_SOP_CLASSES
 from spinexr.pipeline.errors import ImageRefusal
 from spinexr.pipeline.results import ImageResult, Outcome, StudyResult
 
@@ -121,7 +124,7 @@ def build_sr(
     sop_uid: str,
     predecessor: SupersededReport | None = None,
     instance_number: int = 1,
-) -> ComprehensiveSR:
+) -> ComprehensiveSR | Comprehensive3DSR:
     """Build the Comprehensive SR (TID 1500) reporting a study's analysis.
 
     Parameters
@@ -171,13 +174,16 @@ def build_sr(
             *([f"spine_check={prov.spine_check.value}"] if prov.spine_check else []),
         ],
     )
-    groups: list[Group] = _study_group(result, by_uid, root, algorithm)
+    # A CT study without radiographs has no radiograph abnormality to report.
+    radiographs = bool(result.images) or result.ct is None
+    groups: list[Group] = _study_group(result, by_uid, root, algorithm) if radiographs else []
     for number, image in enumerate(result.images, start=1):
         if not image.failed:
             groups += _image_group(image, number, by_uid, result, root, algorithm)
     for tracking in box_trackings(result, root):
         groups += _box_group(tracking, by_uid[tracking.sop_instance_uid], algorithm)
     groups.extend(vertebral_groups(result, by_uid, root))
+    groups.extend(ct_groups(result, by_uid, root))
 
     observer = ObserverContext(
         observer_type=dcm_codes.DCM.Device,
@@ -194,12 +200,15 @@ def build_sr(
         procedure_reported=codes.PROCEDURE_REPORTED,
         imaging_measurements=groups,
         title=codes.REPORT_TITLE,
-        referenced_images=_library_images(sources),
+        referenced_images=_library_images(
+            [ds for ds in sources if str(ds.get("SOPClassUID", "")) not in CT_SOP_CLASSES]
+        ),
     )
     report[0].ContentSequence.append(_qualitative_evaluations(result))
 
     previous = None if predecessor is None else [_predecessor_dataset(predecessor)]
-    sr = ComprehensiveSR(
+    document = Comprehensive3DSR if has_3d_content(result) else ComprehensiveSR
+    sr = document(
         evidence=list(sources),
         content=report[0],
         series_instance_uid=series_uid,
@@ -399,7 +408,9 @@ def outcome_text(result: StudyResult) -> str:
         if result.images and not_spine == len(result.images):
             return ascii_text(f"{prefix}Not analysed: not a spine image ({not_spine} image(s)).")
         return ascii_text(f"{prefix}Analysis failed: {result.failure_reason}")
-    assert result.probability is not None
+    if result.probability is None:  # a CT study without radiographs
+        assert result.ct is not None
+        return ascii_text(prefix + ct_outcome_text(result.ct))
     relation = ">=" if result.decision else "<"
     scores = f"probability {result.probability:.2f} {relation} threshold {result.threshold:.2f}"
     counts = Counter(b.label for im in result.images for b in im.displayed_boxes)
@@ -413,6 +424,8 @@ def outcome_text(result: StudyResult) -> str:
         text += f" {failed} of {len(result.images)} images could not be analysed."
     if not_spine:
         text += f" {not_spine} of them not a spine image."
+    if result.ct is not None:
+        text += " " + ct_outcome_text(result.ct)
     return ascii_text(prefix + text)
 
 
@@ -453,6 +466,7 @@ def _qualitative_evaluations(result: StudyResult) -> ContainerContentItem:
                 )
             )
     items.extend(vertebral_notes(result))
+    items.extend(ct_notes(result))
     container.ContentSequence = items
     return container
 
@@ -479,8 +493,12 @@ def _library_images(sources: Sequence[Dataset]) -> list[Dataset] | None:
     """Return the sources when highdicom can describe each in an Image Library (TID 1600).
 
     highdicom's projection-radiography descriptors need Patient Orientation and Imager Pixel
-    Spacing; without them the (optional) library is left out rather than invented.
+    Spacing; without them the (optional) library is left out rather than invented. CT
+    slices are left out of it (the caller's choice): hundreds of entries would describe
+    nothing the SR's SCOORD3D need.
     """
+    if not sources:
+        return None
     try:
         ImageLibrary(list(sources))
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:

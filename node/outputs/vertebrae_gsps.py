@@ -129,19 +129,53 @@ def vertebral_annotations(
         Empty when the image has no vertebral analysis.
     """
     analysis = image.vertebrae
-    out = VertebralAnnotations()
     if analysis is None:
-        return out
+        return VertebralAnnotations()
+    mine = [
+        t for t in vertebra_trackings(result, root) if t.sop_instance_uid == image.sop_instance_uid
+    ]
+    return analysis_annotations(
+        source, analysis, mine, first_order=first_order, first_group_id=first_group_id
+    )
+
+
+def analysis_annotations(
+    source: Dataset,
+    analysis: VertebralAnalysis,
+    trackings: list[VertebraTracking],
+    *,
+    first_order: int,
+    first_group_id: int,
+) -> VertebralAnnotations:
+    """Return the layers, annotations and graphic groups of one vertebral analysis on an image.
+
+    Parameters
+    ----------
+    source : pydicom.dataset.Dataset
+        The image drawn on (Rows, Columns): a radiograph, or a CT reformat.
+    analysis : VertebralAnalysis
+        The analysis, in the image's pixels.
+    trackings : list of VertebraTracking
+        Its vertebrae with their tracking identifiers and UIDs.
+    first_order : int
+        Graphic Layer Order of the normal layer; mild, moderate, severe and the status layer
+        follow (+1 … +4).
+    first_group_id : int
+        Graphic Group ID of the first vertebra (the others follow).
+
+    Returns
+    -------
+    VertebralAnnotations
+        A layer per grade present, or the status layer of an analysis that did not run.
+    """
+    out = VertebralAnnotations()
     if not analysis.analysed:
         _add_status(out, source, analysis, first_order + len(GenantGrade))
         return out
     rows, cols = int(source.Rows), int(source.Columns)
-    mine = [
-        t for t in vertebra_trackings(result, root) if t.sop_instance_uid == image.sop_instance_uid
-    ]
-    group_ids = {t.uid: first_group_id + i for i, t in enumerate(mine)}
+    group_ids = {t.uid: first_group_id + i for i, t in enumerate(trackings)}
     for grade in GenantGrade:
-        graded = [t for t in mine if t.vertebra.grade is grade]
+        graded = [t for t in trackings if t.vertebra.grade is grade]
         if not graded:
             continue
         layer = GraphicLayer(

@@ -257,7 +257,7 @@ def summary_group(
     ]
     figures: list[Figure] = []
     if analysis.analysed:
-        figures = _summary_figures(analysis)
+        figures = summary_figures(analysis)
         evaluations += [
             QualitativeEvaluation(
                 name=codes.WORST_GENANT_GRADE, value=codes.GRADE_CODES[analysis.worst_grade.value]
@@ -462,7 +462,20 @@ def _spacing_evaluation(analysis: VertebralAnalysis) -> QualitativeEvaluation:
     )
 
 
-def _summary_figures(analysis: VertebralAnalysis) -> list[Figure]:
+def summary_figures(analysis: VertebralAnalysis) -> list[Figure]:
+    """Return an analysed image's summary numbers: lowest G, count per grade, magnification.
+
+    Parameters
+    ----------
+    analysis : VertebralAnalysis
+        An analysed image (or CT reformat).
+
+    Returns
+    -------
+    list of Figure
+        Lowest Genant index (derivation ``Minimum``), the number of vertebrae at each grade
+        and, when it divided Imager Pixel Spacing, the magnification factor.
+    """
     lowest = analysis.lowest_genant
     assert lowest is not None
     counts = analysis.grade_counts()

@@ -206,3 +206,74 @@ def height_lines(
     """
     points = keypoints_in_image(vertebra, rows, columns)
     return [points[[top, bottom]] for top, bottom in HEIGHT_PAIRS]
+
+
+def ct_vertebra_identifier(vertebra: VertebraFinding) -> str:
+    """Return a CT vertebra's Tracking Identifier, e.g. ``"CT vertebra #3 from top"``.
+
+    Parameters
+    ----------
+    vertebra : VertebraFinding
+        The vertebra (on the reformat).
+
+    Returns
+    -------
+    str
+        `vertebra_identifier` prefixed by ``CT``.
+    """
+    return f"CT {vertebra_identifier(vertebra)}"
+
+
+def ct_vertebra_trackings(
+    result: StudyResult, root: str, reformat_uid: str = ""
+) -> list[VertebraTracking]:
+    """Return the tracking identifier and UID of every vertebra of the study's CT.
+
+    The UID depends on the study, the series, the vertebra and its patient coordinates (not
+    on the reformat's UID), so the SR's SCOORD3D groups and the reformat's GSPS lines of one
+    vertebra carry the same tracking UID.
+
+    Parameters
+    ----------
+    result : StudyResult
+        The analysis (``ct`` analysed; else the list is empty).
+    root : str
+        UID root.
+    reformat_uid : str
+        SOP Instance UID of the reformat the GSPS draws on (`VertebraTracking.sop_instance_uid`).
+
+    Returns
+    -------
+    list of VertebraTracking
+        Top to bottom; ``image_number`` 0 (the reformat is not one of the study's images).
+    """
+    ct = result.ct
+    if ct is None or not ct.analysed:
+        return []
+    prov = result.provenance
+    out = []
+    for v in ct.vertebrae:
+        points = ";".join(f"{x:.3f},{y:.3f},{z:.3f}" for x, y, z in v.keypoints_lps)
+        uid = output_uid(
+            root,
+            "tracking",
+            OUTPUT_FORMAT_VERSION,
+            result.study_instance_uid,
+            ct.series_instance_uid or "",
+            "ct-vertebra",
+            v.finding.number,
+            points,
+            prov.bundle_name,
+            prov.bundle_version,
+            prov.weights_digest,
+        )
+        out.append(
+            VertebraTracking(
+                image_number=0,
+                sop_instance_uid=reformat_uid,
+                vertebra=v.finding,
+                identifier=ct_vertebra_identifier(v.finding),
+                uid=uid,
+            )
+        )
+    return out

@@ -54,6 +54,8 @@ class Runtime:
                     spine_check=self.settings.study.body_parts is BodyParts.SPINE,
                     vertebrae=self.settings.vertebrae.enabled,
                     genant_cutoffs=genant_cutoffs(self.settings),
+                    ct=self.settings.ct.enabled,
+                    ct_body_parts=self.settings.ct.body_parts,
                 )
             return self._pipeline
 

@@ -28,6 +28,7 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from spinexr.pipeline.ct.errors import CtRefusal, UnsupportedSeriesError
 from spinexr.pipeline.ct.localise import LocaliserNet, localise
@@ -141,6 +142,8 @@ def analyse_ct_volume(
     cutoffs: GenantCutoffs = DEFAULT_CUTOFFS,
     series_instance_uid: str | None = None,
     centre_points: npt.ArrayLike | None = None,
+    score_threshold: float = 0.0,
+    device: torch.device | str = "cpu",
 ) -> CtVertebralAnalysis:
     """Find, straighten and grade the vertebrae of a CT volume.
 
@@ -162,6 +165,9 @@ def analyse_ct_volume(
         ``(N, 3)`` LPS centre points to use instead of the localiser's (e.g. the ground
         truth's, to measure what automatic localisation costs); ``localiser`` is then not
         run.
+    score_threshold : float
+        Vertebrae the detector scores below this are left out (0 keeps every detection, as
+        the evaluation does to sweep its operating point).
 
     Returns
     -------
@@ -176,7 +182,7 @@ def analyse_ct_volume(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     if centre_points is None:
-        points, confidence = localise(volume_hu, affine, localiser)
+        points, confidence = localise(volume_hu, affine, localiser, device=device)
         kept = points[(confidence >= MIN_SPINE_CONFIDENCE) & np.isfinite(points).all(axis=1)]
     else:
         given = np.asarray(centre_points, dtype=np.float64).reshape(-1, 3)
@@ -195,7 +201,11 @@ def analyse_ct_volume(
     seconds["straightening"] = time.perf_counter() - started
     started = time.perf_counter()
     spacing = reformat.spacing_mm
-    found = [o for o in keypoints.predict(display, spacing) if o.kind is ObjectKind.VERTEBRA]
+    found = [
+        o
+        for o in keypoints.predict(display, spacing)
+        if o.kind is ObjectKind.VERTEBRA and o.score >= score_threshold
+    ]
     found.sort(key=lambda o: float(o.keypoints[:, 1].mean()))
     measured = [_vertebra(0, obj.keypoints, obj.score, reformat, cutoffs) for obj in found]
     inside = [v for v in measured if within_volume(v.keypoints_lps, volume_hu.shape, affine)]

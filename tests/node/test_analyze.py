@@ -105,3 +105,23 @@ def test_analyze_without_a_bundle_says_so(tmp_path: Path, monkeypatch) -> None:
     result = CliRunner().invoke(cli, ["analyze", str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "no bundle" in result.output
+
+
+def test_analyze_reports_why_a_ct_study_was_not_analysed(tmp_path: Path) -> None:
+    from spinexr.training.phantoms.ct import make_ct_phantom
+    from spinexr.training.phantoms.ct_dicom import write_ct_study
+
+    study = write_ct_study(tmp_path / "ct", make_ct_phantom(3, levels=("T6", "T10"), fractures=()))
+    bundle = build_tiny_bundle(tmp_path / "bundle")  # no CT models
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli,
+        ["analyze", str(study.root), "--bundle", str(bundle.directory), "--out", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "CT not analysed for vertebral fractures: no_model" in result.output
+    assert "localizer" in result.output  # the other series and why they were not used
+    parsed = StudyResult.from_json(result_path(out, study.study_uid).read_text())
+    assert parsed.images == [] and parsed.ct is not None
+    assert parsed.outcome is Outcome.FAILED and "no_model" in (parsed.failure_reason or "")

@@ -42,8 +42,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ComputedRadiographyImageStorage,
-    CTImageStorage,
     DigitalXRayImageStorageForPresentation,
+    MRImageStorage,
 )
 from sqlalchemy import select
 from testsupport import NodeProcess, free_port, make_node, require_tool, wait_for
@@ -151,7 +151,7 @@ def c_store(node: NodeProcess, datasets: list[Dataset]) -> list[int | None]:
     for sop_class in (
         DigitalXRayImageStorageForPresentation,
         ComputedRadiographyImageStorage,
-        CTImageStorage,
+        MRImageStorage,
     ):
         for syntax in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"):
             ae.add_requested_context(sop_class, syntax)  # one context per syntax
@@ -284,16 +284,16 @@ def _drive(node: NodeProcess, tmp_path: Path) -> bytes:
     assert c_store(node, [broken]) == [0]
 
     # Refusals: an unsupported SOP class, malformed data sets, a part that is no DICOM.
-    ct = image(6, REFUSED, refused_uid)
-    ct.SOPClassUID = CTImageStorage
-    ct.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ct.Modality = "CT"
+    mr = image(6, REFUSED, refused_uid)
+    mr.SOPClassUID = MRImageStorage
+    mr.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    mr.Modality = "MR"
     short = image(7, MALFORMED, malformed_uid)
     short.PixelData = short.PixelData[: len(short.PixelData) // 3]
-    assert c_store(node, [ct, short]) == [None, 0xC213]
+    assert c_store(node, [mr, short]) == [None, 0xC213]
     cut = part10(image(8, MALFORMED, malformed_uid))
-    ct_bytes = part10(copy.deepcopy(ct))
-    answer = stow(node, [ct_bytes, cut[: len(cut) * 2 // 3], b"not DICOM " + b"Q7X" * 10])
+    mr_bytes = part10(copy.deepcopy(mr))
+    answer = stow(node, [mr_bytes, cut[: len(cut) * 2 // 3], b"not DICOM " + b"Q7X" * 10])
     assert answer.status_code in (200, 202, 409), answer.text
     failed = answer.json().get("00081198", {}).get("Value", [])
     assert len(failed) >= 2, answer.text

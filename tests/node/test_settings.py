@@ -248,3 +248,51 @@ def test_config_check_exits_2_with_one_line_per_problem(monkeypatch: pytest.Monk
     assert len(err_lines) == 2, err_lines
     assert all(ln.startswith("error: ") for ln in err_lines)
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ [ct] (issue 17)
+def test_ct_section_defaults_and_the_repository_file_agree() -> None:
+    from spinexr.pipeline.ct.series import ALLOWED_BODY_PARTS
+
+    s = load_settings()
+    assert s.ct.enabled is True
+    assert s.ct.body_parts == sorted(ALLOWED_BODY_PARTS)
+    assert s.study.accepted_modalities == ["CR", "DX", "CT"]
+    repo = load_settings(Path(__file__).resolve().parents[2] / "settings.toml")
+    assert repo.ct.enabled is True
+    assert sorted(repo.ct.body_parts) == sorted(ALLOWED_BODY_PARTS)
+    assert repo.study.accepted_modalities == ["CR", "DX", "CT"]
+
+
+def test_ct_section_from_file_and_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = write(tmp_path / "ct.toml", '[ct]\nenabled = false\nbody_parts = ["chest", "L-Spine"]\n')
+    s = load_settings(cfg)
+    assert (s.ct.enabled, s.ct.body_parts) == (False, ["CHEST", "LSPINE"])
+    monkeypatch.setenv("SPINEXR_CT__ENABLED", "true")
+    monkeypatch.setenv("SPINEXR_CT__BODY_PARTS", '["WHOLE BODY"]')
+    s = load_settings(cfg)
+    assert (s.ct.enabled, s.ct.body_parts) == (True, ["WHOLEBODY"])
+
+
+def test_ct_section_invalid_values(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "ct.toml", '[ct]\nenabled = "perhaps"\nbody_parts = []\nmode = 1\n')
+    lines = problems(config_file=cfg)
+    joined = "\n".join(lines)
+    assert len(lines) == 3, lines
+    assert "ct.enabled" in joined and "ct.body_parts" in joined
+    assert "ct.mode" in joined and "unknown setting" in joined
+
+
+def test_config_check_prints_the_ct_section() -> None:
+    import tomllib
+
+    result = CliRunner().invoke(cli, ["config", "check"], env={"SPINEXR_CT__ENABLED": "false"})
+    assert result.exit_code == 0, result.output
+    assert "[ct]" in result.stdout and "enabled = false" in result.stdout.split("[ct]")[1]
+    data = tomllib.loads(result.stdout)
+    assert data["ct"]["enabled"] is False
+    assert "CHESTABDPELVIS" in data["ct"]["body_parts"] and "HEAD" not in data["ct"]["body_parts"]
+    assert data["study"]["accepted_modalities"] == ["CR", "DX", "CT"]
+    assert "1.2.840.10008.5.1.4.1.1.2" in data["study"]["accepted_sop_classes"]

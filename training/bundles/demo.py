@@ -7,14 +7,18 @@ trains the image check (`spinexr.training.anatomy`: spine AP / spine lateral / o
 spine, chest and extremity phantoms), trains the vertebra keypoint model on lateral keypoint
 phantoms with fractures of known Genant index and evaluates it on held-out ones
 (`spinexr.training.vertebrae`: the Keypoint R-CNN light CPU configuration, the better of the
-two detectors on this CPU; Pisov et al.'s detector with ``keypoint_arch="pisov"``), and
+two detectors on this CPU; Pisov et al.'s detector with ``keypoint_arch="pisov"``), trains
+the CT models (`spinexr.training.ct.bundle.DEMO_CT_RECIPE`: the centre-line localiser and the
+keypoint model on straightened CT reformats, on CT phantoms) and evaluates the CT method end
+to end on held-out CT phantoms (`spinexr.training.ct.evaluate`), and
 writes a bundle named and flagged as a
 synthetic-phantom demo (its SR, GSPS and admin pages say "not for clinical use").
 
 The result is cached: the bundle folder's name carries a digest of the recipe, and a folder
 that verifies is reused. Each step keeps its output in the work folder and an interrupted run
 continues where it stopped (phantoms are regenerated only when incomplete; both trainings
-resume from their last checkpoint).
+resume from their last checkpoint). A cached bundle that lacks only its CT models (built
+before they existed) gets them added, without training the rest again.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 from spinexr.pipeline.bundle import Bundle, verify_bundle
 from spinexr.pipeline.errors import BundleError
 from spinexr.pipeline.results import FusionMode
+from spinexr.training.ct.bundle import DEMO_CT_RECIPE, CtModelsRecipe
 from spinexr.training.detection.train import DetectorTrainResult
 
 logger = logging.getLogger(__name__)
@@ -156,10 +161,11 @@ def default_demo_dir(recipe: DemoRecipe = DEMO_RECIPE) -> Path:
     return root / f"demo-bundle-{recipe.digest()}"
 
 
-def cached_demo(out: Path) -> Bundle | None:
+def cached_demo(out: Path, *, ct: bool = False) -> Bundle | None:
     """Return the demo bundle in `out` when it exists, verifies and is complete, else None.
 
-    Complete: it has its image check and its keypoint model, the last things `demo` adds.
+    Complete: it has its image check and its keypoint model and, with ``ct``, its CT models,
+    the last things `demo` adds.
     """
     if not (out / "manifest.json").is_file():
         return None
@@ -169,6 +175,8 @@ def cached_demo(out: Path) -> Bundle | None:
         logger.warning("cached demo bundle in %s does not verify (%s); rebuilding", out, exc)
         return None
     complete = bundle.anatomy is not None and bundle.vertebrae is not None
+    if ct and bundle.ct is None:
+        return None
     return bundle if bundle.demo and complete else None
 
 
@@ -180,6 +188,7 @@ def demo(
     force: bool = False,
     device: str = "auto",
     say: Callable[[str], None] | None = None,
+    ct: CtModelsRecipe | None = DEMO_CT_RECIPE,
 ) -> Bundle:
     """Build (or reuse) the demo bundle.
 
@@ -197,6 +206,8 @@ def demo(
         Training and inference device.
     say : callable, optional
         Progress messages.
+    ct : CtModelsRecipe or None
+        The CT models' recipe (step 7); None leaves them out (the quick test recipe).
 
     Returns
     -------
@@ -205,17 +216,22 @@ def demo(
     """
     speak = say or (lambda msg: logger.info("%s", msg))
     out = Path(out)
-    if not force:
-        cached = cached_demo(out)
-        if cached is not None:
-            speak(f"[demo] using the cached demo bundle {out}")
-            return cached
     work = Path(work) if work is not None else out.parent / f"{out.name}.work"
-    work.mkdir(parents=True, exist_ok=True)
+    steps = 6 if ct is None else 7
     started = time.monotonic()
 
     def step(n: int, text: str) -> None:
-        speak(f"[demo] step {n}/6 ({time.monotonic() - started:.0f} s): {text}")
+        speak(f"[demo] step {n}/{steps} ({time.monotonic() - started:.0f} s): {text}")
+
+    if not force:
+        cached = cached_demo(out, ct=ct is not None)
+        if cached is not None:
+            speak(f"[demo] using the cached demo bundle {out}")
+            return cached
+        if ct is not None and cached_demo(out) is not None:
+            step(7, "the cached bundle has no CT models yet: adding them")
+            return _add_ct(out, work, ct, recipe, speak)
+    work.mkdir(parents=True, exist_ok=True)
 
     data = work / "phantoms"
     step(1, f"phantom dataset, {recipe.studies} studies")
@@ -302,6 +318,14 @@ def demo(
         f"{recipe.keypoint_iterations} iterations, then {recipe.keypoint_test_images} held out",
     )
     bundle = _add_vertebrae(out, work, recipe, device, speak)
+    if ct is not None:
+        step(
+            7,
+            f"CT models: localiser ({ct.localiser.steps} steps on {ct.localiser.phantoms} CT "
+            f"phantoms) and keypoints ({ct.keypoint_iterations} steps on "
+            f"{ct.keypoint_phantoms} reformats), then {CT_TEST_PHANTOMS} held out",
+        )
+        bundle = _add_ct(out, work, ct, recipe, speak)
     speak(f"[demo] done in {time.monotonic() - started:.0f} s: {out}")
     speak(result.markdown)
     return bundle
@@ -436,6 +460,67 @@ def _add_vertebrae(
     return add_vertebrae_to_bundle(out, checkpoint, arch, {"test_phantoms": summary})
 
 
+CT_TEST_PHANTOMS = 30
+"""Held-out CT phantoms the demo evaluates the CT method on."""
+
+
+def _add_ct(
+    out: Path,
+    work: Path,
+    ct: CtModelsRecipe,
+    recipe: DemoRecipe,
+    speak: Callable[[str], None],
+) -> Bundle:
+    """Train the CT models, evaluate the CT method end to end, write them into the bundle."""
+    import numpy as np
+
+    from spinexr.pipeline.ct.localise import load_localiser
+    from spinexr.pipeline.vertebrae.loader import load_keypoint_model
+    from spinexr.training.ct.bundle import add_ct_to_bundle, train_ct_models
+    from spinexr.training.ct.evaluate import evaluate_ct
+    from spinexr.training.ct.keypoints import HELD_OUT_SEED_OFFSET
+    from spinexr.training.phantoms.ct import make_ct_phantom
+
+    work.mkdir(parents=True, exist_ok=True)
+    trained = train_ct_models(work / "ct")
+    localiser, _ = load_localiser(trained.localiser)
+    model = load_keypoint_model("keypointrcnn", trained.keypoints, "cpu")
+    children = np.random.SeedSequence(ct.keypoint_seed + HELD_OUT_SEED_OFFSET).spawn(
+        CT_TEST_PHANTOMS
+    )
+    phantoms = [make_ct_phantom(c.spawn(2)[0], size="small") for c in children]
+    report = evaluate_ct(
+        localiser,
+        model,
+        phantoms,
+        work / "ct-evaluation",
+        seed=recipe.seed,
+        n_bootstrap=min(recipe.bootstrap, 1000),
+    )
+    summary = _keypoint_summary(report["models"]["ct"], len(phantoms))
+    summary["seconds_per_phantom"] = report["seconds_per_step"]
+    summary["training_seconds"] = trained.seconds
+    speak(
+        f"[demo] CT method on {len(phantoms)} held-out CT phantoms: "
+        + ", ".join(
+            f"{name} {summary[key]:.3f}"
+            for name, key in (
+                ("recall", "recall"),
+                ("precision", "precision"),
+                ("centre error mm", "centre_error_mm"),
+                ("AUC >= moderate per patient", "auroc_patient_moderate"),
+            )
+            if isinstance(summary.get(key), int | float)
+        )
+    )
+    return add_ct_to_bundle(
+        out,
+        trained.localiser,
+        trained.keypoints,
+        {"test_phantoms": summary, "recipe": ct.describe()},
+    )
+
+
 def _train_keypoints(records: list[Any], run: Path, recipe: DemoRecipe, device: str) -> Path:
     """Train the recipe's keypoint model; return its checkpoint."""
     if recipe.keypoint_arch == "pisov":
@@ -476,6 +561,8 @@ def _keypoint_summary(m: dict[str, Any], images: int) -> dict[str, Any]:
     def value(*path: str) -> Any:
         node: Any = m
         for key in path:
+            if node is None:  # e.g. no level naming on CT
+                return None
             node = node[key]
         return node["value"] if isinstance(node, dict) and "value" in node else node
 

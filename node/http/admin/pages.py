@@ -402,6 +402,7 @@ def make_pages_router() -> APIRouter:
                 "images": list(latest.values()),
                 "findings": findings,
                 "vertebrae": vertebrae.study_vertebrae(ctx.sessions, data),
+                "ct": vertebrae.study_ct(ctx.sessions, data),
             },
             session=session,
         )

@@ -30,6 +30,7 @@ from spinexr.node.db.models import Result
 from spinexr.node.db.states import OutputKind
 from spinexr.node.outputs.vertebrae_gsps import GRADE_COLOURS as GSPS_GRADE_COLOURS
 from spinexr.node.outputs.vertebrae_gsps import label_box, vertebra_label
+from spinexr.pipeline.ct.findings import REFORMAT_VIEW
 from spinexr.pipeline.results import StudyResult
 from spinexr.pipeline.spacing import SpacingBasis
 from spinexr.pipeline.vertebrae.findings import (
@@ -187,6 +188,8 @@ def view_text(analysis: VertebralAnalysis) -> str:
         E.g. ``"lateral (ViewPosition)"``, ``"lateral (image model 0.97)"``,
         ``"ap (ViewCodeSequence; image model 0.03)"``, ``"unknown"``.
     """
+    if analysis.view == REFORMAT_VIEW:
+        return "straightened mid-sagittal CT reformat"
     score = None if analysis.view_score is None else f"image model {analysis.view_score:.2f}"
     source: str | None
     if analysis.view_source is ViewSource.IMAGE_MODEL:
@@ -385,16 +388,88 @@ def study_vertebrae(
         SOP Instance UID → view; empty without a result or when the stored payload does
         not match the result schema (logged).
     """
+    result = current_result(sessions, detail)
+    if result is None:
+        return {}
+    return result_vertebrae(result, gsps_sources(detail.get("jobs", ())))
+
+
+def current_result(
+    sessions: sessionmaker[Session], detail: Mapping[str, Any]
+) -> StudyResult | None:
+    """Return the study's current stored result.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Database sessions.
+    detail : dict
+        The study as `spinexr.node.admin.studies.study_detail` returns it.
+
+    Returns
+    -------
+    StudyResult or None
+        None without a result or when the stored payload does not match the result schema
+        (logged).
+    """
     job_id = detail.get("current_job_id")
     if job_id is None:
-        return {}
+        return None
     with sessions() as session:
         payload = session.scalar(select(Result.payload).where(Result.job_id == job_id))
     if payload is None:
-        return {}
+        return None
     try:
-        result = StudyResult.model_validate(payload)
+        return StudyResult.model_validate(payload)
     except ValidationError:
         logger.warning("job %s: result payload does not match the result schema", job_id)
-        return {}
-    return result_vertebrae(result, gsps_sources(detail.get("jobs", ())))
+        return None
+
+
+@dataclass(frozen=True)
+class CtView:
+    """The study page's CT section.
+
+    Attributes
+    ----------
+    vertebrae : ImageVertebrae
+        The vertebrae as found on the straightened reformat (heights in mm measured in 3D),
+        or the reason the CT was not analysed.
+    series : list of tuple
+        ``(series UID, instances, "analysed" or the reasons it was not)`` per CT series.
+    """
+
+    vertebrae: ImageVertebrae
+    series: list[tuple[str, int, str]]
+
+
+def study_ct(sessions: sessionmaker[Session], detail: Mapping[str, Any]) -> CtView | None:
+    """Return the CT section of the study page (None when the study's result has no CT).
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        Database sessions.
+    detail : dict
+        The study as `spinexr.node.admin.studies.study_detail` returns it.
+
+    Returns
+    -------
+    CtView or None
+        The vertebrae table and the verdict on every CT series.
+    """
+    result = current_result(sessions, detail)
+    if result is None or result.ct is None:
+        return None
+    ct = result.ct
+    return CtView(
+        vertebrae=image_vertebrae(ct.on_reformat()),
+        series=[
+            (
+                s.series_instance_uid,
+                s.instances,
+                "analysed" if s.chosen and ct.analysed else "; ".join(s.reasons) or "-",
+            )
+            for s in ct.series
+        ],
+    )

@@ -26,9 +26,10 @@ def _settings(tmp_path, **output: bool) -> Settings:
 
 def test_default_profile_advises_a_capture_for_ohif_readers(tmp_path) -> None:
     settings = _settings(tmp_path)
-    assert built_objects(settings) == ["sr", "gsps"]
+    # The CT reformat is built for every analysed CT series, whatever the profile.
+    assert built_objects(settings) == ["sr", "gsps", "reformat"]
     pacs, ohif = settings.destinations
-    assert sent_objects(settings, pacs) == ["sr", "gsps"]
+    assert sent_objects(settings, pacs) == ["sr", "gsps", "reformat"]
     # The node builds no capture: the OHIF destination asks for one and gets only the SR.
     assert sent_objects(settings, ohif) == ["sr"]
     by_family = {a["family"]: a for a in advice(["sr", "gsps"])}
@@ -51,4 +52,4 @@ def test_with_captures_every_family_sees_the_results(tmp_path) -> None:
     assert ohif_advice["OHIF v3"]["add"] == ""
     assert ohif_advice["viewers without GSPS or SR display"]["sees"] == "Secondary Capture"
     # The PACS destination takes the default objects (SR + GSPS), not the capture.
-    assert view["pacs"]["objects"] == ["SR", "GSPS"]
+    assert view["pacs"]["objects"] == ["SR", "GSPS", "CT reformat"]

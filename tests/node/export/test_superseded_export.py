@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from ingest_support import Stack, build_stack
 from outputs_support import Variant, abnormal_result, image_result, make_study
+from pipelinesupport import RadiographsOnly
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 from testsupport import free_port, require_tool
@@ -81,7 +82,7 @@ class Pacs:
         return [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(self.dir.iterdir())]
 
 
-class Pipeline:
+class Pipeline(RadiographsOnly):
     """Stands in for the models: a hand-made result for whatever sources the job has."""
 
     def analyze_study(

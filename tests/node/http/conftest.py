@@ -29,7 +29,7 @@ import pytest
 from fastapi.testclient import TestClient
 from ingest_support import Stack, build_stack, phantom_bytes
 from outputs_support import Variant, abnormal_result, make_study
-from pipelinesupport import bundle_fields
+from pipelinesupport import RadiographsOnly, bundle_fields
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
@@ -48,7 +48,7 @@ from spinexr.training.phantoms import write
 TOKEN = "admin-token-for-tests-0123456789"
 
 
-class HandMadeAnalysis:
+class HandMadeAnalysis(RadiographsOnly):
     """Stands in for the models: returns ``outputs_support.abnormal_result`` of the study."""
 
     def analyze_study(

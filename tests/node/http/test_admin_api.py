@@ -256,7 +256,7 @@ def test_settings_are_shown_with_secrets_masked(world) -> None:
             "host": None,
             "port": None,
             "url": "http://127.0.0.1:1/dicom-web",
-            "objects": ["sr", "gsps"],
+            "objects": ["sr", "gsps", "reformat"],
             "verify": False,
             "auth": "bearer",
         }

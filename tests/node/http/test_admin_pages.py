@@ -126,8 +126,13 @@ def test_dashboard_shows_queues_jobs_disk_workers_and_warnings(world) -> None:
         assert text in page
     # Each destination, what it receives and what each viewer family shows of it.
     assert "Destinations and what their readers see" in page
-    assert re.search(r"<h3>self <span class=\"muted\">\(dimse; receives SR, GSPS\)", page)
-    assert "<td>OHIF v3</td><td>SR</td><td><strong>Secondary Capture</strong></td>" in page
+    assert re.search(
+        r"<h3>self <span class=\"muted\">\(dimse; receives SR, GSPS, CT reformat\)", page
+    )
+    assert (
+        "<td>OHIF v3</td><td>SR, CT reformat</td><td><strong>Secondary Capture</strong></td>"
+        in page
+    )
     assert re.search(r'<span class="state dead">dead</span></a></td><td class="num">1<', page)
 
 

@@ -6,6 +6,7 @@ import copy
 from collections.abc import Sequence
 
 from outputs_support import abnormal_result
+from pipelinesupport import RadiographsOnly
 from pydicom.dataset import Dataset
 
 from spinexr.node.db.models import Job
@@ -16,7 +17,7 @@ from spinexr.node.jobs.runner import JobRunner
 from spinexr.pipeline.results import StudyResult
 
 
-class Analysis:
+class Analysis(RadiographsOnly):
     def analyze_study(
         self, sources: Sequence[Dataset], study_instance_uid: str | None = None
     ) -> StudyResult:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from outputs_support import Variant, abnormal_result, make_study
+from pipelinesupport import RadiographsOnly
 from pydicom.dataset import Dataset
 
 from spinexr.node.db.models import Job
@@ -102,7 +103,7 @@ AP = VertebralAnalysis(
 )
 
 
-class WithVertebrae:
+class WithVertebrae(RadiographsOnly):
     """Stands in for the models: the hand-made lesion result plus vertebral analyses."""
 
     def analyze_study(

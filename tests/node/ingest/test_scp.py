@@ -15,7 +15,7 @@ from ingest_support import Stack, build_stack, phantom_bytes, write_study
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ComputedRadiographyImageStorage,
-    CTImageStorage,
+    MRImageStorage,
     Verification,
 )
 from sqlalchemy import func, select
@@ -189,14 +189,14 @@ def test_full_disk_answers_a700_and_refuses_new_associations(tmp_path: Path, mon
 
 
 def test_unsupported_sop_class_context_is_rejected(scp_stack: Stack) -> None:
-    ae = scu(scp_stack, [CTImageStorage, Verification])
+    ae = scu(scp_stack, [MRImageStorage, Verification])
     assoc = ae.associate("127.0.0.1", scp_stack.port, ae_title="SPINEXR")
     try:
         accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
         rejected = {cx.abstract_syntax for cx in assoc.rejected_contexts}
     finally:
         assoc.release()
-    assert CTImageStorage in rejected and CTImageStorage not in accepted
+    assert MRImageStorage in rejected and MRImageStorage not in accepted
 
 
 def test_every_decodable_transfer_syntax_is_accepted(scp_stack: Stack) -> None:

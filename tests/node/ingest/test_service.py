@@ -118,7 +118,7 @@ def test_deep_sequence_nesting_is_refused(stack: Stack) -> None:
 
 def test_unsupported_sop_class_and_missing_uid(stack: Stack) -> None:
     _, ds = phantom_bytes(7)
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     assert refused(stack, encode(ds)).reason == "unsupported_sop_class"
     _, ds = phantom_bytes(8)

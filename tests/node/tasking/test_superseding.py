@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import pytest
 from ingest_support import Stack, build_stack
 from outputs_support import Variant, abnormal_result, image_result, make_study
+from pipelinesupport import RadiographsOnly
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
@@ -75,7 +76,7 @@ def result_for(sources: Sequence[Dataset]) -> StudyResult:
     return base.model_copy(update={"images": [*base.images, *extra]})
 
 
-class Pipeline:
+class Pipeline(RadiographsOnly):
     """Analyses with `result_for`; ``during`` runs while the job is being analysed."""
 
     def __init__(self, during: Callable[[], None] | None = None, fail: bool = False) -> None:
