@@ -9,7 +9,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
 from spinexr.node.admin.errors import NotFoundError
 from spinexr.node.db.models import AuditEvent, ExportAttempt, Job, Study, utcnow
@@ -43,9 +43,9 @@ def _job_row(job: Job) -> dict[str, Any]:
 def list_jobs(
     sessions: sessionmaker[Session], state: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
-    """Return the newest jobs, optionally of one state."""
+    """Return the newest jobs, optionally of one state (with their studies: one query)."""
     with sessions() as session:
-        stmt = select(Job).order_by(Job.id.desc()).limit(limit)
+        stmt = select(Job).options(joinedload(Job.study)).order_by(Job.id.desc()).limit(limit)
         if state:
             stmt = stmt.where(Job.state == JobState(state))
         return [_job_row(j) for j in session.scalars(stmt)]
@@ -254,6 +254,7 @@ def failures(sessions: sessionmaker[Session], limit: int = 100) -> dict[str, lis
             }
             for job, study in session.execute(
                 select(Job, Study)
+                .options(selectinload(Job.outputs))
                 .join(Study, Study.id == Job.study_id)
                 .where(Job.state.in_(FAILED_JOB_STATES))
                 .order_by(Job.updated_at.desc(), Job.id.desc())

@@ -37,6 +37,10 @@ def find_studies(
 ) -> tuple[list[dict[str, Any]], int]:
     """Search studies, newest first, with their instance count and latest job.
 
+    Instances are counted for the page's studies only (through the index on their study),
+    so that a page costs the same whatever the database holds: a CT study has thousands of
+    instances, and a grouped count over every instance row would grow with them all.
+
     Parameters
     ----------
     sessions : sessionmaker
@@ -60,16 +64,10 @@ def find_studies(
     latest = (
         select(Job.study_id, func.max(Job.id).label("job_id")).group_by(Job.study_id).subquery()
     )
-    counts = (
-        select(Instance.study_id, func.count(Instance.id).label("n"))
-        .group_by(Instance.study_id)
-        .subquery()
-    )
     stmt = (
-        select(Study, Job, counts.c.n)
+        select(Study, Job)
         .outerjoin(latest, latest.c.study_id == Study.id)
         .outerjoin(Job, Job.id == latest.c.job_id)
-        .outerjoin(counts, counts.c.study_id == Study.id)
     )
     if accession:
         stmt = stmt.where(Study.accession_number == accession)
@@ -86,13 +84,24 @@ def find_studies(
             .offset((page - 1) * per_page)
             .limit(per_page)
         ).all()
+        ids = [st.id for st, _ in found]
+        counts: dict[int, int] = {}
+        if ids:
+            counts = {
+                int(study_id): int(n)
+                for study_id, n in session.execute(
+                    select(Instance.study_id, func.count(Instance.id))
+                    .where(Instance.study_id.in_(ids))
+                    .group_by(Instance.study_id)
+                )
+            }
         rows = [
             {
                 "study_instance_uid": st.study_instance_uid,
                 "accession_number": st.accession_number,
                 "modality": st.modality,
                 "calling_ae": st.calling_ae,
-                "instances": int(n or 0),
+                "instances": counts.get(st.id, 0),
                 "status": st.status.value,
                 "decision": st.decision,
                 "job_id": job.id if job is not None else None,
@@ -100,7 +109,7 @@ def find_studies(
                 "first_received_at": st.first_received_at,
                 "last_received_at": st.last_received_at,
             }
-            for st, job, n in found
+            for st, job in found
         ]
     return rows, int(total)
 
@@ -194,6 +203,7 @@ def study_detail(sessions: sessionmaker[Session], uid: str) -> dict[str, Any]:
             "first_received_at": st.first_received_at,
             "last_received_at": st.last_received_at,
             "completed_at": st.completed_at,
+            # Columns, not ORM objects: a CT study has thousands of instances.
             "instances": [
                 {
                     "sop_instance_uid": i.sop_instance_uid,
@@ -205,7 +215,20 @@ def study_detail(sessions: sessionmaker[Session], uid: str) -> dict[str, Any]:
                     "decision": i.decision,
                     "received_at": i.received_at.isoformat(),
                 }
-                for i in st.instances
+                for i in session.execute(
+                    select(
+                        Instance.sop_instance_uid,
+                        Instance.series_instance_uid,
+                        Instance.sop_class_uid,
+                        Instance.transfer_syntax_uid,
+                        Instance.version,
+                        Instance.size_bytes,
+                        Instance.decision,
+                        Instance.received_at,
+                    )
+                    .where(Instance.study_id == st.id)
+                    .order_by(Instance.id)
+                )
             ],
             "jobs": [
                 {"id": j.id, "state": j.state.value, "superseded_job_id": j.superseded_job_id}

@@ -175,3 +175,34 @@ def test_demo_bundle_serves_a_study(demo_dir: Path) -> None:
     assert result.provenance.demo and result.provenance.bundle_name == "spinexr-demo-phantoms"
     for image in result.images:
         assert image.probability is not None
+
+
+def test_a_cached_demo_without_ct_models_gets_only_them(
+    demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from spinexr.training.bundles import demo as demo_module
+    from spinexr.training.ct.bundle import CtModelsRecipe
+    from spinexr.training.ct.localise_train import LocaliserRecipe
+
+    out = tmp_path / demo_dir.name
+    shutil.copytree(demo_dir, out)
+    before = verify_bundle(out)
+    assert before.ct is None
+    tiny = CtModelsRecipe(
+        localiser=LocaliserRecipe(phantoms=2, heads=1, steps=2, batch=1, threads=1),
+        keypoint_phantoms=3,
+        keypoint_iterations=2,
+    )
+    monkeypatch.setattr(demo_module, "CT_TEST_PHANTOMS", 2)
+    said: list[str] = []
+    bundle = demo_module.demo(out, QUICK_RECIPE, ct=tiny, work=tmp_path / "work", say=said.append)
+    assert any("has no CT models yet" in line for line in said), said
+    assert bundle.ct is not None and bundle.ct_localiser is not None
+    assert bundle.ct.metrics["test_phantoms"]["images"] == 2
+    assert bundle.ct.metrics["recipe"]["keypoint_iterations"] == 2
+    # The rest of the bundle is what it was; the device UID changed with the new weights.
+    assert bundle.manifest.vertebrae == before.manifest.vertebrae
+    assert bundle.device_uid != before.device_uid
+    assert demo_module.cached_demo(out, ct=True) is not None

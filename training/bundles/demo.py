@@ -482,7 +482,7 @@ def _add_ct(
     from spinexr.training.phantoms.ct import make_ct_phantom
 
     work.mkdir(parents=True, exist_ok=True)
-    trained = train_ct_models(work / "ct")
+    trained = train_ct_models(work / "ct", ct)
     localiser, _ = load_localiser(trained.localiser)
     model = load_keypoint_model("keypointrcnn", trained.keypoints, "cpu")
     children = np.random.SeedSequence(ct.keypoint_seed + HELD_OUT_SEED_OFFSET).spawn(

@@ -37,6 +37,7 @@ from spinexr.node.http.admin.auth import (
     token_matches,
 )
 from spinexr.node.http.admin.context import AdminContext, admin_context
+from spinexr.pipeline.ct.series import CT_SOP_CLASSES
 
 logger = logging.getLogger(__name__)
 
@@ -393,13 +394,26 @@ def make_pages_router() -> APIRouter:
         findings: dict[str, dict[str, Any]] = {}
         if data["result"] is not None:
             findings = {i["sop_instance_uid"]: i for i in data["result"]["images"]}
+        # A CT series has hundreds of slices: one row per series, not a preview per slice.
+        images = [i for i in latest.values() if i["sop_class_uid"] not in CT_SOP_CLASSES]
+        ct_series: dict[str, dict[str, Any]] = {}
+        for i in latest.values():
+            if i["sop_class_uid"] in CT_SOP_CLASSES:
+                row = ct_series.setdefault(
+                    i["series_instance_uid"],
+                    {"series_instance_uid": i["series_instance_uid"], "instances": 0, "bytes": 0},
+                )
+                row["instances"] += 1
+                row["bytes"] += i["size_bytes"]
+                row["decision"] = i["decision"]
         return render(
             request,
             "study.html",
             {
                 "s": data,
                 "header": header,
-                "images": list(latest.values()),
+                "images": images,
+                "ct_series": list(ct_series.values()),
                 "findings": findings,
                 "vertebrae": vertebrae.study_vertebrae(ctx.sessions, data),
                 "ct": vertebrae.study_ct(ctx.sessions, data),

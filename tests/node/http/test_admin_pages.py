@@ -261,3 +261,17 @@ def test_cancel_and_complete_forms_on_the_study_page(world) -> None:
     assert "study complete; no new job" in r.text
     details = [e.detail for e in world.events(world.failed_uid) if e.event == "admin"]
     assert details[-2:] == ["cancel requested by admin-web", "completion requested by admin-web"]
+
+
+def test_a_ct_study_page_lists_its_series_not_a_preview_per_slice(world) -> None:
+    from ct_ingest_support import ct_series
+
+    slices = ct_series(40)
+    localizer = ct_series(2, study_uid=str(slices[0].StudyInstanceUID))
+    study_uid = world.ingest([*slices, *localizer])
+    world.login()
+    page = world.client.get(f"/admin/studies/{study_uid}").text
+    assert "CT series received (2)" in page
+    assert str(slices[0].SeriesInstanceUID) in page and ">40<" in page
+    assert "/preview.png" not in page  # no figure per slice
+    assert "Images (0)" in page
