@@ -59,6 +59,9 @@ class CtRefusal(enum.StrEnum):
     """No series of the study passes the selection rules."""
     NO_SPINE = "no_spine"
     """The localiser finds no vertebral column in the volume (e.g. a head CT)."""
+    ROI_OUTSIDE = "roi_outside"
+    """A vertebra's characterisation slices leave the scanned volume (edge of the field of
+    view): not padded with invented data."""
 
 
 class UnsupportedSeriesError(PipelineError):
