@@ -158,12 +158,15 @@ def analyze_paths(
     kwargs: dict[str, Any] = {}
     if settings is not None:
         from spinexr.node.vertebrae import genant_cutoffs
+        from spinexr.pipeline.vertebrae.genant import GenantGrade
 
         kwargs = {
             "vertebrae": settings.vertebrae.enabled,
             "genant_cutoffs": genant_cutoffs(settings),
             "ct": settings.ct.enabled,
             "ct_body_parts": settings.ct.body_parts,
+            "characterise_from": GenantGrade(settings.ct.characterise_from),
+            "characterise_all": settings.ct.characterise_all,
         }
     pipeline = Pipeline.from_directory(bundle_dir, device=device, **kwargs)
     logger.info("pipeline loaded in %.1f s", time.perf_counter() - start)

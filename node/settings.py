@@ -402,6 +402,21 @@ class CtSection(_Section):
         ),
     )
 
+    characterise_from: Literal["mild", "moderate", "severe"] = Field(
+        default="mild",
+        description=(
+            "The lowest Genant grade of a CT vertebra that triggers the benign / malignant "
+            "characterisation (bundles with a characterisation model)."
+        ),
+    )
+    characterise_all: bool = Field(
+        default=False,
+        description=(
+            "Characterise every vertebra at or above that grade; false: only the one with "
+            "the lowest Genant index (Li et al.: the most abnormal vertebra)."
+        ),
+    )
+
     @field_validator("body_parts")
     @classmethod
     def _compacted(cls, value: list[str]) -> list[str]:

@@ -193,14 +193,21 @@ class CtEntry(_Model):
         Its checkpoint, relative to the bundle folder.
     score_threshold : float
         Lowest detection score of a vertebra that is reported.
+    characteriser : str or None
+        Li et al.'s benign / malignant classifier (`spinexr.pipeline.ct.characterise`),
+        relative to the bundle folder; optional.
+    malignancy_threshold : float
+        Malignant at or above this probability (the paper: 0.5).
     metrics : dict
-        How both were validated (free form: held-out localisation error, recall...).
+        How they were validated (free form: held-out localisation error, recall...).
     """
 
     localiser: RelPath
     keypoint_model: Literal["pisov", "keypointrcnn"]
     keypoint_checkpoint: RelPath
     score_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, allow_inf_nan=False)
+    characteriser: RelPath | None = None
+    malignancy_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, allow_inf_nan=False)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -284,6 +291,8 @@ class Manifest(_Model):
             referenced.append(self.vertebrae.checkpoint)
         if self.ct is not None:
             referenced += [self.ct.localiser, self.ct.keypoint_checkpoint]
+            if self.ct.characteriser is not None:
+                referenced.append(self.ct.characteriser)
         unlisted = [p for p in referenced if p not in self.files]
         if unlisted:
             raise ValueError(f"files referenced but not listed in 'files': {unlisted}")
@@ -394,6 +403,14 @@ class Bundle:
         """Absolute path of the CT keypoint model's checkpoint, when the bundle has one."""
         entry = self.manifest.ct
         return None if entry is None else self.directory / entry.keypoint_checkpoint
+
+    @property
+    def ct_characteriser(self) -> Path | None:
+        """Absolute path of the benign / malignant classifier, when the bundle has one."""
+        entry = self.manifest.ct
+        if entry is None or entry.characteriser is None:
+            return None
+        return self.directory / entry.characteriser
 
     @property
     def weights_digest(self) -> str:

@@ -32,6 +32,7 @@ reformat it read comes back beside the result for the derived-image outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import logging
@@ -53,6 +54,7 @@ from spinexr.pipeline.bodypart import TagAnatomy, dataset_tag_verdict
 from spinexr.pipeline.bundle import Bundle, verify_bundle
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.classifier import ClassifierEnsemble, images_to_batch
+from spinexr.pipeline.ct.characterise import MalignancyNet
 from spinexr.pipeline.ct.localise import LocaliserNet
 from spinexr.pipeline.ct.stage import CtOutcome, CtReformat, CtStage
 from spinexr.pipeline.devices import resolve_device
@@ -70,7 +72,7 @@ from spinexr.pipeline.results import (
     StudyResult,
 )
 from spinexr.pipeline.vertebrae.findings import VertebralAnalysis
-from spinexr.pipeline.vertebrae.genant import DEFAULT_CUTOFFS, GenantCutoffs
+from spinexr.pipeline.vertebrae.genant import DEFAULT_CUTOFFS, GenantCutoffs, GenantGrade
 from spinexr.pipeline.vertebrae.objects import KeypointModel
 from spinexr.pipeline.vertebrae.stage import VertebralStage
 from spinexr.pipeline.vertebrae.view import View, view_from_header
@@ -167,6 +169,13 @@ class Pipeline:
         A CT keypoint model to use instead of the bundle's (tests).
     ct_body_parts : collection of str, optional
         Body Part Examined values a CT series may have (the selection's default otherwise).
+    characterise_from : GenantGrade
+        The lowest grade that triggers the benign / malignant characterisation (bundles with
+        a characterisation model).
+    characterise_all : bool
+        Characterise every vertebra at or above it, not only the worst.
+    characteriser : MalignancyNet, optional
+        A characterisation model to use instead of the bundle's (tests).
     """
 
     def __init__(
@@ -189,6 +198,9 @@ class Pipeline:
         ct_localiser: LocaliserNet | None = None,
         ct_keypoints: KeypointModel | None = None,
         ct_body_parts: Sequence[str] | None = None,
+        characterise_from: GenantGrade = GenantGrade.MILD,
+        characterise_all: bool = False,
+        characteriser: MalignancyNet | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
@@ -224,6 +236,21 @@ class Pipeline:
             genant_cutoffs or DEFAULT_CUTOFFS,
             ct_body_parts,
         )
+        if ct and self.ct_stage.keypoints is not None:
+            if characteriser is None and self.bundle.ct_characteriser is not None:
+                from spinexr.pipeline.ct.characterise import load_characteriser
+
+                characteriser = load_characteriser(self.bundle.ct_characteriser, self.device)[0]
+            if characteriser is not None:
+                entry = self.bundle.ct
+                self.ct_stage = dataclasses.replace(
+                    self.ct_stage,
+                    characteriser=characteriser,
+                    characterise_from=characterise_from,
+                    characterise_all=characterise_all,
+                    malignancy_threshold=0.5 if entry is None else entry.malignancy_threshold,
+                    model_name=f"{self.ct_stage.model_name} + li2021-resnet50",
+                )
         self.spine_check = (
             SpineCheck.OFF
             if not spine_check

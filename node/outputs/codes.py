@@ -342,6 +342,40 @@ HEIGHTS_IN_3D = _project("HEIGHTS_3D", "Heights measured in 3D between mapped ke
 on the straightened reformat and mapped back, free of the straightening's distortion."""
 
 
+# ============================================================================= characterisation
+# Benign or malignant vertebral fracture on CT (issue 18; `spinexr.node.outputs.ct_sr`).
+
+FRACTURE_CHARACTERISATION = _project("FX_CHARACTER", "Vertebral fracture characterisation")
+"""Qualitative evaluation of a characterised vertebra (and of the study), valued from
+`CHARACTERISATION_CODES`."""
+
+CHARACTERISATION_CODES: MappingProxyType[str, Code] = MappingProxyType(
+    {
+        "malignant": Code("21594007", "SCT", "Malignant"),
+        "benign": Code("30807003", "SCT", "Benign"),
+    }
+)
+"""Li et al.'s call → CID 6063 code (both in pydicom's dictionary)."""
+
+MALIGNANCY_PROBABILITY = _project("MALIGNANCY_PROB", "Malignancy probability")
+"""The vertebra's malignancy probability: the highest of its sagittal slices'."""
+
+SLICES_SCORED = _project("FX_SLICES", "Sagittal slices scored")
+"""How many 3 mm sagittal slices of the vertebra the classifier scored."""
+
+CHARACTERISATION_STATUS_CODES: MappingProxyType[str, Code] = MappingProxyType(
+    {
+        "characterised": _project("FX_CHARACTERISED", "Characterised as benign or malignant"),
+        "not_applicable": _project("FX_NOT_APPLIC", "Not applicable: no fracture at trigger"),
+        "not_possible": _project("FX_NOT_POSSIBLE", "Not possible: edge of field of view"),
+        "no_model": _project("FX_NO_MODEL", "Not characterised: no model"),
+    }
+)
+"""`CharacterisationStatus` value → code (the study's summary)."""
+
+CHARACTERISATION_STATUS = _project("FX_CHAR_STATUS", "Fracture characterisation status")
+
+
 VERTEBRA_STANDARD_CODES: tuple[Code, ...] = (
     VERTEBRA,
     *VERTEBRA_LEVELS.values(),

@@ -51,7 +51,7 @@ from spinexr.node.outputs.provenance import (
     series_description,
 )
 from spinexr.node.outputs.source import ascii_text, copy_body_part
-from spinexr.node.outputs.vertebrae_gsps import analysis_annotations
+from spinexr.node.outputs.vertebrae_gsps import analysis_annotations, vertebra_label
 from spinexr.node.outputs.vertebrae_tracking import ct_vertebra_trackings
 from spinexr.node.settings import Settings
 from spinexr.pipeline.ct.stage import CtReformat
@@ -230,7 +230,15 @@ def build_reformat_gsps(
     prov = result.provenance
     facts = equipment(prov)
     trackings = ct_vertebra_trackings(result, settings.node.uid_root, str(sc.SOPInstanceUID))
-    drawn = analysis_annotations(sc, ct.on_reformat(), trackings, first_order=1, first_group_id=1)
+    labels = {
+        t.uid: f"{vertebra_label(t.vertebra)} - {v.characterisation.label} "
+        f"{v.characterisation.probability:.2f}"
+        for t, v in zip(trackings, ct.vertebrae, strict=True)
+        if v.characterisation is not None
+    }
+    drawn = analysis_annotations(
+        sc, ct.on_reformat(), trackings, first_order=1, first_group_id=1, labels=labels
+    )
     summary_layer = GraphicLayer(
         layer_name=SUMMARY_LAYER,
         order=len(GenantGrade) + 2,

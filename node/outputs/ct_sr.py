@@ -108,6 +108,7 @@ def ct_outcome_text(ct: CtAnalysis) -> str:
     return (
         f"CT: vertebral fracture, worst Genant grade {ct.worst_grade.value} ({worst.label} G "
         f"{worst.genant_index:.2f}); {fractured} of {len(ct.vertebrae)} vertebrae mild or worse."
+        + characterisation_text(ct)
     )
 
 
@@ -254,6 +255,7 @@ def note_text(ct: CtAnalysis) -> str:
             "vertebrae mild or worse; vertebrae numbered from the top, level not established "
             "(the field of view does not fix the count); heights in mm measured in 3D."
         )
+        head += characterisation_text(ct)
     else:
         head = f"CT not analysed for vertebral fractures: {ct.reason}: {ct.message}."
     others = [
@@ -264,6 +266,37 @@ def note_text(ct: CtAnalysis) -> str:
     if others:
         head += " Series not analysed: " + " | ".join(others)
     return ascii_text(head)[:10240]
+
+
+def characterisation_text(ct: CtAnalysis) -> str:
+    """Return the benign / malignant part of the CT note (empty when it did not run).
+
+    Parameters
+    ----------
+    ct : CtAnalysis
+        The analysis.
+
+    Returns
+    -------
+    str
+        E.g. ``" Characterisation (Li et al. 2021, decision support): #6 malignant 0.91
+        (threshold 0.50, 5 sagittal slices)."`` or ``" Characterisation not applicable: no
+        vertebra at or above the trigger grade (mild)."``.
+    """
+    if ct.characterisation_status is None:
+        return ""
+    calls = [
+        f"{v.finding.label} {c.label} {c.probability:.2f} (threshold {c.threshold:.2f}, "
+        f"{len(c.slice_probabilities)} sagittal slices)"
+        for v in ct.characterised
+        if (c := v.characterisation) is not None
+    ]
+    text = ""
+    if calls:
+        text = " Characterisation (Li et al. 2021, decision support): " + "; ".join(calls) + "."
+    if ct.characterisation_note:
+        text += f" Characterisation {ct.characterisation_note}."
+    return text
 
 
 def _summary(
@@ -304,6 +337,22 @@ def _summary(
                 name=codes.LEVEL_RULE, value=codes.LEVEL_RULE_CODES[ct.level_rule.value]
             ),
         ]
+        if ct.characterisation_status is not None:
+            evaluations.append(
+                QualitativeEvaluation(
+                    name=codes.CHARACTERISATION_STATUS,
+                    value=codes.CHARACTERISATION_STATUS_CODES[ct.characterisation_status.value],
+                )
+            )
+        calls = [v.characterisation for v in ct.characterised if v.characterisation]
+        if calls:
+            study = "malignant" if any(c.malignant for c in calls) else "benign"
+            evaluations.append(
+                QualitativeEvaluation(
+                    name=codes.FRACTURE_CHARACTERISATION,
+                    value=codes.CHARACTERISATION_CODES[study],
+                )
+            )
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=uid, identifier=SUMMARY_ID),
         finding_type=codes.CT_VERTEBRAL_ANALYSIS,
@@ -361,17 +410,43 @@ def _vertebra(
             HEIGHT_NAMES, finding.heights_mm, HEIGHT_PAIRS, strict=True
         )
     ]
+    evaluations = [
+        QualitativeEvaluation(
+            name=codes.GENANT_GRADE, value=codes.GRADE_CODES[finding.grade.value]
+        ),
+        QualitativeEvaluation(
+            name=codes.DEFORMITY, value=codes.DEFORMITY_CODES[finding.deformity.value]
+        ),
+    ]
+    characterisation = []
+    call = vertebra.characterisation
+    if call is not None:
+        evaluations.append(
+            QualitativeEvaluation(
+                name=codes.FRACTURE_CHARACTERISATION, value=codes.CHARACTERISATION_CODES[call.label]
+            )
+        )
+        characterisation = [
+            Measurement(
+                name=codes.MALIGNANCY_PROBABILITY,
+                value=call.probability,
+                unit=codes.PROBABILITY_UNIT,
+                derivation=codes.MAXIMUM,
+                referenced_coordinates=located(outline),
+            ),
+            Measurement(
+                name=codes.DECISION_THRESHOLD, value=call.threshold, unit=codes.PROBABILITY_UNIT
+            ),
+            Measurement(
+                name=codes.SLICES_SCORED,
+                value=len(call.slice_probabilities),
+                unit=codes.NO_UNITS,
+            ),
+        ]
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=tracking.uid, identifier=tracking.identifier),
         finding_type=codes.VERTEBRA,
         algorithm_id=algorithm,
-        measurements=[*on_outline, *heights],
-        qualitative_evaluations=[
-            QualitativeEvaluation(
-                name=codes.GENANT_GRADE, value=codes.GRADE_CODES[finding.grade.value]
-            ),
-            QualitativeEvaluation(
-                name=codes.DEFORMITY, value=codes.DEFORMITY_CODES[finding.deformity.value]
-            ),
-        ],
+        measurements=[*on_outline, *heights, *characterisation],
+        qualitative_evaluations=evaluations,
     )

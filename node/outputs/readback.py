@@ -480,6 +480,10 @@ class ReportedCtVertebra:
         The closed outline's seven LPS points.
     frame_of_reference_uid : str
         The frame of reference of every point.
+    characterisation : str or None
+        ``"malignant"`` or ``"benign"`` when the vertebra was characterised.
+    malignancy_probability : float or None
+        Its malignancy probability.
     """
 
     tracking_id: str
@@ -493,6 +497,8 @@ class ReportedCtVertebra:
     height_lines: tuple[tuple[Point3, Point3], ...]
     outline: tuple[Point3, ...]
     frame_of_reference_uid: str
+    characterisation: str | None = None
+    malignancy_probability: float | None = None
 
     @property
     def centre(self) -> Point3:
@@ -516,12 +522,18 @@ class ReportedCtAnalysis:
         For an analysed series.
     note : str
         The ``CT vertebral fracture analysis note``.
+    characterisation_status : str or None
+        A `codes.CHARACTERISATION_STATUS_CODES` key, when the characterisation ran.
+    characterisation : str or None
+        The study's call (``"malignant"`` when a characterised vertebra is).
     """
 
     status: str
     worst_grade: GenantGrade | None
     lowest_genant: float | None
     note: str
+    characterisation_status: str | None = None
+    characterisation: str | None = None
 
 
 def read_ct_vertebrae(sr: Dataset) -> list[ReportedCtVertebra]:
@@ -568,6 +580,10 @@ def read_ct_vertebrae(sr: Dataset) -> list[ReportedCtVertebra]:
                 height_lines=(a[1], m[1], p[1]),
                 outline=tuple(_point3(q) for q in outline),
                 frame_of_reference_uid=str(regions[0].ReferencedFrameOfReferenceUID),
+                characterisation=_optional_evaluation(
+                    group, codes.FRACTURE_CHARACTERISATION, codes.CHARACTERISATION_CODES
+                ),
+                malignancy_probability=_measurement(group, codes.MALIGNANCY_PROBABILITY),
             )
         )
     return out
@@ -606,7 +622,18 @@ def read_ct_analysis(sr: Dataset) -> ReportedCtAnalysis | None:
         else None,
         lowest_genant=_measurement(group, codes.GENANT_INDEX),
         note=notes[0] if notes else "",
+        characterisation_status=_optional_evaluation(
+            group, codes.CHARACTERISATION_STATUS, codes.CHARACTERISATION_STATUS_CODES
+        ),
+        characterisation=_optional_evaluation(
+            group, codes.FRACTURE_CHARACTERISATION, codes.CHARACTERISATION_CODES
+        ),
     )
+
+
+def _optional_evaluation(group: Any, name: Code, table: Mapping[str, Code]) -> str | None:
+    found = group.get_qualitative_evaluations(name=name)
+    return _key(found[0].value, table) if found else None
 
 
 def _point3(values: Any) -> Point3:

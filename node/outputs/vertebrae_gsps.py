@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,6 +147,7 @@ def analysis_annotations(
     *,
     first_order: int,
     first_group_id: int,
+    labels: Mapping[str, str] | None = None,
 ) -> VertebralAnnotations:
     """Return the layers, annotations and graphic groups of one vertebral analysis on an image.
 
@@ -162,6 +164,9 @@ def analysis_annotations(
         follow (+1 … +4).
     first_group_id : int
         Graphic Group ID of the first vertebra (the others follow).
+    labels : mapping of str to str, optional
+        Tracking UID → label to draw instead of `vertebra_label` (e.g. with a CT vertebra's
+        benign / malignant call).
 
     Returns
     -------
@@ -194,11 +199,12 @@ def analysis_annotations(
             )
             out.groups.append(group)
             graphics += _height_objects(tracking, rows, cols, group)
+            text = (labels or {}).get(tracking.uid) or vertebra_label(tracking.vertebra)
             texts.append(
                 TextObject(
-                    text_value=vertebra_label(tracking.vertebra),
+                    text_value=text,
                     units=AnnotationUnitsValues.PIXEL,
-                    bounding_box=label_box(tracking.vertebra, rows, cols),
+                    bounding_box=label_box(tracking.vertebra, rows, cols, text),
                     text_justification=TextJustificationValues.LEFT,
                     tracking_id=tracking.identifier,
                     tracking_uid=tracking.uid,
@@ -238,7 +244,7 @@ def vertebra_label(vertebra: VertebraFinding) -> str:
 
 
 def label_box(
-    vertebra: VertebraFinding, rows: int, columns: int
+    vertebra: VertebraFinding, rows: int, columns: int, text: str | None = None
 ) -> tuple[float, float, float, float]:
     """Return where a vertebra's label goes: ``(left, top, right, bottom)`` in pixels.
 
@@ -252,6 +258,8 @@ def label_box(
         The vertebra.
     rows, columns : int
         Image size.
+    text : str, optional
+        The label drawn (default `vertebra_label`): its length sets the width.
 
     Returns
     -------
@@ -261,7 +269,7 @@ def label_box(
     kp = keypoints_in_image(vertebra, rows, columns)
     body = max(float(np.ptp(kp[:, 1])), 1.0)
     height = min(max(body * _LABEL_FRACTION, _LABEL_MIN), rows / 4)
-    width = len(vertebra_label(vertebra)) * height * _CHAR_ASPECT
+    width = len(text or vertebra_label(vertebra)) * height * _CHAR_ASPECT
     gap = 0.3 * height
     anterior, posterior = kp[[0, 1], 0], kp[[4, 5], 0]
     faces_left = anterior.mean() <= posterior.mean()

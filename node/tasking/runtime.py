@@ -43,6 +43,7 @@ class Runtime:
             if self._pipeline is None:
                 from spinexr.node.vertebrae import genant_cutoffs
                 from spinexr.pipeline.engine import Pipeline
+                from spinexr.pipeline.vertebrae.genant import GenantGrade
 
                 bundle = self.settings.models.bundle
                 if bundle is None:
@@ -56,6 +57,8 @@ class Runtime:
                     genant_cutoffs=genant_cutoffs(self.settings),
                     ct=self.settings.ct.enabled,
                     ct_body_parts=self.settings.ct.body_parts,
+                    characterise_from=GenantGrade(self.settings.ct.characterise_from),
+                    characterise_all=self.settings.ct.characterise_all,
                 )
             return self._pipeline
 

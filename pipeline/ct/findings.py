@@ -78,6 +78,55 @@ class CtSeriesVerdict(_Model):
     reasons: list[str] = Field(default_factory=list)
 
 
+class CharacterisationStatus(enum.StrEnum):
+    """Whether the study's fractured vertebrae were characterised (benign / malignant)."""
+
+    CHARACTERISED = "characterised"
+    NOT_APPLICABLE = "not_applicable"
+    """No vertebra at or above the trigger grade."""
+    NOT_POSSIBLE = "not_possible"
+    """The vertebrae to characterise are too close to the edge of the field of view."""
+    NO_MODEL = "no_model"
+    """The bundle has no characterisation model."""
+
+
+class VertebraCharacterisation(_Model):
+    """Li et al.'s benign / malignant call on one vertebra.
+
+    Attributes
+    ----------
+    probability : float
+        Malignancy probability: the highest slice probability.
+    threshold : float
+        Malignant at or above it.
+    malignant : bool
+        The decision.
+    slice_probabilities : list of float
+        Per sagittal slice scored.
+    slice_offsets_mm : list of float
+        Each slice's lateral offset from the vertebra's mid-sagittal plane.
+    """
+
+    probability: Score
+    threshold: Score
+    malignant: bool
+    slice_probabilities: list[Score] = Field(min_length=1)
+    slice_offsets_mm: list[Finite] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.malignant != (self.probability >= self.threshold):
+            raise ValueError("malignant is probability >= threshold")
+        if len(self.slice_probabilities) != len(self.slice_offsets_mm):
+            raise ValueError("one offset per slice probability")
+        return self
+
+    @property
+    def label(self) -> str:
+        """``"malignant"`` or ``"benign"``."""
+        return "malignant" if self.malignant else "benign"
+
+
 class CtVertebraFinding(_Model):
     """One vertebra found on the reformat, and where it is in the patient.
 
@@ -89,10 +138,13 @@ class CtVertebraFinding(_Model):
         Genant index, grade, deformity, number and level.
     keypoints_lps : list of (float, float, float)
         The six keypoints in the patient (LPS mm), `genant.KEYPOINT_NAMES` order.
+    characterisation : VertebraCharacterisation or None
+        Benign or malignant, for the vertebrae the characterisation looked at.
     """
 
     finding: VertebraFinding
     keypoints_lps: list[Point3] = Field(min_length=6, max_length=6)
+    characterisation: VertebraCharacterisation | None = None
 
     @property
     def centre_lps(self) -> Point3:
@@ -139,7 +191,13 @@ class CtAnalysis(_Model):
         ``(mild, moderate, severe)`` upper bounds of G the grades were given with.
     timings : dict of str to float
         Seconds per stage: ``headers``, ``selection``, ``volume``, ``localisation``,
-        ``straightening``, ``detection``.
+        ``straightening``, ``detection`` (and ``characterisation``).
+    characterisation_status : CharacterisationStatus or None
+        For an analysed CT with a characterisation model: characterised, or why not; None
+        when the characterisation did not run (no analysed series).
+    characterisation_note : str or None
+        Why not, in words (e.g. "not applicable: no vertebra at or above the trigger
+        grade (mild)").
     """
 
     status: CtStatus
@@ -157,10 +215,15 @@ class CtAnalysis(_Model):
     model: str = ""
     cutoffs: tuple[Score, Score, Score] = (0.80, 0.75, 0.60)
     timings: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
+    characterisation_status: CharacterisationStatus | None = None
+    characterisation_note: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         analysed = self.status is CtStatus.ANALYSED
+        characterised = any(v.characterisation is not None for v in self.vertebrae)
+        if characterised != (self.characterisation_status is CharacterisationStatus.CHARACTERISED):
+            raise ValueError("vertebrae carry a characterisation exactly when characterised")
         if analysed != bool(self.vertebrae):
             raise ValueError("an analysed CT has vertebrae, one not analysed has none")
         if analysed == (self.reason is not None):
@@ -191,6 +254,11 @@ class CtAnalysis(_Model):
     def lowest_genant(self) -> float | None:
         """The lowest Genant index (None when nothing was analysed)."""
         return min((v.finding.genant_index for v in self.vertebrae), default=None)
+
+    @property
+    def characterised(self) -> list[CtVertebraFinding]:
+        """The vertebrae with a benign / malignant call, top to bottom."""
+        return [v for v in self.vertebrae if v.characterisation is not None]
 
     @property
     def fractured(self) -> bool:

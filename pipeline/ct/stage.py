@@ -31,12 +31,15 @@ import numpy.typing as npt
 import pydicom
 import torch
 
+from spinexr.pipeline.ct.characterise import MalignancyNet, characterise, roi_stack
 from spinexr.pipeline.ct.errors import UnsupportedSeriesError
 from spinexr.pipeline.ct.findings import (
+    CharacterisationStatus,
     CtAnalysis,
     CtSeriesVerdict,
     CtStatus,
     CtVertebraFinding,
+    VertebraCharacterisation,
 )
 from spinexr.pipeline.ct.localise import LocaliserNet
 from spinexr.pipeline.ct.series import ALLOWED_BODY_PARTS, SeriesChoice, select_series
@@ -44,6 +47,7 @@ from spinexr.pipeline.ct.vertebrae import CtVertebralAnalysis, analyse_ct_volume
 from spinexr.pipeline.ct.volume import load_volume
 from spinexr.pipeline.vertebrae import genant
 from spinexr.pipeline.vertebrae.findings import LevelRule, VertebraFinding
+from spinexr.pipeline.vertebrae.genant import GenantGrade
 from spinexr.pipeline.vertebrae.objects import KeypointModel
 
 logger = logging.getLogger(__name__)
@@ -110,6 +114,16 @@ class CtStage:
         Memory bound of the decoded volume.
     device : torch.device or str
         Where the localiser runs.
+    characteriser : MalignancyNet, optional
+        Li et al.'s benign / malignant classifier (`spinexr.pipeline.ct.characterise`);
+        None: no characterisation.
+    characterise_from : GenantGrade
+        The lowest grade that triggers the characterisation.
+    characterise_all : bool
+        Characterise every vertebra at or above that grade, not only the one with the
+        lowest Genant index.
+    malignancy_threshold : float
+        Malignant at or above this probability.
     """
 
     localiser: LocaliserNet | None
@@ -120,6 +134,10 @@ class CtStage:
     allowed_body_parts: Collection[str] = ALLOWED_BODY_PARTS
     max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES
     device: torch.device | str = "cpu"
+    characteriser: MalignancyNet | None = None
+    characterise_from: GenantGrade = GenantGrade.MILD
+    characterise_all: bool = False
+    malignancy_threshold: float = 0.5
 
     def _common(self) -> dict[str, object]:
         c = self.cutoffs
@@ -217,11 +235,27 @@ class CtStage:
                     **base,
                 )
             )
+        vertebrae = _findings(found)
+        characterisation: dict[str, object] = {}
+        if self.characteriser is not None:
+            started = time.perf_counter()
+            vertebrae, status, note = characterise_vertebrae(
+                volume.array,
+                volume.affine,
+                vertebrae,
+                self.characteriser,
+                from_grade=self.characterise_from,
+                every=self.characterise_all,
+                threshold=self.malignancy_threshold,
+            )
+            timings["characterisation"] = time.perf_counter() - started
+            characterisation = {"characterisation_status": status, "characterisation_note": note}
         analysis = CtAnalysis(
             status=CtStatus.ANALYSED,
             level_rule=LevelRule.FROM_TOP,
-            vertebrae=_findings(found),
+            vertebrae=vertebrae,
             timings=timings,
+            **characterisation,
             **geometry,
             **base,
         )
@@ -239,6 +273,88 @@ class CtStage:
             sum(timings.values()),
         )
         return CtOutcome(analysis, reformat)
+
+
+def characterise_vertebrae(
+    array: npt.NDArray[np.generic],
+    affine: npt.ArrayLike,
+    vertebrae: list[CtVertebraFinding],
+    model: MalignancyNet,
+    *,
+    from_grade: GenantGrade = GenantGrade.MILD,
+    every: bool = False,
+    threshold: float = 0.5,
+) -> tuple[list[CtVertebraFinding], CharacterisationStatus, str | None]:
+    """Call benign or malignant on a study's fractured vertebrae (Li et al., automatic ROI).
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        ``(slices, rows, columns)`` HU.
+    affine : array-like
+        Index → LPS mm.
+    vertebrae : list of CtVertebraFinding
+        The vertebrae the CT method measured.
+    model : MalignancyNet
+        The classifier.
+    from_grade : GenantGrade
+        The lowest grade that triggers it.
+    every : bool
+        Every vertebra at or above that grade; else only the one with the lowest G.
+    threshold : float
+        Malignant at or above this probability.
+
+    Returns
+    -------
+    vertebrae : list of CtVertebraFinding
+        The same vertebrae, the characterised ones with their call.
+    status : CharacterisationStatus
+        Characterised, not applicable (no vertebra at or above the trigger grade) or not
+        possible (every target too close to the edge of the field of view).
+    note : str or None
+        Why not, or which targets could not be characterised.
+    """
+    targets = [v for v in vertebrae if v.finding.grade.number >= from_grade.number]
+    if not targets:
+        return (
+            vertebrae,
+            CharacterisationStatus.NOT_APPLICABLE,
+            f"not applicable: no vertebra at or above the trigger grade ({from_grade.value})",
+        )
+    if not every:
+        targets = [min(targets, key=lambda v: v.finding.genant_index)]
+    out = {v.finding.number: v for v in vertebrae}
+    refused = []
+    for v in targets:
+        try:
+            stack = roi_stack(np.asarray(array), affine, v.keypoints_lps)
+        except UnsupportedSeriesError:
+            refused.append(v.finding.label)
+            continue
+        call = characterise(stack, model, threshold)
+        out[v.finding.number] = v.model_copy(
+            update={
+                "characterisation": VertebraCharacterisation(
+                    probability=float(np.clip(call.probability, 0.0, 1.0)),
+                    threshold=call.threshold,
+                    malignant=call.malignant,
+                    slice_probabilities=[
+                        float(np.clip(p, 0.0, 1.0)) for p in call.slice_probabilities
+                    ],
+                    slice_offsets_mm=[float(o) for o in stack.offsets_mm],
+                )
+            }
+        )
+    result = [out[v.finding.number] for v in vertebrae]
+    edge = (
+        f"vertebra {', '.join(refused)} too close to the edge of the field of view for its "
+        "sagittal slices"
+        if refused
+        else None
+    )
+    if len(refused) == len(targets):
+        return result, CharacterisationStatus.NOT_POSSIBLE, f"not possible: {edge}"
+    return result, CharacterisationStatus.CHARACTERISED, edge
 
 
 def _verdicts(choice: SeriesChoice) -> list[CtSeriesVerdict]:

@@ -237,3 +237,73 @@ def test_a_ct_not_analysed_says_why_in_a_plain_sr(study, tmp_path: Path) -> None
     assert summary is not None and summary.status == "no_eligible_series"
     assert "tilted: 15.0 degrees" in summary.note and summary.worst_grade is None
     assert read_ct_vertebrae(sr) == []
+
+
+def test_a_characterised_vertebra_carries_its_call_in_the_sr_and_the_gsps(
+    study, tmp_path: Path
+) -> None:
+    import torch
+
+    from spinexr.pipeline.ct.characterise import MalignancyNet
+    from spinexr.pipeline.ct.findings import CharacterisationStatus
+    from spinexr.pipeline.ct.stage import characterise_vertebrae
+
+    phantom, files = study
+    analysis, reformat = _analysed(phantom, files)
+    torch.manual_seed(0)
+    model = MalignancyNet().eval()  # untrained: this test is about the encoding
+    vertebrae, status, note = characterise_vertebrae(
+        phantom.hu, phantom.grid.affine(), analysis.vertebrae, model, threshold=0.5
+    )
+    assert status is CharacterisationStatus.CHARACTERISED and note is None
+    (called,) = [v for v in vertebrae if v.characterisation is not None]
+    assert called.finding.genant_index == min(v.finding.genant_index for v in vertebrae)
+    assert len(called.characterisation.slice_probabilities) == 5
+    analysis = analysis.model_copy(
+        update={"vertebrae": vertebrae, "characterisation_status": status}
+    )
+    result = _result(files, CtAnalysis.model_validate(analysis.model_dump()))
+    paths = [p for s in files.series for p in s.paths]
+    built = build_outputs(
+        ct_evidence(paths, result), result, make_settings(), job_key="ct-li", ct_reformat=reformat
+    )
+    written = {
+        b.dataset.Modality: write_object(b.dataset, tmp_path / f"{b.dataset.Modality}.dcm")
+        for b in built
+    }
+    for path in written.values():
+        assert dciodvfy_errors(path)[0] == [], path.name
+    report = pixelmed_sr_report([written["SR"]], tmp_path)[written["SR"]]
+    assert [ln for ln in report if ln.startswith("Error")] == []
+    sr = pydicom.dcmread(written["SR"])
+    call = called.characterisation
+    (got,) = [v for v in read_ct_vertebrae(sr) if v.characterisation is not None]
+    assert got.number == called.finding.number and got.characterisation == call.label
+    assert got.malignancy_probability == pytest.approx(call.probability, abs=1e-6)
+    summary = read_ct_analysis(sr)
+    assert summary.characterisation_status == "characterised"
+    assert summary.characterisation == call.label
+    assert f"{call.label} {call.probability:.2f}" in summary.note
+    gsps = pydicom.dcmread(written["PR"])
+    texts = [
+        str(t.UnformattedTextValue)
+        for ann in gsps.GraphicAnnotationSequence
+        for t in ann.get("TextObjectSequence", [])
+    ]
+    assert any(t.endswith(f" - {call.label} {call.probability:.2f}") for t in texts), texts
+
+
+def test_without_a_fracture_the_characterisation_is_not_applicable(study) -> None:
+    from spinexr.pipeline.ct.characterise import MalignancyNet
+    from spinexr.pipeline.ct.findings import CharacterisationStatus
+    from spinexr.pipeline.ct.stage import characterise_vertebrae
+    from spinexr.pipeline.vertebrae.genant import GenantGrade
+
+    phantom, files = study
+    analysis, _ = _analysed(phantom, files)
+    normal = [v for v in analysis.vertebrae if v.finding.grade is GenantGrade.NORMAL]
+    _, status, note = characterise_vertebrae(
+        phantom.hu, phantom.grid.affine(), normal, MalignancyNet().eval()
+    )
+    assert status is CharacterisationStatus.NOT_APPLICABLE
+    assert note == "not applicable: no vertebra at or above the trigger grade (mild)"
