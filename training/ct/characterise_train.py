@@ -513,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=CharacteriserRecipe.epochs)
     p.add_argument("--patience", type=int, default=CharacteriserRecipe.patience)
     p.add_argument("--batch", type=int, default=CharacteriserRecipe.batch)
+    p.add_argument("--lr", type=float, default=CharacteriserRecipe.lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--init", help="a local torchvision ResNet-50 state dict (ImageNet)")
@@ -522,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs=args.epochs,
         patience=args.patience,
         batch=args.batch,
+        lr=args.lr,
         seed=args.seed,
         threads=args.threads,
         init=args.init,

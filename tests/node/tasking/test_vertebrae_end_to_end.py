@@ -62,9 +62,12 @@ SOURCES = [
         "vertebrae/records.py",
     )
 ]
-# the radiograph phantoms (the CT phantoms, ct*.py, do not shape this model)
+# the radiograph phantoms (the CT phantoms, ct*.py, and the CT fracture patterns,
+# malignancy.py, do not shape this model)
 SOURCES += sorted(
-    p for p in (ROOT / "training" / "phantoms").glob("*.py") if not p.name.startswith("ct")
+    p
+    for p in (ROOT / "training" / "phantoms").glob("*.py")
+    if not p.name.startswith("ct") and p.name != "malignancy.py"
 )
 
 
