@@ -40,6 +40,7 @@ from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from spinexr.node.outputs.gsps import set_displayed_area_spacing
 from spinexr.node.outputs.provenance import (
     DEMO_WARNING,
     NOT_FOR_DIAGNOSIS,
@@ -85,8 +86,9 @@ def reformat_summary(result: StudyResult) -> str:
     ct = result.ct
     assert ct is not None and ct.analysed
     prov = result.provenance
-    worst = min(ct.vertebrae, key=lambda v: v.finding.genant_index).finding
-    fractured = sum(1 for v in ct.vertebrae if v.finding.fractured)
+    worst = ct.worst_vertebra
+    assert worst is not None
+    fractured = ct.fractured_count
     grade = ct.worst_grade
     head = f"AI {prov.bundle_name} {prov.bundle_version}: CT"
     if grade is GenantGrade.NORMAL:
@@ -280,11 +282,7 @@ def build_reformat_gsps(
         contributing_equipment=[contributing_equipment(result)],
         series_description=series_description(settings, prov, "reformat"),
     )
-    row_mm, col_mm = (float(v) for v in sc.PixelSpacing)
-    for item in gsps.DisplayedAreaSelectionSequence:
-        item.PresentationPixelSpacing = [f"{row_mm:.10g}", f"{col_mm:.10g}"]
-        if "PresentationPixelAspectRatio" in item:
-            del item.PresentationPixelAspectRatio
+    set_displayed_area_spacing(gsps, sc)
     copy_body_part(gsps, sc)
     apply_equipment(gsps, result, content_date=False)
     logger.debug("built CT reformat GSPS %s", sop_uid)

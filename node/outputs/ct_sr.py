@@ -98,13 +98,14 @@ def ct_outcome_text(ct: CtAnalysis) -> str:
     """
     if not ct.analysed:
         return f"CT not analysed: {ct.reason}: {ct.message}."
-    worst = min(ct.vertebrae, key=lambda v: v.finding.genant_index).finding
+    worst = ct.worst_vertebra
+    assert worst is not None
     if not ct.fractured:
         return (
             f"CT: no vertebral fracture ({len(ct.vertebrae)} vertebrae, lowest G "
             f"{worst.genant_index:.2f})."
         )
-    fractured = sum(1 for v in ct.vertebrae if v.finding.fractured)
+    fractured = ct.fractured_count
     return (
         f"CT: vertebral fracture, worst Genant grade {ct.worst_grade.value} ({worst.label} G "
         f"{worst.genant_index:.2f}); {fractured} of {len(ct.vertebrae)} vertebrae mild or worse."
@@ -245,8 +246,9 @@ def note_text(ct: CtAnalysis) -> str:
     """
     if ct.analysed:
         chosen = next(s for s in ct.series if s.chosen)
-        worst = min(ct.vertebrae, key=lambda v: v.finding.genant_index).finding
-        fractured = sum(1 for v in ct.vertebrae if v.finding.fractured)
+        worst = ct.worst_vertebra
+        assert worst is not None
+        fractured = ct.fractured_count
         head = (
             f"CT series {chosen.series_instance_uid} ({chosen.series_number}, "
             f"{chosen.instances} instances, {ct.slices} slices) analysed, chosen by "

@@ -249,7 +249,7 @@ def build_gsps(
         contributing_equipment=[contributing_equipment(result)],
         series_description=series_description(settings, prov, "gsps"),
     )
-    _set_displayed_area_spacing(gsps, source)
+    set_displayed_area_spacing(gsps, source)
     copy_body_part(gsps, source)
     apply_equipment(gsps, result, content_date=False)
     logger.debug("built GSPS %s for image %s", sop_uid, image.sop_instance_uid)
@@ -379,8 +379,16 @@ def _content_description(result: StudyResult) -> str:
     return ascii_text(f"{text} - not for diagnosis")[:64]
 
 
-def _set_displayed_area_spacing(gsps: Dataset, source: Dataset) -> None:
-    """Give the displayed area the source's pixel spacing (aspect ratio when it has none)."""
+def set_displayed_area_spacing(gsps: Dataset, source: Dataset) -> None:
+    """Give the displayed area the source's pixel spacing (aspect ratio when it has none).
+
+    Parameters
+    ----------
+    gsps : pydicom.dataset.Dataset
+        The presentation state (its Displayed Area Selection items are changed).
+    source : pydicom.dataset.Dataset
+        The image it presents (Pixel Spacing, else Imager Pixel Spacing).
+    """
     spacing = read_pixel_spacing(source)
     if spacing.basis is SpacingBasis.NONE or spacing.row_mm is None or spacing.column_mm is None:
         return

@@ -256,6 +256,18 @@ class CtAnalysis(_Model):
         return min((v.finding.genant_index for v in self.vertebrae), default=None)
 
     @property
+    def worst_vertebra(self) -> VertebraFinding | None:
+        """The vertebra with the lowest Genant index (None when nothing was analysed)."""
+        if not self.vertebrae:
+            return None
+        return min(self.vertebrae, key=lambda v: v.finding.genant_index).finding
+
+    @property
+    def fractured_count(self) -> int:
+        """How many vertebrae are graded mild or worse."""
+        return sum(1 for v in self.vertebrae if v.finding.fractured)
+
+    @property
     def characterised(self) -> list[CtVertebraFinding]:
         """The vertebrae with a benign / malignant call, top to bottom."""
         return [v for v in self.vertebrae if v.characterisation is not None]
