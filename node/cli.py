@@ -654,15 +654,31 @@ def serve(obj: Context, demo_bundle: bool) -> None:
 
     settings = obj.settings()
     _configure_logging(settings, obj.log_level)
-    if demo_bundle and settings.models.bundle is None:
-        from spinexr.training.bundles.demo import default_demo_dir, demo
+    if not (demo_bundle and settings.models.bundle is None):
+        run_server(settings, obj.config_file)
+        return
+    from spinexr.training.bundles.demo import cached_demo, default_demo_dir, demo_identity
+    from spinexr.training.bundles.prepare import start_preparation, stop_preparation
 
-        built = demo(default_demo_dir(), say=lambda msg: click.echo(msg, err=True))
-        # Environment, so that worker processes started by serve load the same bundle.
-        os.environ["SPINEXR_MODELS__BUNDLE"] = str(built.directory)
-        obj.reset()
-        settings = obj.settings()
-    run_server(settings, obj.config_file)
+    out = default_demo_dir()
+    preparing = None
+    if cached_demo(out, ct=True, characteriser=True) is None:
+        # Staged first start: receive at once, analyse each study when its models are ready.
+        preparing = start_preparation(out, demo_identity())
+        click.echo(
+            f"[demo] the demo bundle is being prepared in the background ({out}); the node "
+            "receives now and analyses each study as soon as its models are ready (the "
+            "dashboard shows the progress)",
+            err=True,
+        )
+    # Environment, so that worker processes started by serve load the same bundle.
+    os.environ["SPINEXR_MODELS__BUNDLE"] = str(out)
+    obj.reset()
+    try:
+        run_server(obj.settings(), obj.config_file)
+    finally:
+        if preparing is not None:
+            stop_preparation(preparing, out)
 
 
 @cli.command()

@@ -28,6 +28,7 @@ from spinexr.node.settings import Settings
 from spinexr.node.tasking.app import EXPORT_QUEUE, INFERENCE_QUEUE, configure
 from spinexr.node.tasking.dispatch import publish_analysis, publish_export, queue_job
 from spinexr.node.tasking.supervisor import WorkerSupervisor
+from spinexr.pipeline.preparation import read_preparation
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ def check_bundle(settings: Settings) -> None:
     Raises
     ------
     ConfigError
-        If a bundle is configured but its folder does not exist.
+        If a bundle is configured but its folder does not exist (and is not being
+        prepared: `spinexr.pipeline.preparation`).
     """
     bundle = settings.models.bundle
     if bundle is None and not settings.embedded_queue:
@@ -77,6 +79,10 @@ def check_bundle(settings: Settings) -> None:
             "NO MODEL BUNDLE LOADED: studies are received and stored but not analysed. "
             "Set models.bundle (SPINEXR_MODELS__BUNDLE) to a bundle folder."
         )
+        return
+    prep = read_preparation(bundle)
+    if prep is not None:
+        logger.warning("model bundle %s is being prepared: %s", bundle, prep.describe())
         return
     if not (bundle / "manifest.json").is_file():
         raise ConfigError([f"models.bundle: {bundle} is not a model bundle (no manifest.json)"])

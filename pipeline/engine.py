@@ -51,7 +51,7 @@ from pydicom.dataset import Dataset
 
 from spinexr.pipeline.anatomy import AnatomyClass, AnatomyClassifier, GateDecision, spine_gate
 from spinexr.pipeline.bodypart import TagAnatomy, dataset_tag_verdict
-from spinexr.pipeline.bundle import Bundle, verify_bundle
+from spinexr.pipeline.bundle import Bundle, CtEntry, verify_bundle
 from spinexr.pipeline.classes import LesionClass
 from spinexr.pipeline.classifier import ClassifierEnsemble, images_to_batch
 from spinexr.pipeline.ct.characterise import MalignancyNet
@@ -249,6 +249,7 @@ class Pipeline:
                     characterise_from=characterise_from,
                     characterise_all=characterise_all,
                     malignancy_threshold=0.5 if entry is None else entry.malignancy_threshold,
+                    characteriser_trained_on=_trained_on(entry),
                     model_name=f"{self.ct_stage.model_name} + li2021-resnet50",
                 )
         self.spine_check = (
@@ -759,3 +760,12 @@ def _software_version() -> str:
         return importlib.metadata.version("spinexr-node")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _trained_on(entry: CtEntry | None) -> str | None:
+    """Return the bundle's words for what its characterisation model was trained on."""
+    if entry is None:
+        return None
+    said = entry.metrics.get("characteriser", {})
+    text = said.get("trained_on") if isinstance(said, dict) else None
+    return str(text)[:300] if text else None

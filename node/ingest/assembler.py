@@ -26,6 +26,7 @@ from spinexr.node.errors import SpinexrError
 from spinexr.node.ingest.rules import ANALYSE
 from spinexr.node.jobs.supersede import cancel_superseded
 from spinexr.node.settings import Settings
+from spinexr.pipeline.preparation import read_preparation
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,16 @@ def model_identity(bundle: Path | None) -> str:
     Returns
     -------
     str
-        ``name@version`` from the bundle manifest, or ``none``.
+        ``name@version`` from the bundle manifest (or from its preparation, while it is
+        being prepared), or ``none``.
     """
     if bundle is None:
         return "none"
     try:
         manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return f"unreadable:{bundle}"
+        prep = read_preparation(bundle)  # not written yet: the identity it will have
+        return prep.identity if prep is not None else f"unreadable:{bundle}"
     return f"{manifest.get('name', '?')}@{manifest.get('version', '?')}"
 
 

@@ -4,6 +4,11 @@ The database is the source of truth. A queue message only says "there is work"; 
 claims the most urgent queued job (a conditional UPDATE, so two workers never run the same
 job), holds a lease while it works, and writes every state move to the study's timeline.
 A job whose lease expires (a killed worker) is found by the reconciler and queued again.
+
+While the bundle is being prepared (`spinexr.pipeline.preparation`: the demo's staged first
+start), a job whose study needs models that are not ready yet is not claimed: it stays
+queued, its timeline says once what it waits for, and its queue message comes back after
+`WAIT_SECONDS`. Waiting costs no attempt.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from spinexr.node import phi
-from spinexr.node.db.models import Instance, Job, Result, utcnow
+from spinexr.node.db.models import AuditEvent, Instance, Job, Result, utcnow
 from spinexr.node.db.states import JobState
 from spinexr.node.db.timeline import record, transition
 from spinexr.node.ingest.rules import ANALYSE
@@ -44,6 +49,11 @@ logger = logging.getLogger(__name__)
 
 RETRY_BASE_SECONDS = 10.0
 RETRY_CAP_SECONDS = 600.0
+WAIT_SECONDS = 20.0
+"""How often a job waiting for its models is looked at again."""
+
+WAITING = "waiting"
+"""Timeline event of a job that waits for models being prepared."""
 
 
 def worker_id() -> str:
@@ -75,14 +85,23 @@ class JobRunner:
         Database sessions.
     pipeline : callable
         Returns the (warm) :class:`spinexr.pipeline.engine.Pipeline` of this process.
+    waiting : callable, optional
+        ``waiting(radiographs, ct)``: what a study holding those waits for (models being
+        prepared), or None when it can be analysed now (`spinexr.pipeline.preparation.
+        waiting_for`); None: nothing ever waits.
     """
 
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], pipeline: Callable[[], Any]
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        pipeline: Callable[[], Any],
+        waiting: Callable[[bool, bool], str | None] | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.pipeline = pipeline
+        self.waiting = waiting
         self.owner = worker_id()
 
     # ------------------------------------------------------------------ claiming
@@ -110,8 +129,12 @@ class JobRunner:
                 ).all()
                 if not candidates:
                     return None
-                top = candidates[0][1]
-                ids = [i for i, p in candidates if p == top]
+                ready = [(i, p) for i, p in candidates if not self._waits(session, i)]
+                session.commit()  # the waiting jobs' timeline events
+                if not ready:
+                    return None
+                top = ready[0][1]
+                ids = [i for i, p in ready if p == top]
                 job_id = preferred if preferred in ids else ids[0]
                 now = utcnow()
                 won = session.execute(
@@ -143,6 +166,46 @@ class JobRunner:
                 session.commit()
                 return job_id
         return None
+
+    def is_waiting(self, job_id: int) -> bool:
+        """Whether a queued job waits for models being prepared (its message should return)."""
+        if self.waiting is None:
+            return False
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            waits = (
+                job is not None and job.state is JobState.QUEUED and self._waits(session, job_id)
+            )
+            session.commit()
+            return waits
+
+    def _waits(self, session: Session, job_id: int) -> bool:
+        """Whether the job waits; its timeline says so once per reason (no commit)."""
+        if self.waiting is None:
+            return False
+        job = session.get(Job, job_id)
+        assert job is not None
+        classes = set(
+            session.scalars(
+                select(Instance.sop_class_uid)
+                .where(Instance.study_id == job.study_id, Instance.decision == ANALYSE)
+                .distinct()
+            )
+        )
+        reason = self.waiting(bool(classes - CT_SOP_CLASSES), bool(classes & CT_SOP_CLASSES))
+        if reason is None:
+            return False
+        last = session.scalar(
+            select(AuditEvent.detail)
+            .where(AuditEvent.job_id == job_id)
+            .order_by(AuditEvent.id.desc())
+            .limit(1)
+        )
+        said = f"waiting: {reason.split(' (')[0]}"
+        if last != said:
+            record(session, job.study, WAITING, job=job, detail=said)
+            logger.info("job %s: %s", job_id, said)
+        return True
 
     # ------------------------------------------------------------------ lease
     @contextlib.contextmanager

@@ -282,7 +282,8 @@ def characterisation_text(ct: CtAnalysis) -> str:
     -------
     str
         E.g. ``" Characterisation (Li et al. 2021, decision support): #6 malignant 0.91
-        (threshold 0.50, 5 sagittal slices)."`` or ``" Characterisation not applicable: no
+        (threshold 0.50, 5 sagittal slices). Its model was trained on <the bundle's
+        words>."`` or ``" Characterisation not applicable: no
         vertebra at or above the trigger grade (mild)."``.
     """
     if ct.characterisation_status is None:
@@ -296,6 +297,8 @@ def characterisation_text(ct: CtAnalysis) -> str:
     text = ""
     if calls:
         text = " Characterisation (Li et al. 2021, decision support): " + "; ".join(calls) + "."
+        if ct.characteriser_trained_on:
+            text += f" Its model was trained on {ct.characteriser_trained_on}."
     if ct.characterisation_note:
         text += f" Characterisation {ct.characterisation_note}."
     return text

@@ -14,6 +14,7 @@ from spinexr.node.errors import ConfigError
 from spinexr.node.export.exporter import Exporter
 from spinexr.node.jobs.runner import JobRunner
 from spinexr.node.settings import BodyParts, Settings
+from spinexr.pipeline.preparation import read_preparation, waiting_for
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,37 @@ class Runtime:
         require_head(engine)
         self.sessions: sessionmaker[Session] = make_session_factory(engine)
         self._pipeline: Any = None
+        self._loaded_manifest: int | None = None
         self._lock = threading.Lock()
-        self.runner = JobRunner(settings, self.sessions, self.pipeline)
+        self.runner = JobRunner(settings, self.sessions, self.pipeline, self.waiting_for)
         self.exporter = Exporter(settings, self.sessions)
 
+    def waiting_for(self, radiographs: bool, ct: bool) -> str | None:
+        """Return what a study with these images waits for while the bundle is prepared."""
+        return waiting_for(self.settings.models.bundle, radiographs=radiographs, ct=ct)
+
+    def preparing(self) -> bool:
+        """Whether the bundle is being prepared now (the demo's staged first start)."""
+        return read_preparation(self.settings.models.bundle) is not None
+
+    def _manifest_stamp(self) -> int | None:
+        bundle = self.settings.models.bundle
+        try:
+            return None if bundle is None else (bundle / "manifest.json").stat().st_mtime_ns
+        except OSError:
+            return None
+
     def pipeline(self) -> Any:
-        """Return the warm pipeline, loading the bundle on first use."""
+        """Return the warm pipeline, loading the bundle on first use.
+
+        The bundle is loaded again when its manifest changed since (a bundle being prepared
+        gains its models step by step).
+        """
         with self._lock:
+            stamp = self._manifest_stamp()
+            if self._pipeline is not None and stamp != self._loaded_manifest:
+                logger.info("the model bundle's manifest changed: loading it again")
+                self._pipeline = None
             if self._pipeline is None:
                 from spinexr.node.vertebrae import genant_cutoffs
                 from spinexr.pipeline.engine import Pipeline
@@ -60,6 +85,7 @@ class Runtime:
                     characterise_from=GenantGrade(self.settings.ct.characterise_from),
                     characterise_all=self.settings.ct.characterise_all,
                 )
+                self._loaded_manifest = stamp
             return self._pipeline
 
 
@@ -83,7 +109,9 @@ def init_runtime(settings: Settings, *, inference: bool = False) -> Runtime:
     """
     global _runtime
     _runtime = Runtime(settings)
-    if inference:
+    if inference and _runtime.preparing():
+        logger.info("the model bundle is being prepared: it is loaded when a job can run")
+    elif inference:
         _runtime.pipeline().warm_up()
         logger.info("pipeline warm")
     return _runtime

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from spinexr.node.db.states import JobState
+from spinexr.node.jobs.runner import WAIT_SECONDS
 from spinexr.node.tasking.app import EXPORT_QUEUE, INFERENCE_QUEUE, app
 from spinexr.node.tasking.runtime import get_runtime
 
@@ -25,7 +26,10 @@ def analyze_study(job_id: int) -> None:
     rt = get_runtime()
     claimed = rt.runner.claim(preferred=job_id)
     if claimed is None:
-        logger.info("analyze_study(%s): nothing queued", job_id)
+        if rt.runner.is_waiting(job_id):  # its models are being prepared: look again later
+            analyze_study.apply_async(args=[job_id], queue=INFERENCE_QUEUE, countdown=WAIT_SECONDS)
+        else:
+            logger.info("analyze_study(%s): nothing queued", job_id)
         return
     outcome = rt.runner.run(claimed)
     if outcome.state is JobState.BUILT:
@@ -34,7 +38,8 @@ def analyze_study(job_id: int) -> None:
         analyze_study.apply_async(args=[claimed], queue=INFERENCE_QUEUE, countdown=outcome.retry_in)
     if claimed != job_id:
         # The message's own job is still queued: keep one message per queued job.
-        analyze_study.apply_async(args=[job_id], queue=INFERENCE_QUEUE)
+        countdown = WAIT_SECONDS if rt.runner.is_waiting(job_id) else None
+        analyze_study.apply_async(args=[job_id], queue=INFERENCE_QUEUE, countdown=countdown)
 
 
 @app.task(name="spinexr.export_results", acks_late=True, reject_on_worker_lost=True)

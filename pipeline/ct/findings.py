@@ -198,6 +198,9 @@ class CtAnalysis(_Model):
     characterisation_note : str or None
         Why not, in words (e.g. "not applicable: no vertebra at or above the trigger
         grade (mild)").
+    characteriser_trained_on : str or None
+        What the characterisation model was trained on (the bundle's words), stated with
+        its calls: a characterisation is decision support.
     """
 
     status: CtStatus
@@ -217,6 +220,7 @@ class CtAnalysis(_Model):
     timings: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
     characterisation_status: CharacterisationStatus | None = None
     characterisation_note: str | None = None
+    characteriser_trained_on: str | None = Field(default=None, max_length=300)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -124,6 +124,8 @@ class CtStage:
         lowest Genant index.
     malignancy_threshold : float
         Malignant at or above this probability.
+    characteriser_trained_on : str or None
+        What the classifier was trained on (the bundle's words; stated in the result).
     """
 
     localiser: LocaliserNet | None
@@ -138,6 +140,7 @@ class CtStage:
     characterise_from: GenantGrade = GenantGrade.MILD
     characterise_all: bool = False
     malignancy_threshold: float = 0.5
+    characteriser_trained_on: str | None = None
 
     def _common(self) -> dict[str, object]:
         c = self.cutoffs
@@ -235,7 +238,7 @@ class CtStage:
                     **base,
                 )
             )
-        vertebrae = _findings(found)
+        vertebrae = ct_findings(found)
         characterisation: dict[str, object] = {}
         if self.characteriser is not None:
             started = time.perf_counter()
@@ -249,7 +252,11 @@ class CtStage:
                 threshold=self.malignancy_threshold,
             )
             timings["characterisation"] = time.perf_counter() - started
-            characterisation = {"characterisation_status": status, "characterisation_note": note}
+            characterisation = {
+                "characterisation_status": status,
+                "characterisation_note": note,
+                "characteriser_trained_on": self.characteriser_trained_on,
+            }
         analysis = CtAnalysis(
             status=CtStatus.ANALYSED,
             level_rule=LevelRule.FROM_TOP,
@@ -370,7 +377,8 @@ def _verdicts(choice: SeriesChoice) -> list[CtSeriesVerdict]:
     ]
 
 
-def _findings(found: CtVertebralAnalysis) -> list[CtVertebraFinding]:
+def ct_findings(found: CtVertebralAnalysis) -> list[CtVertebraFinding]:
+    """Return the CT method's vertebrae as the result's findings (on the reformat, and in LPS)."""
     out = []
     for v in found.vertebrae:
         finding = VertebraFinding(

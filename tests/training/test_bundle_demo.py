@@ -184,6 +184,8 @@ def test_a_cached_demo_without_ct_models_gets_only_them(
 
     from spinexr.training.bundles import demo as demo_module
     from spinexr.training.ct.bundle import CtModelsRecipe
+    from spinexr.training.ct.characterise_bundle import CharacteriserBundleRecipe
+    from spinexr.training.ct.characterise_train import CharacteriserRecipe
     from spinexr.training.ct.localise_train import LocaliserRecipe
 
     out = tmp_path / demo_dir.name
@@ -195,14 +197,32 @@ def test_a_cached_demo_without_ct_models_gets_only_them(
         keypoint_phantoms=3,
         keypoint_iterations=2,
     )
+    tiny_characteriser = CharacteriserBundleRecipe(
+        cases=4, test=2, training=CharacteriserRecipe(epochs=1, batch=4, threads=1)
+    )
     monkeypatch.setattr(demo_module, "CT_TEST_PHANTOMS", 2)
+    monkeypatch.setattr(demo_module, "CHARACTERISER_TEST_PATIENTS", 2)
     said: list[str] = []
-    bundle = demo_module.demo(out, QUICK_RECIPE, ct=tiny, work=tmp_path / "work", say=said.append)
-    assert any("has no CT models yet" in line for line in said), said
+    bundle = demo_module.demo(
+        out,
+        QUICK_RECIPE,
+        ct=tiny,
+        characteriser=tiny_characteriser,
+        work=tmp_path / "work",
+        say=said.append,
+    )
+    assert any("lacks its last models" in line for line in said), said
+    assert any("step 7/8" in line for line in said) and any("step 8/8" in line for line in said)
     assert bundle.ct is not None and bundle.ct_localiser is not None
     assert bundle.ct.metrics["test_phantoms"]["images"] == 2
     assert bundle.ct.metrics["recipe"]["keypoint_iterations"] == 2
+    # The characterisation model joined the CT entry, with what it was trained on.
+    assert bundle.ct_characteriser is not None and bundle.ct_characteriser.is_file()
+    said_of = bundle.ct.metrics["characteriser"]
+    assert "synthetic CT phantoms" in said_of["trained_on"]
+    assert said_of["test_phantoms_end_to_end"]["patients"] == 2
+    assert said_of["recipe"]["cases"] == 4
     # The rest of the bundle is what it was; the device UID changed with the new weights.
     assert bundle.manifest.vertebrae == before.manifest.vertebrae
     assert bundle.device_uid != before.device_uid
-    assert demo_module.cached_demo(out, ct=True) is not None
+    assert demo_module.cached_demo(out, ct=True, characteriser=True) is not None

@@ -72,3 +72,46 @@ def test_a_phantom_without_labels_is_refused() -> None:
     bare = make_ct_phantom(4, levels=("T7", "T9"), fractures=())
     with pytest.raises(ValueError, match="labels"):
         apply_pattern(bare, "T8", PatternFeatures(Pattern.BENIGN), np.random.default_rng(0))
+
+
+def test_a_vacuum_cleft_is_gas_under_the_upper_endplate_inside_the_body(phantom) -> None:
+    before = phantom.hu.copy()
+    hu = apply_pattern(
+        phantom, "T9", PatternFeatures(Pattern.BENIGN, vacuum=True), np.random.default_rng(2)
+    )
+    body = _body(phantom, "T9")
+    gas = (hu.astype(int) < -300) & (before > -300)
+    assert gas.sum() >= 5 and not (gas & ~body).any()  # only inside the body
+    v = phantom.vertebra("T9")
+    superior = v.axes[2]
+    idx = np.argwhere(gas)
+    lps = (phantom.grid.affine()[:3, :3] @ idx.T + phantom.grid.affine()[:3, 3:4]).T
+    top = float(v.keypoints[[0, 2, 4]].mean(axis=0) @ superior)
+    bottom = float(v.keypoints[[1, 3, 5]].mean(axis=0) @ superior)
+    height = (lps @ superior - bottom) / (top - bottom)
+    assert height.min() > 0.4  # the upper part of the body
+
+
+def test_benign_fractures_without_a_line_mostly_have_a_vacuum_cleft() -> None:
+    rng = np.random.default_rng(3)
+    benign = [draw_features(Pattern.BENIGN, rng, hard=False) for _ in range(600)]
+    without = [f for f in benign if not f.fracture_line]
+    assert 0.6 < sum(f.vacuum for f in without) / len(without) < 0.9
+    assert sum(f.vacuum for f in benign if f.fracture_line) / (len(benign) - len(without)) < 0.2
+
+
+def test_a_hard_malignant_focus_lies_near_the_mid_sagittal_plane(phantom) -> None:
+    from spinexr.training.phantoms.malignancy import CENTRAL_MM
+
+    v = phantom.vertebra("T9")
+    for seed in range(4):
+        hu = apply_pattern(
+            phantom,
+            "T9",
+            PatternFeatures(Pattern.MALIGNANT, lytic=1, lytic_radius_mm=(3.0, 3.0), hard=True),
+            np.random.default_rng(seed),
+        )
+        changed = np.argwhere(np.abs(hu.astype(int) - phantom.hu) > 40)
+        lps = (phantom.grid.affine()[:3, :3] @ changed.T + phantom.grid.affine()[:3, 3:4]).T
+        centre = lps.mean(axis=0)
+        assert abs(float((centre - v.centre) @ v.axes[0])) <= CENTRAL_MM + 1.5, seed

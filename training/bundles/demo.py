@@ -10,15 +10,19 @@ phantoms with fractures of known Genant index and evaluates it on held-out ones
 two detectors on this CPU; Pisov et al.'s detector with ``keypoint_arch="pisov"``), trains
 the CT models (`spinexr.training.ct.bundle.DEMO_CT_RECIPE`: the centre-line localiser and the
 keypoint model on straightened CT reformats, on CT phantoms) and evaluates the CT method end
-to end on held-out CT phantoms (`spinexr.training.ct.evaluate`), and
-writes a bundle named and flagged as a
-synthetic-phantom demo (its SR, GSPS and admin pages say "not for clinical use").
+to end on held-out CT phantoms (`spinexr.training.ct.evaluate`), trains the benign / malignant
+classifier of fractured vertebrae on CT phantom patients
+(`spinexr.training.ct.characterise_bundle.DEMO_CHARACTERISER`) and evaluates it end to end
+with the CT models choosing the vertebra and its ROI (`spinexr.training.ct.characterise_e2e`),
+and writes a bundle named and flagged as a synthetic-phantom demo (its SR, GSPS and admin
+pages say "not for clinical use").
 
 The result is cached: the bundle folder's name carries a digest of the recipe, and a folder
 that verifies is reused. Each step keeps its output in the work folder and an interrupted run
 continues where it stopped (phantoms are regenerated only when incomplete; both trainings
-resume from their last checkpoint). A cached bundle that lacks only its CT models (built
-before they existed) gets them added, without training the rest again.
+resume from their last checkpoint). A cached bundle that lacks only its CT models or its
+characterisation model (built before they existed) gets them added, without training the
+rest again.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from spinexr.pipeline.bundle import Bundle, verify_bundle
 from spinexr.pipeline.errors import BundleError
 from spinexr.pipeline.results import FusionMode
 from spinexr.training.ct.bundle import DEMO_CT_RECIPE, CtModelsRecipe
+from spinexr.training.ct.characterise_bundle import DEMO_CHARACTERISER, CharacteriserBundleRecipe
 from spinexr.training.detection.train import DetectorTrainResult
 
 logger = logging.getLogger(__name__)
@@ -155,17 +160,23 @@ QUICK_RECIPE = DemoRecipe(
 """A recipe that runs in about a minute, for tests (the bundle works; its figures are poor)."""
 
 
+def demo_identity(recipe: DemoRecipe = DEMO_RECIPE) -> str:
+    """Return ``name@version`` the demo bundle of `recipe` has (the job keys' model)."""
+    return f"{DEMO_NAME}@demo-{recipe.digest()}"
+
+
 def default_demo_dir(recipe: DemoRecipe = DEMO_RECIPE) -> Path:
     """``$SPINEXR_CACHE`` or ``~/.cache/spinexr``, then ``demo-bundle-<recipe digest>``."""
     root = Path(os.environ.get("SPINEXR_CACHE", Path.home() / ".cache" / "spinexr"))
     return root / f"demo-bundle-{recipe.digest()}"
 
 
-def cached_demo(out: Path, *, ct: bool = False) -> Bundle | None:
+def cached_demo(out: Path, *, ct: bool = False, characteriser: bool = False) -> Bundle | None:
     """Return the demo bundle in `out` when it exists, verifies and is complete, else None.
 
-    Complete: it has its image check and its keypoint model and, with ``ct``, its CT models,
-    the last things `demo` adds.
+    Complete: it has its image check and its keypoint model and, with ``ct``, its CT models
+    and, with ``characteriser``, its benign / malignant classifier, the last things `demo`
+    adds.
     """
     if not (out / "manifest.json").is_file():
         return None
@@ -176,6 +187,8 @@ def cached_demo(out: Path, *, ct: bool = False) -> Bundle | None:
         return None
     complete = bundle.anatomy is not None and bundle.vertebrae is not None
     if ct and bundle.ct is None:
+        return None
+    if characteriser and (bundle.ct is None or bundle.ct.characteriser is None):
         return None
     return bundle if bundle.demo and complete else None
 
@@ -189,6 +202,9 @@ def demo(
     device: str = "auto",
     say: Callable[[str], None] | None = None,
     ct: CtModelsRecipe | None = DEMO_CT_RECIPE,
+    characteriser: CharacteriserBundleRecipe | None = DEMO_CHARACTERISER,
+    on_step: Callable[[int, int, str], None] | None = None,
+    on_ready: Callable[[str], None] | None = None,
 ) -> Bundle:
     """Build (or reuse) the demo bundle.
 
@@ -208,6 +224,14 @@ def demo(
         Progress messages.
     ct : CtModelsRecipe or None
         The CT models' recipe (step 7); None leaves them out (the quick test recipe).
+    characteriser : CharacteriserBundleRecipe or None
+        The benign / malignant classifier's recipe (step 8, with ``ct`` only); None leaves
+        it out.
+    on_step : callable, optional
+        ``on_step(step, steps, text)`` at the start of each step.
+    on_ready : callable, optional
+        ``on_ready(part)`` when the models of a part (`spinexr.pipeline.preparation.PARTS`)
+        are in the bundle: ``radiograph`` after step 6, ``ct`` at the end.
 
     Returns
     -------
@@ -217,20 +241,53 @@ def demo(
     speak = say or (lambda msg: logger.info("%s", msg))
     out = Path(out)
     work = Path(work) if work is not None else out.parent / f"{out.name}.work"
-    steps = 6 if ct is None else 7
+    if ct is None:
+        characteriser = None
+    steps = 6 + (ct is not None) + (characteriser is not None)
     started = time.monotonic()
 
     def step(n: int, text: str) -> None:
         speak(f"[demo] step {n}/{steps} ({time.monotonic() - started:.0f} s): {text}")
+        if on_step is not None:
+            on_step(n, steps, text)
+
+    def ready(part: str) -> None:
+        if on_ready is not None:
+            on_ready(part)
+
+    def last_steps(bundle: Bundle) -> Bundle:
+        ready("radiograph")
+        if ct is not None and bundle.ct is None:
+            step(
+                7,
+                f"CT models: localiser ({ct.localiser.steps} steps on {ct.localiser.phantoms} "
+                f"CT phantoms) and keypoints ({ct.keypoint_iterations} steps on "
+                f"{ct.keypoint_phantoms} reformats), then {CT_TEST_PHANTOMS} held out",
+            )
+            bundle = _add_ct(out, work, ct, recipe, speak)
+        if characteriser is not None and bundle.ct is not None and not bundle.ct.characteriser:
+            step(
+                8,
+                f"benign / malignant classifier (Li et al. 2021): {characteriser.cases} CT "
+                f"phantom patients, {characteriser.training.epochs} epochs, then "
+                f"{characteriser.test} held out, end to end",
+            )
+            bundle = _add_characteriser(out, work, characteriser, speak)
+        ready("ct")
+        return bundle
 
     if not force:
-        cached = cached_demo(out, ct=ct is not None)
+        cached = cached_demo(out, ct=ct is not None, characteriser=characteriser is not None)
         if cached is not None:
             speak(f"[demo] using the cached demo bundle {out}")
+            ready("radiograph")
+            ready("ct")
             return cached
-        if ct is not None and cached_demo(out) is not None:
-            step(7, "the cached bundle has no CT models yet: adding them")
-            return _add_ct(out, work, ct, recipe, speak)
+        partial = cached_demo(out)
+        if partial is not None:
+            speak(f"[demo] the cached bundle {out} lacks its last models: adding them")
+            work.mkdir(parents=True, exist_ok=True)
+            return last_steps(partial)
     work.mkdir(parents=True, exist_ok=True)
 
     data = work / "phantoms"
@@ -317,15 +374,7 @@ def demo(
         f"vertebral keypoints ({recipe.keypoint_arch}): {recipe.keypoint_images} lateral phantoms, "
         f"{recipe.keypoint_iterations} iterations, then {recipe.keypoint_test_images} held out",
     )
-    bundle = _add_vertebrae(out, work, recipe, device, speak)
-    if ct is not None:
-        step(
-            7,
-            f"CT models: localiser ({ct.localiser.steps} steps on {ct.localiser.phantoms} CT "
-            f"phantoms) and keypoints ({ct.keypoint_iterations} steps on "
-            f"{ct.keypoint_phantoms} reformats), then {CT_TEST_PHANTOMS} held out",
-        )
-        bundle = _add_ct(out, work, ct, recipe, speak)
+    bundle = last_steps(_add_vertebrae(out, work, recipe, device, speak))
     speak(f"[demo] done in {time.monotonic() - started:.0f} s: {out}")
     speak(result.markdown)
     return bundle
@@ -519,6 +568,52 @@ def _add_ct(
         trained.keypoints,
         {"test_phantoms": summary, "recipe": ct.describe()},
     )
+
+
+CHARACTERISER_TEST_PATIENTS = 60
+"""Held-out CT phantom patients the demo evaluates the characterisation on, end to end."""
+
+
+def _add_characteriser(
+    out: Path, work: Path, recipe: CharacteriserBundleRecipe, speak: Callable[[str], None]
+) -> Bundle:
+    """Train the classifier, evaluate it end to end with the bundle's CT models, add it."""
+    from spinexr.pipeline.ct.characterise import load_characteriser
+    from spinexr.pipeline.ct.localise import load_localiser
+    from spinexr.pipeline.vertebrae.loader import load_keypoint_model
+    from spinexr.training.ct.characterise_bundle import (
+        add_characteriser_to_bundle,
+        train_characteriser_for_bundle,
+    )
+    from spinexr.training.ct.characterise_e2e import evaluate_end_to_end
+    from spinexr.training.ct.characterise_train import case_seeds
+
+    bundle = verify_bundle(out)
+    assert bundle.ct is not None and bundle.ct_localiser and bundle.ct_keypoint_checkpoint
+    trained = train_characteriser_for_bundle(work / "characteriser", recipe)
+    model, _ = load_characteriser(trained.checkpoint)
+    localiser, _ = load_localiser(bundle.ct_localiser)
+    keypoints = load_keypoint_model(bundle.ct.keypoint_model, bundle.ct_keypoint_checkpoint, "cpu")
+    report = evaluate_end_to_end(
+        model,
+        localiser,
+        keypoints,
+        case_seeds(CHARACTERISER_TEST_PATIENTS, recipe.seed + 1_000),
+        score_threshold=bundle.ct.score_threshold,
+    )
+    (work / "characteriser" / "end-to-end.json").write_text(json.dumps(report, indent=2))
+    patient = report["automatic"]["patient"]
+    automatic = {"patients": patient["n"]} | {
+        key: patient[key]["value"] for key in ("sensitivity", "specificity", "accuracy", "auroc")
+    }
+    automatic |= {k: v for k, v in report["coverage"].items() if k != "patients"}
+    speak(
+        f"[demo] benign / malignant on {patient['n']} held-out CT phantom patients, end to "
+        f"end: accuracy {automatic['accuracy']:.3f}, ROC AUC {automatic['auroc']:.3f}, "
+        f"characterised at the fractured vertebra {automatic['right_vertebra']:.3f}"
+    )
+    metrics = {**trained.metrics, "test_phantoms_end_to_end": automatic}
+    return add_characteriser_to_bundle(out, trained.checkpoint, metrics)
 
 
 def _train_keypoints(records: list[Any], run: Path, recipe: DemoRecipe, device: str) -> Path:

@@ -67,7 +67,38 @@ class Case:
     hard: bool = False
 
 
-def make_case(seed: int, *, malignant: bool | None = None) -> Case:
+@dataclass(frozen=True)
+class Patient:
+    """One phantom patient's whole volume, before the ROI is taken (for the end-to-end run).
+
+    Attributes
+    ----------
+    seed : int
+        What made it (`make_patient`).
+    malignant : bool
+        The truth.
+    level : str
+        The fractured vertebra.
+    hu : numpy.ndarray
+        ``(slices, rows, columns)`` HU with the pattern painted in.
+    affine : numpy.ndarray
+        Index → LPS mm.
+    keypoints : numpy.ndarray
+        ``(6, 3)`` LPS: the fractured vertebra's true keypoints.
+    hard : bool
+        A hard case.
+    """
+
+    seed: int
+    malignant: bool
+    level: str
+    hu: npt.NDArray[np.int16]
+    affine: npt.NDArray[np.float64]
+    keypoints: npt.NDArray[np.float64]
+    hard: bool
+
+
+def make_patient(seed: int, *, malignant: bool | None = None) -> Patient:
     """Make one phantom patient with a fracture of a benign or malignant pattern.
 
     Parameters
@@ -79,8 +110,8 @@ def make_case(seed: int, *, malignant: bool | None = None) -> Case:
 
     Returns
     -------
-    Case
-        The patient and the network's inputs for the fractured vertebra.
+    Patient
+        The volume and the fractured vertebra's truth.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x11]))
     if malignant is None:
@@ -100,8 +131,40 @@ def make_case(seed: int, *, malignant: bool | None = None) -> Case:
     features = draw_features(pattern, rng)
     hu = apply_pattern(phantom, level, features, rng)
     truth = phantom.vertebra(level)
-    stack = roi_stack(hu, phantom.grid.affine(), truth.keypoints)
-    return Case(f"phantom-{seed}", malignant, level, stack.inputs, features.hard)
+    return Patient(
+        seed,
+        malignant,
+        level,
+        hu,
+        np.asarray(phantom.grid.affine(), dtype=np.float64),
+        np.asarray(truth.keypoints, dtype=np.float64),
+        features.hard,
+    )
+
+
+def make_case(seed: int, *, malignant: bool | None = None) -> Case:
+    """Make one phantom patient (`make_patient`) and its inputs from the true keypoints.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the phantom, the fracture, the pattern and the noise.
+    malignant : bool, optional
+        Force the truth; drawn with probability one half when omitted.
+
+    Returns
+    -------
+    Case
+        The patient and the network's inputs for the fractured vertebra.
+    """
+    p = make_patient(seed, malignant=malignant)
+    stack = roi_stack(p.hu, p.affine, p.keypoints)
+    return Case(f"phantom-{seed}", p.malignant, p.level, stack.inputs, p.hard)
+
+
+def case_seeds(n: int, seed: int) -> list[tuple[int, bool]]:
+    """Return the (patient seed, malignant) pairs of `make_cases` ``(n, seed)``."""
+    return [(seed * 100_003 + i, i % 2 == 0) for i in range(n)]
 
 
 def make_cases(n: int, seed: int, *, progress: bool = True) -> list[Case]:
@@ -125,8 +188,8 @@ def make_cases(n: int, seed: int, *, progress: bool = True) -> list[Case]:
 
     bar = RateProgress(n, "characterisation cases", prefix="li2021") if progress else None
     out = []
-    for i in range(n):
-        out.append(make_case(seed * 100_003 + i, malignant=i % 2 == 0))
+    for i, (patient, malignant) in enumerate(case_seeds(n, seed)):
+        out.append(make_case(patient, malignant=malignant))
         if bar is not None:
             bar.update(i + 1)
     return out
@@ -158,6 +221,8 @@ class CharacteriserRecipe:
         ``torch`` threads.
     init : str or None
         A local torchvision ResNet-50 state dict (e.g. ImageNet weights) to start from.
+    schedule : {"constant", "cosine"}
+        Learning rate: constant (the paper), or cosine annealing to zero over ``epochs``.
     """
 
     epochs: int = 100
@@ -173,6 +238,7 @@ class CharacteriserRecipe:
     seed: int = 0
     threads: int | None = 1
     init: str | None = None
+    schedule: str = "constant"
 
 
 @dataclass
@@ -241,6 +307,12 @@ def train_characteriser(
             betas=(recipe.beta1, 0.999),
             weight_decay=recipe.weight_decay,
         )
+        steps = recipe.epochs * math.ceil(len(x_train) / recipe.batch)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+            if recipe.schedule == "cosine"
+            else None
+        )
         loss_fn = nn.BCEWithLogitsLoss()
         best = math.inf
         best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -256,6 +328,8 @@ def train_characteriser(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if scheduler is not None:
+                    scheduler.step()
                 total += float(loss.detach()) * len(idx)
             history.train_loss.append(total / len(x_train))
             model.eval()
@@ -514,6 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--patience", type=int, default=CharacteriserRecipe.patience)
     p.add_argument("--batch", type=int, default=CharacteriserRecipe.batch)
     p.add_argument("--lr", type=float, default=CharacteriserRecipe.lr)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--init", help="a local torchvision ResNet-50 state dict (ImageNet)")
@@ -524,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         patience=args.patience,
         batch=args.batch,
         lr=args.lr,
+        schedule=args.schedule,
         seed=args.seed,
         threads=args.threads,
         init=args.init,

@@ -13,7 +13,14 @@ mix of them for a case (each with its own probability, so that no single feature
 - **another level**: a lytic blob in a neighbouring vertebra;
 - **transverse fracture line**: a thin sclerotic band across the body (`HU_SCLEROSIS` added);
 - **osteopenia**: the cancellous bone of the body less dense;
+- **intravertebral vacuum cleft**: a thin band of gas under the upper endplate of a collapsed
+  body (Kümmell's sign), a CT finding of benign osteoporotic collapse that Li et al.'s
+  references list; drawn for most benign fractures without a fracture line;
 - **Schmorl's node**: a small lucency at an endplate (a benign mimic of destruction).
+
+A hard malignant case's single small lytic focus lies within `CENTRAL_MM` of the body's
+mid-sagittal plane: subtle, but inside the sagittal slices the method scores (a focus outside
+them would be invisible to any classifier of those slices, and measure nothing of it).
 
 Edges are soft (a 1.5 mm ramp) and the painted tissue gets the phantom's noise level, so
 that a feature is not given away by a sharp edge or a flat value. The body is the vertebra's
@@ -49,6 +56,12 @@ RAMP_MM: Final = 1.5
 HARD_SHARE: Final = 0.2
 """Share of cases drawn as hard (one subtle feature, or a mimic)."""
 
+HU_GAS: Final = -700.0
+"""Mean HU of the gas in a vacuum cleft (partial volume with the collapsed bone)."""
+
+CENTRAL_MM: Final = 6.0
+"""A hard case's lytic focus lies within this distance of the mid-sagittal plane."""
+
 
 class Pattern(enum.StrEnum):
     """What a fracture is."""
@@ -81,6 +94,8 @@ class PatternFeatures:
         Less dense cancellous bone.
     schmorl : bool
         A small lucency at an endplate.
+    vacuum : bool
+        An intravertebral vacuum cleft.
     hard : bool
         Drawn as a hard case.
     """
@@ -94,6 +109,7 @@ class PatternFeatures:
     fracture_line: bool = False
     osteopenia: bool = False
     schmorl: bool = False
+    vacuum: bool = False
     hard: bool = False
 
 
@@ -115,7 +131,8 @@ def draw_features(
     -------
     PatternFeatures
         Malignant: at least one of lytic destruction, cortical interruption and a mass (a
-        hard one: a single small lytic blob). Benign: a fracture line or osteopenia or both,
+        hard one: a single small lytic blob near the mid-sagittal plane). Benign: a fracture
+        line (80 %) or else, mostly, a vacuum cleft; osteopenia (always without a line);
         sometimes a Schmorl's node (a hard one: a faint line and a Schmorl's node).
     """
     if hard is None:
@@ -142,6 +159,7 @@ def draw_features(
         fracture_line=line,
         osteopenia=bool(rng.random() < 0.6) or not line,
         schmorl=bool(rng.random() < 0.3),
+        vacuum=bool(rng.random() < (0.1 if line else 0.75)),
     )
 
 
@@ -181,8 +199,9 @@ def apply_pattern(
     body = painter.body(phantom.labels, index + 1, vertebra)
     if features.osteopenia:
         painter.add(body & (hu < 500), np.full(int(body.sum()), HU_OSTEOPENIA, dtype=np.float32))
+    where = painter.central(body, vertebra) if features.hard else body
     for _ in range(features.lytic):
-        painter.blob(body, painter.random_point(body), rng.uniform(*features.lytic_radius_mm))
+        painter.blob(body, painter.random_point(where), rng.uniform(*features.lytic_radius_mm))
     if features.cortical_break:
         painter.blob(
             painter.grow(body), painter.random_point(painter.surface(body)), rng.uniform(3, 5)
@@ -198,6 +217,8 @@ def apply_pattern(
         painter.line(body, vertebra, rng, faint=features.hard)
     if features.schmorl:
         painter.schmorl(body, vertebra, rng)
+    if features.vacuum:
+        painter.vacuum(body, vertebra, rng)
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
 
@@ -225,6 +246,12 @@ class _Painter:
         where = np.argwhere(mask)
         k = where[int(self.rng.integers(len(where)))]
         return self.lps[tuple(k)].astype(np.float64)
+
+    def central(self, mask: npt.NDArray[np.bool_], v: CtVertebraTruth) -> npt.NDArray[np.bool_]:
+        """Return the voxels of ``mask`` within `CENTRAL_MM` of the mid-sagittal plane."""
+        lateral = (self.lps - v.centre.astype(np.float32)) @ v.axes[0].astype(np.float32)
+        inside = mask & (np.abs(lateral) <= CENTRAL_MM)
+        return inside if inside.any() else mask
 
     def surface(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
         """Return the voxels of ``mask`` with a neighbour outside it (the cortex)."""
@@ -298,6 +325,25 @@ class _Painter:
         where = body & (weight > 0)
         gain = HU_SCLEROSIS * (0.4 if faint else 1.0)
         self.hu[where] += weight[where] * gain
+
+    def vacuum(
+        self, body: npt.NDArray[np.bool_], v: CtVertebraTruth, rng: np.random.Generator
+    ) -> None:
+        """Paint a vacuum cleft: a thin gas band under the upper endplate, not to the cortex."""
+        left, anterior, superior = (a.astype(np.float32) for a in v.axes)
+        top = float(v.keypoints[[0, 2, 4]].mean(axis=0) @ superior)
+        bottom = float(v.keypoints[[1, 3, 5]].mean(axis=0) @ superior)
+        level = top - rng.uniform(0.15, 0.35) * (top - bottom)
+        thickness = rng.uniform(2.0, 4.0)
+        offset = self.lps - v.centre.astype(np.float32)
+        across = np.maximum(
+            np.abs(offset @ left) / rng.uniform(7.0, 11.0),
+            np.abs(offset @ anterior - rng.uniform(-2.0, 4.0)) / rng.uniform(6.0, 9.0),
+        )
+        s = self.lps @ superior - level
+        weight = np.clip((thickness / 2 - np.abs(s)) / RAMP_MM + 0.5, 0.0, 1.0)
+        weight = (weight * np.clip((1.0 - across) * 4.0, 0.0, 1.0)).astype(np.float32)
+        self._blend(body & (weight > 0), weight, HU_GAS)
 
     def schmorl(
         self, body: npt.NDArray[np.bool_], v: CtVertebraTruth, rng: np.random.Generator

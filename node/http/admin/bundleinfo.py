@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from spinexr.pipeline.preparation import PART_NAMES, read_preparation
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,16 +48,36 @@ class BundleInfo:
             ``configured``, ``loaded`` (verified), ``error`` and, when verified, ``name``,
             ``version``, ``demo``, ``threshold`` (c*), ``threshold_method``,
             ``display_threshold``, ``fusion``, ``metrics``, ``training_data``,
-            ``created``, ``device_uid``, ``classes``, ``directory``.
+            ``created``, ``device_uid``, ``classes``, ``directory``; ``preparing`` (None, or
+            the step and which analyses are ready and which wait) while the bundle is being
+            prepared (`spinexr.pipeline.preparation`).
         """
         if self.directory is None:
             return {"configured": False, "loaded": False, "error": None, "directory": None}
+        prep = read_preparation(self.directory)
+        preparing = None
+        if prep is not None:
+            preparing = {
+                "step": prep.step,
+                "steps": prep.steps,
+                "text": prep.text,
+                "ready": [PART_NAMES[p] for p in prep.ready],
+                "waiting": [PART_NAMES[p] for p in prep.waiting_parts],
+            }
         with self._lock:
             key = self._manifest_key()
+            if key is None and prep is not None:  # nothing written yet: not an error
+                return {
+                    "configured": True,
+                    "loaded": False,
+                    "error": None,
+                    "directory": str(self.directory),
+                    "preparing": preparing,
+                }
             if self._info is None or key is None or key != self._key:
                 self._info = self._verify()
                 self._key = key
-            return dict(self._info)
+            return {**self._info, "preparing": preparing}
 
     def _verify(self) -> dict[str, Any]:
         from spinexr.pipeline.bundle import verify_bundle

@@ -244,6 +244,7 @@ class BundleOut(_Out):
     created: dt.datetime | None = None
     device_uid: str | None = None
     classes: list[str] | None = None
+    preparing: dict[str, Any] | None = None
 
 
 class Overview(_Out):

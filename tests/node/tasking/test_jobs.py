@@ -194,3 +194,35 @@ def test_cli_complete_cancel_and_retry_are_the_admin_actions(tmp_path, monkeypat
     ]
     missing = CliRunner().invoke(cli, ["jobs", "retry", "999"])
     assert missing.exit_code != 0 and "no job 999" in missing.stderr
+
+
+def test_a_job_waits_for_models_being_prepared_without_spending_attempts(stack: Stack) -> None:
+    """While its models are prepared a job stays queued, says so once, then runs."""
+    waiting_job = queued_job(stack, seed=1)
+    other_job = queued_job(stack, seed=2)
+    ready: set[str] = set()
+    asked: list[tuple[bool, bool]] = []
+
+    def waiting(radiographs: bool, ct: bool) -> str | None:
+        asked.append((radiographs, ct))
+        if "radiograph" in ready:
+            return None
+        return "radiograph models being prepared (step 2/8: training)"
+
+    runner = JobRunner(stack.settings, stack.sessions, no_pipeline, waiting)
+    for _ in range(3):  # every message finds it waiting
+        assert runner.claim(preferred=waiting_job) is None
+        assert runner.is_waiting(waiting_job) and runner.is_waiting(other_job)
+    assert asked[0] == (True, False)  # a radiograph study
+    job = state(stack, waiting_job)
+    assert job.state is JobState.QUEUED and job.attempts == 0
+    with stack.sessions() as s:
+        said = [
+            e.detail for e in s.scalars(select(AuditEvent).where(AuditEvent.job_id == waiting_job))
+        ]
+    assert said.count("waiting: radiograph models being prepared") == 1, said
+    ready.add("radiograph")
+    assert not runner.is_waiting(waiting_job)
+    assert runner.claim(preferred=waiting_job) == waiting_job
+    assert state(stack, waiting_job).attempts == 1
+    assert runner.claim() == other_job
