@@ -1,7 +1,7 @@
 """The demo bundle's CT models, trained here exactly as the demo trains them and cached.
 
 `demo_characteriser` does the same for the benign / malignant classifier
-(`spinexr.training.ct.characterise_bundle.DEMO_CHARACTERISER`, about 7 minutes cold).
+(`spinexr.training.ct.characterise_bundle.DEMO_CHARACTERISER`, about 9 minutes cold).
 
 `demo_ct_models` trains the localiser and the CT keypoint model with
 `spinexr.training.ct.bundle.DEMO_CT_RECIPE` (seeded, fixed threads: the demo's models) and
@@ -14,9 +14,11 @@ machine), a warm one reuses them.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from spinexr.training.ct.bundle import DEMO_CT_RECIPE, train_ct_models
@@ -53,25 +55,40 @@ SOURCES = [
 SOURCES += sorted((ROOT / "training" / "phantoms").glob("ct*.py"))
 
 
-def demo_ct_models() -> tuple[Path, Path]:
-    """Return the cached (localiser, keypoint) checkpoints, training them when absent."""
-    digest = hashlib.sha256(repr(DEMO_CT_RECIPE).encode())
-    for path in SOURCES:
+def _cached(
+    name: str, recipe: object, sources: list[Path], train: Callable[[Path], dict[str, Path]]
+) -> Path:
+    """The cache folder of ``name`` for this recipe and these sources, filled once.
+
+    ``train(tmp)`` returns file name → file for the folder; they are copied into a partial
+    folder that replaces the cache folder in one rename.
+    """
+    digest = hashlib.sha256(repr(recipe).encode())
+    for path in sources:
         digest.update(path.read_bytes())
     cache = Path(os.environ.get("SPINEXR_CACHE", Path.home() / ".cache" / "spinexr"))
-    folder = cache / "test-models" / f"ct-{digest.hexdigest()[:16]}"
-    localiser, keypoints = folder / "localiser.pt", folder / "keypoints.pt"
-    if not (localiser.is_file() and keypoints.is_file()):
+    folder = cache / "test-models" / f"{name}-{digest.hexdigest()[:16]}"
+    if not folder.is_dir():
         with tempfile.TemporaryDirectory() as tmp:
-            trained = train_ct_models(Path(tmp))
+            files = train(Path(tmp))
             partial = folder.with_name(folder.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
-            shutil.copyfile(trained.localiser, partial / "localiser.pt")
-            shutil.copyfile(trained.keypoints, partial / "keypoints.pt")
-            shutil.rmtree(folder, ignore_errors=True)
+            for file_name, source in files.items():
+                shutil.copyfile(source, partial / file_name)
             os.replace(partial, folder)
-    return localiser, keypoints
+    return folder
+
+
+def demo_ct_models() -> tuple[Path, Path]:
+    """Return the cached (localiser, keypoint) checkpoints, training them when absent."""
+
+    def train(tmp: Path) -> dict[str, Path]:
+        trained = train_ct_models(tmp)
+        return {"localiser.pt": trained.localiser, "keypoints.pt": trained.keypoints}
+
+    folder = _cached("ct", DEMO_CT_RECIPE, SOURCES, train)
+    return folder / "localiser.pt", folder / "keypoints.pt"
 
 
 CHARACTERISER_SOURCES = [
@@ -88,25 +105,15 @@ CHARACTERISER_SOURCES = [
 
 def demo_characteriser() -> tuple[Path, dict[str, object]]:
     """Return the cached demo classifier's checkpoint and metrics, training it when absent."""
-    import json
 
-    digest = hashlib.sha256(repr(DEMO_CHARACTERISER).encode())
-    for path in CHARACTERISER_SOURCES:
-        digest.update(path.read_bytes())
-    cache = Path(os.environ.get("SPINEXR_CACHE", Path.home() / ".cache" / "spinexr"))
-    folder = cache / "test-models" / f"li2021-{digest.hexdigest()[:16]}"
-    checkpoint, metrics = folder / "characteriser.pt", folder / "metrics.json"
-    if not (checkpoint.is_file() and metrics.is_file()):
-        with tempfile.TemporaryDirectory() as tmp:
-            trained = train_characteriser_for_bundle(Path(tmp), DEMO_CHARACTERISER)
-            partial = folder.with_name(folder.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-            shutil.copyfile(trained.checkpoint, partial / "characteriser.pt")
-            (partial / "metrics.json").write_text(json.dumps(trained.metrics))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(partial, folder)
-    return checkpoint, json.loads(metrics.read_text())
+    def train(tmp: Path) -> dict[str, Path]:
+        trained = train_characteriser_for_bundle(tmp, DEMO_CHARACTERISER)
+        metrics = tmp / "metrics.json"
+        metrics.write_text(json.dumps(trained.metrics))
+        return {"characteriser.pt": trained.checkpoint, "metrics.json": metrics}
+
+    folder = _cached("li2021", DEMO_CHARACTERISER, CHARACTERISER_SOURCES, train)
+    return folder / "characteriser.pt", json.loads((folder / "metrics.json").read_text())
 
 
 if __name__ == "__main__":

@@ -226,3 +226,34 @@ def test_a_cached_demo_without_ct_models_gets_only_them(
     assert bundle.manifest.vertebrae == before.manifest.vertebrae
     assert bundle.device_uid != before.device_uid
     assert demo_module.cached_demo(out, ct=True, characteriser=True) is not None
+
+
+def test_the_background_preparation_keeps_its_file_and_removes_it_when_done(
+    tmp_path: Path,
+) -> None:
+    """`serve --demo-bundle`'s child: progress in the preparation file, removed at the end."""
+    import time
+
+    from spinexr.pipeline.preparation import preparation_file, read_preparation
+    from spinexr.training.bundles.demo import demo_identity
+    from spinexr.training.bundles.prepare import start_preparation
+
+    out = tmp_path / "demo-bundle"
+    child = start_preparation(out, demo_identity(QUICK_RECIPE), quick=True)
+    seen = []
+    try:
+        while child.poll() is None:
+            prep = read_preparation(out)
+            if prep is not None:
+                assert prep.pid == child.pid and prep.identity == demo_identity(QUICK_RECIPE)
+                seen.append((prep.step, prep.ready))
+            time.sleep(0.2)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0
+    assert not preparation_file(out).exists()
+    steps = [s for s, _ in seen]
+    assert steps == sorted(steps) and max(steps) >= 5, seen  # progress, in order
+    bundle = verify_bundle(out)
+    assert f"{bundle.manifest.name}@{bundle.manifest.version}" == demo_identity(QUICK_RECIPE)

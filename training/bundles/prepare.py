@@ -32,7 +32,7 @@ STARTUP_WAIT_SECONDS = 30.0
 """How long the child waits for the preparation file its parent writes."""
 
 
-def start_preparation(out: Path, identity: str) -> subprocess.Popen[bytes]:
+def start_preparation(out: Path, identity: str, *, quick: bool = False) -> subprocess.Popen[bytes]:
     """Start preparing the demo bundle in a child process; return it.
 
     Parameters
@@ -41,16 +41,16 @@ def start_preparation(out: Path, identity: str) -> subprocess.Popen[bytes]:
         The demo bundle folder.
     identity : str
         ``name@version`` the bundle will have (`demo.demo_identity`).
+    quick : bool
+        The quick test recipe (`demo.QUICK_RECIPE`, no CT models) instead of the demo's.
 
     Returns
     -------
     subprocess.Popen
         The child (its progress lines go to this process's stderr).
     """
-    child = subprocess.Popen(
-        [sys.executable, "-m", "spinexr.training.bundles.prepare", "--out", str(out)],
-        stdin=subprocess.DEVNULL,
-    )
+    command = [sys.executable, "-m", "spinexr.training.bundles.prepare", "--out", str(out)]
+    child = subprocess.Popen([*command, "--quick"] if quick else command, stdin=subprocess.DEVNULL)
     write_preparation(out, Preparation(pid=child.pid, identity=identity))
     return child
 
@@ -69,10 +69,12 @@ def stop_preparation(child: subprocess.Popen[bytes], out: Path, timeout: float =
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo with the preparation file kept up to date (the child's entry point)."""
-    from spinexr.training.bundles.demo import demo
+    from spinexr.training.bundles.demo import DEMO_RECIPE, QUICK_RECIPE, demo
+    from spinexr.training.ct.bundle import DEMO_CT_RECIPE
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="the demo bundle folder")
+    p.add_argument("--quick", action="store_true", help="the quick test recipe, no CT models")
     args = p.parse_args(argv)
     out: Path = args.out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
@@ -89,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         demo(
             out,
+            QUICK_RECIPE if args.quick else DEMO_RECIPE,
+            ct=None if args.quick else DEMO_CT_RECIPE,
             say=lambda msg: print(msg, file=sys.stderr, flush=True),
             on_step=on_step,
             on_ready=on_ready,
