@@ -57,6 +57,7 @@ from spinexr.pipeline.classifier import ClassifierEnsemble, images_to_batch
 from spinexr.pipeline.ct.characterise import MalignancyNet
 from spinexr.pipeline.ct.localise import LocaliserNet
 from spinexr.pipeline.ct.stage import CtOutcome, CtReformat, CtStage
+from spinexr.pipeline.decoding import use_decoding_threads
 from spinexr.pipeline.devices import resolve_device
 from spinexr.pipeline.errors import ImageRefusal, UnsupportedImageError
 from spinexr.pipeline.fusion import fuse_image, summarise_study
@@ -208,6 +209,7 @@ class Pipeline:
             raise ValueError(f"display_threshold must be in [0, 1], got {display_threshold}")
         self.bundle = bundle
         self.device = resolve_device(device)
+        use_decoding_threads(torch.get_num_threads())  # JPEG 2000 decoding as inference
         self.chunk_size = chunk_size
         self.min_size = min_size
         self.threshold = bundle.threshold

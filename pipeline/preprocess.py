@@ -4,8 +4,9 @@ Steps, in order:
 
 1. Refuse what the method does not cover (multi-frame, colour, no pixel data, too small).
 2. Decode the pixel data with pydicom's decoders (native, deflated, RLE, JPEG baseline /
-   extended / lossless, JPEG-LS, JPEG 2000). A failure is an error with a reason; there is
-   no histogram-equalisation fallback.
+   extended / lossless, JPEG-LS, JPEG 2000; the plugin as `spinexr.pipeline.decoding`
+   chooses). A failure is an error with a reason; there is no histogram-equalisation
+   fallback.
 3. Modality LUT (Modality LUT Sequence or Rescale Slope/Intercept), then VOI: the VOI LUT
    Sequence's first item when present, else the first Window Center/Width pair, else the
    full range of the data (`spinexr.pipeline.display`, shared with previews and captures).
@@ -34,9 +35,9 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
-from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from spinexr.pipeline.decoding import decode_first_frame
 from spinexr.pipeline.display import Lut, Voi, voi_output
 from spinexr.pipeline.errors import ImageRefusal, UnsupportedImageError
 from spinexr.pipeline.geometry import ResizeTransform, detector_size
@@ -289,8 +290,7 @@ def decode_pixels(ds: Dataset) -> npt.NDArray[Any]:
     """
     ts = transfer_syntax(ds)
     try:
-        decoder = get_decoder(ts)
-        arr, _ = decoder.as_array(ds, index=0, raw=True)
+        arr = decode_first_frame(ds, ts)
     except Exception as exc:  # decoders raise RuntimeError, ValueError, NotImplementedError...
         raise UnsupportedImageError(
             ImageRefusal.UNDECODABLE,

@@ -181,8 +181,8 @@ class JobRunner:
 
     def _waits(self, session: Session, job_id: int) -> bool:
         """Whether the job waits; its timeline says so once per reason (no commit)."""
-        if self.waiting is None:
-            return False
+        if self.waiting is None or self.waiting(True, True) is None:
+            return False  # nothing is being prepared: no query
         job = session.get(Job, job_id)
         assert job is not None
         classes = set(
