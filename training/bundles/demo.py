@@ -602,18 +602,30 @@ def _add_characteriser(
         score_threshold=bundle.ct.score_threshold,
     )
     (work / "characteriser" / "end-to-end.json").write_text(json.dumps(report, indent=2))
-    patient = report["automatic"]["patient"]
-    automatic = {"patients": patient["n"]} | {
-        key: patient[key]["value"] for key in ("sensitivity", "specificity", "accuracy", "auroc")
-    }
+
+    def per_patient(figures: dict[str, Any] | None) -> dict[str, Any]:
+        if figures is None:
+            return {"patients": 0}
+        patient = figures["patient"]
+        keys = ("sensitivity", "specificity", "accuracy", "auroc")
+        return {"patients": patient["n"]} | {key: patient[key]["value"] for key in keys}
+
+    automatic = per_patient(report["automatic"])
     automatic |= {k: v for k, v in report["coverage"].items() if k != "patients"}
+    automatic["where_called"] = per_patient(report["automatic_where_called"])
     speak(
-        f"[demo] benign / malignant on {patient['n']} held-out CT phantom patients, end to "
-        f"end: accuracy {automatic['accuracy']:.3f}, ROC AUC {automatic['auroc']:.3f}, "
-        f"characterised at the fractured vertebra {automatic['right_vertebra']:.3f}"
+        f"[demo] benign / malignant on {automatic['patients']} held-out CT phantom patients, "
+        f"end to end: accuracy {_shown(automatic['accuracy'])}, ROC AUC "
+        f"{_shown(automatic['auroc'])}, characterised at the fractured vertebra "
+        f"{_shown(automatic['right_vertebra'])} (accuracy there "
+        f"{_shown(automatic['where_called'].get('accuracy'))})"
     )
     metrics = {**trained.metrics, "test_phantoms_end_to_end": automatic}
     return add_characteriser_to_bundle(out, trained.checkpoint, metrics)
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
 
 
 def _train_keypoints(records: list[Any], run: Path, recipe: DemoRecipe, device: str) -> Path:

@@ -181,7 +181,10 @@ def evaluate_end_to_end(
     Returns
     -------
     dict
-        ``automatic`` and ``ground_truth``: `figures_of`; ``coverage``: patients
+        ``automatic`` and ``ground_truth``: `figures_of`; ``automatic_where_called``: the
+        automatic figures on the patients called at their fractured vertebra (what the
+        classifier does on automatic ROIs, apart from the trigger; None when there is none);
+        ``coverage``: patients
         characterised, and at the right vertebra; ``seconds_per_patient``; ``patients``:
         per patient its status and whether the call was right.
     """
@@ -213,8 +216,17 @@ def evaluate_end_to_end(
         o.automatic if o.automatic is not None else [0.0 if o.malignant else 1.0] for o in outcomes
     ]
     n = len(outcomes)
+    called = [o for o in outcomes if o.automatic is not None]
     return {
         "automatic": figures_of(truth, automatic, threshold, n_bootstrap),
+        "automatic_where_called": figures_of(
+            [o.malignant for o in called],
+            [o.automatic for o in called if o.automatic is not None],
+            threshold,
+            n_bootstrap,
+        )
+        if called
+        else None,
         "ground_truth": figures_of(
             truth, [o.ground_truth for o in outcomes], threshold, n_bootstrap
         ),
@@ -275,6 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_table(report["automatic"], "automatic: vertebra and ROI chosen by the node"))
     print()
+    if report["automatic_where_called"] is not None:
+        print(
+            format_table(
+                report["automatic_where_called"],
+                "automatic, the patients called at their fractured vertebra",
+            )
+        )
+        print()
     print(
         f"characterised {cov['characterised']:.3f} of {cov['patients']} patients, at the "
         f"fractured vertebra {cov['right_vertebra']:.3f}; "
