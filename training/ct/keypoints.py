@@ -42,6 +42,7 @@ from spinexr.pipeline.vertebrae.krcnn import KRCNNConfig
 from spinexr.pipeline.vertebrae.objects import ObjectKind
 from spinexr.training.phantoms.ct import CtPhantom, CtVertebraTruth, make_ct_phantom
 from spinexr.training.progress import RateProgress
+from spinexr.training.vertebrae.phantoms import FRACTURE_PROBABILITY
 from spinexr.training.vertebrae.records import AnnotatedObject, KeypointRecord
 
 CENTRELINE_JITTER_MM: Final = 1.3
@@ -177,6 +178,7 @@ def generate_ct_keypoint_records(
     split: str = "train",
     jitter_mm: float = CENTRELINE_JITTER_MM,
     progress: bool = True,
+    fracture_probability: float = FRACTURE_PROBABILITY,
 ) -> list[KeypointRecord]:
     """Make ``n`` CT phantom records (small acquisitions, random fractures and scoliosis).
 
@@ -192,6 +194,8 @@ def generate_ct_keypoint_records(
         Centre-line noise (`ct_keypoint_record`).
     progress : bool
         Print progress lines (rate, ETA) to stderr.
+    fracture_probability : float
+        The share of phantoms with one to three fractures (`make_ct_phantom`).
 
     Returns
     -------
@@ -202,7 +206,9 @@ def generate_ct_keypoint_records(
     out = []
     for i, child in enumerate(np.random.SeedSequence(seed).spawn(n), start=1):
         phantom_seed, noise_seed = child.spawn(2)
-        phantom = make_ct_phantom(phantom_seed, size="small")
+        phantom = make_ct_phantom(
+            phantom_seed, size="small", fracture_probability=fracture_probability
+        )
         out.append(
             ct_keypoint_record(
                 phantom,
@@ -265,6 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--fracture-probability",
+        type=float,
+        default=0.8,
+        help="share of training phantoms with one to three fractures (the demo's 0.8)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("var/ct-keypoints"))
     p.add_argument(
@@ -283,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         train = [r for r in records if r.split == "train"]
         test = [r for r in records if r.split == "test"]
     else:
-        train = generate_ct_keypoint_records(args.phantoms, args.seed)
+        train = generate_ct_keypoint_records(
+            args.phantoms, args.seed, fracture_probability=args.fracture_probability
+        )
         test = generate_ct_keypoint_records(
             args.test, args.seed + HELD_OUT_SEED_OFFSET, split="test"
         )

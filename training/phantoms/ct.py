@@ -272,6 +272,7 @@ def make_ct_phantom(
     blur: bool = True,
     labels: bool = False,
     centre_on_spine: bool = False,
+    fracture_probability: float = FRACTURE_PROBABILITY,
 ) -> CtPhantom:
     """Make a chest or abdomen CT volume with its vertebral ground truth.
 
@@ -303,6 +304,9 @@ def make_ct_phantom(
         Also return bone labels of the vertebrae (`CtPhantom.labels`).
     centre_on_spine : bool
         Centre the field of view on the spine rather than on the body (for small fields).
+    fracture_probability : float
+        With ``fractures="random"``: the probability of one to three fractures (the
+        radiograph phantoms' `FRACTURE_PROBABILITY` by default).
 
     Returns
     -------
@@ -330,7 +334,9 @@ def make_ct_phantom(
     scoliotic = bool(anatomy_rng.random() < 0.25) if scoliosis is None else scoliosis
     margins = anatomy_rng.uniform(0.3, 0.7, size=2)
     fov_shift = anatomy_rng.uniform(-10.0, 10.0, size=2)
-    specs = _fracture_specs(child_rng(ss, _STREAMS["fractures"]), names, fractures)
+    specs = _fracture_specs(
+        child_rng(ss, _STREAMS["fractures"]), names, fractures, fracture_probability
+    )
     column = build_column(anatomy_rng, names, specs, origin=origin, scoliosis=scoliotic)
     torso = random_torso(child_rng(ss, _STREAMS["torso"]), column)
 
@@ -542,6 +548,7 @@ def _fracture_specs(
     rng: np.random.Generator,
     names: Sequence[str],
     fractures: Literal["random"] | Sequence[LevelFracture],
+    probability: float = FRACTURE_PROBABILITY,
 ) -> list[LevelFracture]:
     """Explicit fractures, or the radiograph phantoms' random mix over ``names``."""
     if not isinstance(fractures, str):
@@ -551,7 +558,7 @@ def _fracture_specs(
             f"fractures must be 'random' or a sequence of LevelFracture: {fractures!r}"
         )
     count = 0
-    if rng.random() < FRACTURE_PROBABILITY:
+    if rng.random() < probability:
         counts, weights = zip(*FRACTURE_COUNTS, strict=True)
         count = int(rng.choice(counts, p=weights))
     fractured = [GenantGrade.MILD, GenantGrade.MODERATE, GenantGrade.SEVERE]
