@@ -21,6 +21,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom
+
 from spinexr.training.ct.bundle import DEMO_CT_RECIPE, train_ct_models
 from spinexr.training.ct.characterise_bundle import (
     DEMO_CHARACTERISER,
@@ -119,3 +121,67 @@ def demo_characteriser() -> tuple[Path, dict[str, object]]:
 if __name__ == "__main__":
     print(demo_ct_models())
     print(demo_characteriser())
+
+
+def deliver_ct_studies(
+    tmp_path: Path,
+    bundle: Path,
+    studies: list[object],
+    delivered: Callable[[list[pydicom.Dataset]], bool],
+    what: str,
+    **settings: str,
+) -> dict[str, list[pydicom.Dataset]]:
+    """Send CT studies to `serve` with ``bundle``; return what a storescp PACS got, by study.
+
+    Parameters
+    ----------
+    tmp_path : pathlib.Path
+        The test's folder (node data, PACS folder, log).
+    bundle : pathlib.Path
+        The model bundle.
+    studies : list of CtStudyFiles
+        Sent in order, one ``storescu`` each.
+    delivered : callable
+        Whether everything expected has arrived, given every object received so far.
+    what : str
+        What is waited for (the timeout message).
+    **settings : str
+        More ``SPINEXR_...`` settings.
+
+    Returns
+    -------
+    dict
+        Study Instance UID → the objects received for it.
+    """
+    from testsupport import make_node, start_storescp, storescu, wait_for
+
+    pacs_dir = tmp_path / "pacs"
+    pacs, pacs_port = start_storescp(pacs_dir)
+    node = make_node(
+        tmp_path,
+        SPINEXR_STUDY__COMPLETION_SECONDS="2",
+        SPINEXR_MODELS__BUNDLE=str(bundle),
+        SPINEXR_MODELS__DEVICE="cpu",
+        SPINEXR_DESTINATIONS=json.dumps(
+            [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
+        ),
+        **settings,
+    )
+    node.start()
+    try:
+        for study in studies:
+            files = [str(p) for s in study.series for p in s.paths]  # type: ignore[attr-defined]
+            storescu(node.dicom_port, files)
+
+        def arrived() -> list[pydicom.Dataset] | None:
+            received = [pydicom.dcmread(p) for p in pacs_dir.iterdir()]
+            return received if delivered(received) else None
+
+        received = wait_for(arrived, 900, what, node)
+    finally:
+        node.stop()
+        pacs.terminate()
+    by_study: dict[str, list[pydicom.Dataset]] = {}
+    for ds in received:
+        by_study.setdefault(str(ds.StudyInstanceUID), []).append(ds)
+    return by_study

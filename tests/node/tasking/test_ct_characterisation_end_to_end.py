@@ -17,15 +17,13 @@ exactly as the demo trains it, cached), with ``ct.characterise_all`` on. Two stu
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from ct_models_support import demo_characteriser, demo_ct_models
+from ct_models_support import deliver_ct_studies, demo_characteriser, demo_ct_models
 from pipelinesupport import build_tiny_bundle
-from testsupport import make_node, start_storescp, storescu, wait_for
 
 from spinexr.node.outputs.readback import read_ct_analysis, read_ct_vertebrae
 from spinexr.pipeline.vertebrae.genant import Deformity
@@ -51,10 +49,6 @@ MALIGNANT = PatternFeatures(Pattern.MALIGNANT, lytic=2, cortical_break=True, sof
 BENIGN = PatternFeatures(Pattern.BENIGN, fracture_line=True)
 
 
-def _files(study) -> list[str]:
-    return [str(p) for s in study.series for p in s.paths]
-
-
 def test_malignant_and_benign_fractures_are_called_at_their_vertebrae(tmp_path: Path) -> None:
     localiser, keypoints = demo_ct_models()
     characteriser, metrics = demo_characteriser()
@@ -76,38 +70,18 @@ def test_malignant_and_benign_fractures_are_called_at_their_vertebrae(tmp_path: 
         distractors=False,
     )
 
-    pacs_dir = tmp_path / "pacs"
-    pacs, pacs_port = start_storescp(pacs_dir)
-    node = make_node(
+    def delivered(received: list[pydicom.Dataset]) -> bool:
+        srs = [ds for ds in received if ds.Modality == "SR"]
+        return len(srs) >= 2 and any(ds.Modality == "PR" for ds in received)
+
+    by_study = deliver_ct_studies(
         tmp_path,
-        SPINEXR_STUDY__COMPLETION_SECONDS="2",
-        SPINEXR_MODELS__BUNDLE=str(bundle.directory),
-        SPINEXR_MODELS__DEVICE="cpu",
+        bundle.directory,
+        [fractured, intact],
+        delivered,
+        "2 SRs and the fractured study's GSPS",
         SPINEXR_CT__CHARACTERISE_ALL="true",
-        SPINEXR_DESTINATIONS=json.dumps(
-            [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
-        ),
     )
-    node.start()
-    try:
-        for study in (fractured, intact):
-            storescu(node.dicom_port, _files(study))
-
-        def delivered() -> list[pydicom.Dataset] | None:
-            received = [pydicom.dcmread(p) for p in pacs_dir.iterdir()]
-            srs = [ds for ds in received if ds.Modality == "SR"]
-            return (
-                received if len(srs) >= 2 and any(ds.Modality == "PR" for ds in received) else None
-            )
-
-        received = wait_for(delivered, 900, "2 SRs and the fractured study's GSPS", node)
-    finally:
-        node.stop()
-        pacs.terminate()
-
-    by_study: dict[str, list[pydicom.Dataset]] = {}
-    for ds in received:
-        by_study.setdefault(str(ds.StudyInstanceUID), []).append(ds)
 
     # --- the fractured study: each fracture called at its own vertebra
     objects = by_study[fractured.study_uid]

@@ -17,15 +17,13 @@ the CT keypoint model trained here exactly as the demo trains them, cached). Fou
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from ct_models_support import demo_ct_models
+from ct_models_support import deliver_ct_studies, demo_ct_models
 from pipelinesupport import build_tiny_bundle
-from testsupport import make_node, start_storescp, storescu, wait_for
 
 from spinexr.node.outputs.readback import read_ct_analysis, read_ct_vertebrae
 from spinexr.pipeline.vertebrae.genant import Deformity, GenantGrade
@@ -78,36 +76,17 @@ def test_ct_studies_reach_the_pacs_with_grades_and_stated_refusals(tmp_path: Pat
         del ds.BodyPartExamined
         ds.save_as(path)
 
-    pacs_dir = tmp_path / "pacs"
-    pacs, pacs_port = start_storescp(pacs_dir)
-    node = make_node(
+    def delivered(received: list[pydicom.Dataset]) -> bool:
+        srs = [ds for ds in received if ds.Modality == "SR"]
+        return len(srs) >= 4 and len(received) - len(srs) >= 2
+
+    by_study = deliver_ct_studies(
         tmp_path,
-        SPINEXR_STUDY__COMPLETION_SECONDS="2",
-        SPINEXR_MODELS__BUNDLE=str(bundle.directory),
-        SPINEXR_MODELS__DEVICE="cpu",
-        SPINEXR_DESTINATIONS=json.dumps(
-            [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
-        ),
+        bundle.directory,
+        [main, tilted, gapped, head],
+        delivered,
+        "4 SRs, the reformat and its GSPS",
     )
-    node.start()
-    try:
-        for study in (main, tilted, gapped, head):
-            storescu(node.dicom_port, _files(study))
-
-        def delivered() -> list[pydicom.Dataset] | None:
-            received = [pydicom.dcmread(p) for p in pacs_dir.iterdir()]
-            srs = [ds for ds in received if ds.Modality == "SR"]
-            others = [ds for ds in received if ds.Modality != "SR"]
-            return received if len(srs) >= 4 and len(others) >= 2 else None
-
-        received = wait_for(delivered, 900, "4 SRs, the reformat and its GSPS", node)
-    finally:
-        node.stop()
-        pacs.terminate()
-
-    by_study = {}
-    for ds in received:
-        by_study.setdefault(str(ds.StudyInstanceUID), []).append(ds)
 
     # --- the fractured study
     objects = by_study[main.study_uid]
