@@ -275,3 +275,38 @@ def test_a_ct_study_page_lists_its_series_not_a_preview_per_slice(world) -> None
     assert str(slices[0].SeriesInstanceUID) in page and ">40<" in page
     assert "/preview.png" not in page  # no figure per slice
     assert "Images (0)" in page
+
+
+def test_dashboard_says_which_analyses_wait_for_models_being_prepared(world) -> None:
+    import os
+
+    from spinexr.pipeline.preparation import (
+        Preparation,
+        clear_preparation,
+        write_preparation,
+    )
+
+    bundle = world.stack.settings.models.bundle
+    assert bundle is not None
+    write_preparation(
+        bundle,
+        Preparation(
+            pid=os.getpid(),
+            identity="x@1",
+            step=7,
+            steps=8,
+            text="CT models",
+            ready=("radiograph",),
+        ),
+    )
+    try:
+        world.login()
+        page = " ".join(world.client.get("/admin/").text.split())
+        assert "Models being prepared: step 7/8, CT models." in page
+        assert "Ready: radiograph analyses." in page
+        assert "until their models are ready: CT analyses." in page
+        api = world.client.get("/api/v1/bundle", headers={"Authorization": f"Bearer {world.token}"})
+        assert api.json()["preparing"]["waiting"] == ["CT analyses"]
+    finally:
+        clear_preparation(bundle)
+    assert "Models being prepared" not in world.client.get("/admin/").text
