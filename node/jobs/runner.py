@@ -129,8 +129,10 @@ class JobRunner:
                 ).all()
                 if not candidates:
                     return None
-                ready = [(i, p) for i, p in candidates if not self._waits(session, i)]
-                session.commit()  # the waiting jobs' timeline events
+                ready: list[tuple[int, int]] = [(i, p) for i, p in candidates]
+                if self._preparing():  # once per claim; no query when nothing is prepared
+                    ready = [(i, p) for i, p in candidates if not self._waits(session, i)]
+                    session.commit()  # the waiting jobs' timeline events
                 if not ready:
                     return None
                 top = ready[0][1]
@@ -169,7 +171,7 @@ class JobRunner:
 
     def is_waiting(self, job_id: int) -> bool:
         """Whether a queued job waits for models being prepared (its message should return)."""
-        if self.waiting is None:
+        if not self._preparing():
             return False
         with self.sessions() as session:
             job = session.get(Job, job_id)
@@ -179,10 +181,16 @@ class JobRunner:
             session.commit()
             return waits
 
+    def _preparing(self) -> bool:
+        """Whether any study would wait now (a bundle is being prepared)."""
+        return self.waiting is not None and self.waiting(True, True) is not None
+
     def _waits(self, session: Session, job_id: int) -> bool:
-        """Whether the job waits; its timeline says so once per reason (no commit)."""
-        if self.waiting is None or self.waiting(True, True) is None:
-            return False  # nothing is being prepared: no query
+        """Whether the job waits; its timeline says so once per reason (no commit).
+
+        Only called while `_preparing`.
+        """
+        assert self.waiting is not None
         job = session.get(Job, job_id)
         assert job is not None
         classes = set(
