@@ -583,6 +583,8 @@ def _add_characteriser(
     from spinexr.pipeline.vertebrae.loader import load_keypoint_model
     from spinexr.training.ct.characterise_bundle import (
         add_characteriser_to_bundle,
+        patient_figures,
+        shown,
         train_characteriser_for_bundle,
     )
     from spinexr.training.ct.characterise_e2e import evaluate_end_to_end
@@ -602,30 +604,18 @@ def _add_characteriser(
         score_threshold=bundle.ct.score_threshold,
     )
     (work / "characteriser" / "end-to-end.json").write_text(json.dumps(report, indent=2))
-
-    def per_patient(figures: dict[str, Any] | None) -> dict[str, Any]:
-        if figures is None:
-            return {"patients": 0}
-        patient = figures["patient"]
-        keys = ("sensitivity", "specificity", "accuracy", "auroc")
-        return {"patients": patient["n"]} | {key: patient[key]["value"] for key in keys}
-
-    automatic = per_patient(report["automatic"])
+    automatic = patient_figures(report["automatic"])
     automatic |= {k: v for k, v in report["coverage"].items() if k != "patients"}
-    automatic["where_called"] = per_patient(report["automatic_where_called"])
+    automatic["where_called"] = patient_figures(report["automatic_where_called"])
     speak(
         f"[demo] benign / malignant on {automatic['patients']} held-out CT phantom patients, "
-        f"end to end: accuracy {_shown(automatic['accuracy'])}, ROC AUC "
-        f"{_shown(automatic['auroc'])}, characterised at the fractured vertebra "
-        f"{_shown(automatic['right_vertebra'])} (accuracy there "
-        f"{_shown(automatic['where_called'].get('accuracy'))})"
+        f"end to end: accuracy {shown(automatic['accuracy'])}, ROC AUC "
+        f"{shown(automatic['auroc'])}, characterised at the fractured vertebra "
+        f"{shown(automatic['right_vertebra'])} (accuracy there "
+        f"{shown(automatic['where_called'].get('accuracy'))})"
     )
     metrics = {**trained.metrics, "test_phantoms_end_to_end": automatic}
     return add_characteriser_to_bundle(out, trained.checkpoint, metrics)
-
-
-def _shown(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
 
 
 def _train_keypoints(records: list[Any], run: Path, recipe: DemoRecipe, device: str) -> Path:

@@ -120,7 +120,7 @@ def train_characteriser_for_bundle(
     save_history(work / "history.csv", history)
     test = make_cases(recipe.test, recipe.seed + 1_000, progress=False)
     figures = judge(model, test, n_bootstrap=1000, seed=recipe.seed)
-    held_out = _summary(figures)
+    held_out = patient_figures(figures)
     metrics = {
         "trained_on": TRAINED_ON_PHANTOMS,
         "recipe": recipe.describe(),
@@ -131,20 +131,35 @@ def train_characteriser_for_bundle(
     checkpoint = save_characteriser(work / "characteriser.pt", model, {"metrics": metrics})
     print(
         f"[li2021] trained in {history.seconds:.0f} s; {recipe.test} held-out patients "
-        f"(true keypoints): accuracy {_shown(held_out['accuracy'])}, ROC AUC "
-        f"{_shown(held_out['auroc'])}",
+        f"(true keypoints): accuracy {shown(held_out['accuracy'])}, ROC AUC "
+        f"{shown(held_out['auroc'])}",
         file=out,
         flush=True,
     )
     return TrainedCharacteriser(checkpoint, metrics)
 
 
-def _shown(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "n/a"
+def shown(value: object) -> str:
+    """Return a figure with three decimals, or ``n/a`` when there is none."""
+    return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
 
 
-def _summary(figures: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-patient values of `figures_of` (the intervals stay in the full report)."""
+def patient_figures(figures: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return the per-patient values of `figures_of` (intervals left out); None: no patient.
+
+    Parameters
+    ----------
+    figures : mapping or None
+        `characterise_train.figures_of`'s result.
+
+    Returns
+    -------
+    dict
+        ``patients`` and, when there are any, ``sensitivity``, ``specificity``,
+        ``accuracy`` and ``auroc``.
+    """
+    if figures is None:
+        return {"patients": 0}
     patient = figures["patient"]
     return {"patients": patient["n"]} | {
         key: patient[key]["value"] for key in ("sensitivity", "specificity", "accuracy", "auroc")
